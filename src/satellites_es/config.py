@@ -1,0 +1,339 @@
+"""Configuration: frozen dataclasses, built at the edge.
+
+The seed's dataclasses (Redis, Postgres, Elasticsearch, FAISS, DataLayerConfig) plus RabbitMQ,
+the event log and the relay. Every section can be disabled (``enabled=False``); the façade then
+skips that backend and health reports it as disabled.
+
+Built from code, or from the environment by :meth:`DataLayerConfig.from_env` with a
+``SATELLITES_`` prefix: ``SATELLITES_<SECTION>_<FIELD>`` (``SATELLITES_REDIS_PORT=6380``), plus a
+URL form per network service (``SATELLITES_POSTGRES_URL``, ``SATELLITES_REDIS_URL``,
+``SATELLITES_RABBITMQ_URL``, ``SATELLITES_ELASTICSEARCH_URL``, comma-separated for several ES
+hosts). A URL sets the connection fields; a field variable wins over the URL. Nothing below the
+edge reads ``os.environ``.
+
+A wrong value raises :class:`~satellites_es.errors.ConfigurationError` naming the variable.
+Passwords are ``repr=False`` and never part of an error message; :func:`redact_url` strips them
+from any URL that is logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "DataLayerConfig",
+    "ElasticsearchConfig",
+    "EventLogConfig",
+    "FaissConfig",
+    "PostgresConfig",
+    "RabbitMQConfig",
+    "RedisConfig",
+    "RelayConfig",
+    "redact_url",
+]
+
+ENV_PREFIX = "SATELLITES_"
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+def _userinfo(user: str | None, password: str | None) -> str:
+    if not user:
+        return ""
+    if password:
+        return f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    return f"{quote(user, safe='')}@"
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # redis-py 8 defaults both timeouts to 5 s; we set them on purpose (PITFALLS).
+    socket_timeout: float = 10.0
+    socket_connect_timeout: float = 5.0
+    key_prefix: str = "sat:"
+
+    @property
+    def url(self) -> str:
+        return f"redis://{_userinfo(self.username, self.password)}{self.host}:{self.port}/{self.db}"
+
+    @classmethod
+    def _from_url(cls, url: str) -> dict[str, Any]:
+        p = urlsplit(url)
+        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 6379}
+        if p.path.strip("/"):
+            out["db"] = p.path.strip("/")
+        if p.username:
+            out["username"] = unquote(p.username)
+        if p.password:
+            out["password"] = unquote(p.password)
+        return out
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 5432
+    database: str = "satellites"
+    user: str = "postgres"
+    password: str | None = field(default=None, repr=False)
+    #: The schema that holds the event log, checkpoints and Alembic's version table.
+    schema: str = "satellites"
+    min_connections: int = 2
+    max_connections: int = 10
+    command_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not _IDENT.match(self.schema):
+            raise ConfigurationError("postgres.schema", "must match [a-z_][a-z0-9_]{0,62}")
+        if self.min_connections > self.max_connections:
+            raise ConfigurationError(
+                "postgres.min_connections", "must not exceed postgres.max_connections"
+            )
+
+    @property
+    def dsn(self) -> str:
+        """The DSN with the password: hand it to a driver, never to a log (see ``safe_dsn``)."""
+        return (
+            f"postgresql://{_userinfo(self.user, self.password)}"
+            f"{self.host}:{self.port}/{quote(self.database, safe='')}"
+        )
+
+    @property
+    def safe_dsn(self) -> str:
+        return redact_url(self.dsn)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    @classmethod
+    def _from_url(cls, url: str) -> dict[str, Any]:
+        p = urlsplit(url)
+        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 5432}
+        if p.path.strip("/"):
+            out["database"] = unquote(p.path.strip("/"))
+        if p.username:
+            out["user"] = unquote(p.username)
+        if p.password:
+            out["password"] = unquote(p.password)
+        return out
+
+
+@dataclass(frozen=True)
+class RabbitMQConfig:
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 5672
+    user: str = "guest"
+    password: str | None = field(default="guest", repr=False)
+    vhost: str = "/"
+    exchange: str = "satellites.events"
+    #: Per-key order with competing consumers: a key hashes to one of N partition queues,
+    #: each consumed by a single active consumer.
+    partitions: int = 4
+    prefetch: int = 256
+    publish_timeout: float = 10.0
+    max_retries: int = 5
+    retry_backoff: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.partitions < 1:
+            raise ConfigurationError("rabbitmq.partitions", "must be at least 1")
+
+    @property
+    def url(self) -> str:
+        vhost = quote(self.vhost, safe="")
+        return f"amqp://{_userinfo(self.user, self.password)}{self.host}:{self.port}/{vhost}"
+
+    @property
+    def safe_url(self) -> str:
+        return redact_url(self.url)
+
+    @classmethod
+    def _from_url(cls, url: str) -> dict[str, Any]:
+        p = urlsplit(url)
+        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 5672}
+        if p.path.startswith("/") and len(p.path) > 1:
+            out["vhost"] = unquote(p.path[1:])
+        if p.username:
+            out["user"] = unquote(p.username)
+        if p.password:
+            out["password"] = unquote(p.password)
+        return out
+
+
+@dataclass(frozen=True)
+class ElasticsearchConfig:
+    enabled: bool = True
+    hosts: tuple[str, ...] = ("http://localhost:9200",)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    request_timeout: float = 30.0
+    index_prefix: str = "sat-"
+
+    @classmethod
+    def _from_url(cls, url: str) -> dict[str, Any]:
+        hosts = [h.strip() for h in url.split(",") if h.strip()]
+        first = urlsplit(hosts[0]) if hosts else None
+        out: dict[str, Any] = {
+            # credentials travel as fields, never inside the host URLs
+            "hosts": tuple(
+                urlsplit(h)._replace(netloc=urlsplit(h).netloc.rsplit("@", 1)[-1]).geturl()
+                for h in hosts
+            )
+        }
+        if first is not None and first.username:
+            out["username"] = unquote(first.username)
+        if first is not None and first.password:
+            out["password"] = unquote(first.password)
+        return out
+
+
+@dataclass(frozen=True)
+class FaissConfig:
+    enabled: bool = True
+    index_path: Path = Path("./data/faiss")
+    dimension: int = 1536  # OpenAI embedding size default (the seed's)
+    metric: Literal["cosine", "ip", "l2"] = "cosine"
+    index_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    #: Worker threads for FAISS calls (searches may overlap, writes are exclusive).
+    threads: int = 2
+    #: Concurrent single queries on one namespace are coalesced into one batched search.
+    coalesce_max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.dimension < 1:
+            raise ConfigurationError("faiss.dimension", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EventLogConfig:
+    """The Postgres event log (the outbox). Needs the Postgres backend."""
+
+    enabled: bool = True
+    max_payload_bytes: int = 1_048_576
+    notify_channel: str = "satellites_events"
+    read_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    batch_size: int = 500
+    confirm_window: int = 500
+    poll_interval: float = 1.0
+    #: Stand-by relays try to take the lead this often.
+    standby_interval: float = 1.0
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "redis": RedisConfig,
+    "postgres": PostgresConfig,
+    "elasticsearch": ElasticsearchConfig,
+    "faiss": FaissConfig,
+    "rabbitmq": RabbitMQConfig,
+    "log": EventLogConfig,
+    "relay": RelayConfig,
+}
+
+
+@dataclass(frozen=True)
+class DataLayerConfig:
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    faiss: FaissConfig = field(default_factory=FaissConfig)
+    rabbitmq: RabbitMQConfig = field(default_factory=RabbitMQConfig)
+    log: EventLogConfig = field(default_factory=EventLogConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    #: How long start() keeps retrying one backend before it gives up, in seconds.
+    connect_timeout: float = 10.0
+    #: How long stop() waits for background work to finish, in seconds.
+    stop_timeout: float = 10.0
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> DataLayerConfig:
+        """Build the config from ``SATELLITES_*`` variables (``os.environ`` by default)."""
+        source = os.environ if env is None else env
+        top = _parse_fields(cls, source, ENV_PREFIX, skip=set(_SECTIONS))
+        sections = {
+            name: _build_section(name, section_cls, source)
+            for name, section_cls in _SECTIONS.items()
+        }
+        return cls(**{**top, **sections, **overrides})
+
+    def replace(self, **changes: Any) -> DataLayerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _build_section(name: str, section_cls: type[Any], env: Mapping[str, str]) -> Any:
+    prefix = f"{ENV_PREFIX}{name.upper()}_"
+    values: dict[str, Any] = {}
+    url = env.get(f"{prefix}URL")
+    if url and hasattr(section_cls, "_from_url"):
+        values.update(section_cls._from_url(url))
+    values.update(_parse_fields(section_cls, env, prefix))
+    hints = typing.get_type_hints(section_cls)
+    for key, raw in list(values.items()):
+        values[key] = _convert(f"{prefix}{key.upper()}", hints[key], raw)
+    try:
+        return section_cls(**values)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{prefix}{exc.field.split('.')[-1].upper()}", str(exc)) from exc
+
+
+def _parse_fields(
+    cls: type[Any], env: Mapping[str, str], prefix: str, skip: set[str] | None = None
+) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if skip and f.name in skip:
+            continue
+        var = f"{prefix}{f.name.upper()}"
+        if var in env:
+            out[f.name] = _convert(var, hints[f.name], env[var])
+    return out
+
+
+def _convert(var: str, hint: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if typing.get_origin(hint) is tuple:
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    try:
+        return TypeAdapter(hint).validate_python(raw)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"]
+        shown = "<hidden>" if "PASSWORD" in var or "KEY" in var else repr(raw)
+        raise ConfigurationError(var, f"{problem} (got {shown})") from None

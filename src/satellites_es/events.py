@@ -1,0 +1,209 @@
+"""DataEvent, the EventBus protocol, and the in-process bus.
+
+``DataEvent`` is the seed's event plus a unique ``id`` (what makes a retried append store the event
+once, and the AMQP ``message_id``), a timezone-aware ``timestamp`` (the seed's
+``datetime.utcnow`` is deprecated and naive) and a ``position`` that the event log assigns.
+``to_json``/``from_json`` round-trip an event exactly.
+
+``InProcessEventBus`` delivery contract (the contract suite in ``tests/contract`` holds every bus
+to it):
+
+* ``publish`` returns after every matching handler has run once: handlers for the exact type in
+  subscription order, then the ``subscribe_all`` handlers in subscription order.
+* One event is delivered to the handlers before the next ``publish`` call's event; events from one
+  publisher therefore arrive in publish order.
+* A handler that raises does not keep the event from the other handlers. Its error is logged with
+  the handler's name and counted in :attr:`InProcessEventBus.handler_errors`; ``publish`` does not
+  raise for it (the publisher's write already happened; a failing subscriber is the subscriber's).
+* Subscribing the same handler twice to one type delivers twice; ``unsubscribe`` removes one
+  subscription and is a no-op for an unknown handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import InvalidEventError
+
+__all__ = [
+    "DataEvent",
+    "EventBus",
+    "EventHandler",
+    "InProcessEventBus",
+    "handler_name",
+]
+
+logger = logging.getLogger(__name__)
+
+EventHandler = Callable[["DataEvent"], Awaitable[None]]
+
+_REQUIRED = ("type", "resource", "key", "source")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class DataEvent:
+    type: str  # e.g. "user.created", "document.indexed"
+    resource: str  # e.g. "users", "documents", "embeddings"
+    key: str  # primary identifier
+    payload: Mapping[str, Any]  # event data (JSON)
+    source: str  # "redis" | "postgres" | "elasticsearch" | "faiss" | an app name
+    timestamp: datetime = field(default_factory=_now)
+    version: int | None = None  # the stream version; the log sets it on append
+    id: str = field(default_factory=_new_id)
+    #: Global position in the log; ``None`` until the event is appended.
+    position: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in _REQUIRED:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise InvalidEventError(f"DataEvent.{name} must be a non-empty string")
+        if not isinstance(self.payload, Mapping):
+            raise InvalidEventError("DataEvent.payload must be a mapping")
+        if not isinstance(self.timestamp, datetime) or self.timestamp.tzinfo is None:
+            raise InvalidEventError("DataEvent.timestamp must be a timezone-aware datetime")
+        if not self.id:
+            raise InvalidEventError("DataEvent.id must be a non-empty string")
+
+    def payload_json(self) -> str:
+        """The payload as compact JSON; :class:`InvalidEventError` if it is not JSON."""
+        try:
+            return json.dumps(
+                self.payload, separators=(",", ":"), sort_keys=True, allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidEventError(
+                f"event {self.id} ({self.type}): payload is not JSON-serialisable: {exc}"
+            ) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "resource": self.resource,
+            "key": self.key,
+            "payload": json.loads(self.payload_json()),
+            "source": self.source,
+            "timestamp": self.timestamp.isoformat(),
+            "version": self.version,
+            "position": self.position,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataEvent:
+        missing = [name for name in (*_REQUIRED, "payload", "id") if name not in data]
+        if missing:
+            raise InvalidEventError(f"event is missing field(s): {', '.join(missing)}")
+        try:
+            ts = data.get("timestamp")
+            timestamp = datetime.fromisoformat(ts) if isinstance(ts, str) else ts or _now()
+            return cls(
+                id=str(data["id"]),
+                type=data["type"],
+                resource=data["resource"],
+                key=data["key"],
+                payload=data["payload"],
+                source=data["source"],
+                timestamp=timestamp,
+                version=data.get("version"),
+                position=data.get("position"),
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidEventError):
+                raise
+            raise InvalidEventError(f"malformed event: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DataEvent:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InvalidEventError(f"event is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise InvalidEventError("event JSON must be an object")
+        return cls.from_dict(data)
+
+
+def handler_name(handler: EventHandler) -> str:
+    """A stable, readable name for a handler (used for logs and consumer groups)."""
+    explicit = getattr(handler, "subscriber_name", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
+    module = getattr(handler, "__module__", None) or type(handler).__module__
+    qual = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+    return f"{module}.{qual}"
+
+
+@runtime_checkable
+class EventBus(Protocol):
+    """Protocol for event bus implementations (in-process and RabbitMQ)."""
+
+    def subscribe(self, event_type: str, handler: EventHandler) -> None: ...
+    def subscribe_all(self, handler: EventHandler) -> None: ...
+    def unsubscribe(self, event_type: str, handler: EventHandler) -> None: ...
+    async def publish(self, event: DataEvent) -> None: ...
+
+
+class InProcessEventBus:
+    """Simple in-process pub/sub; see the module docstring for its delivery contract."""
+
+    ALL = "*"
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, list[EventHandler]] = {}
+        self._global_handlers: list[EventHandler] = []
+        self.published = 0
+        self.handler_errors = 0
+        #: Optional hook for metrics: called with (handler name, exception).
+        self.on_handler_error: Callable[[str, BaseException], None] | None = None
+
+    def subscribe(self, event_type: str, handler: EventHandler) -> None:
+        if event_type == self.ALL:
+            self.subscribe_all(handler)
+            return
+        self._handlers.setdefault(event_type, []).append(handler)
+
+    def subscribe_all(self, handler: EventHandler) -> None:
+        self._global_handlers.append(handler)
+
+    def unsubscribe(self, event_type: str, handler: EventHandler) -> None:
+        bucket = self._global_handlers if event_type == self.ALL else self._handlers.get(event_type)
+        if bucket and handler in bucket:
+            bucket.remove(handler)
+
+    async def publish(self, event: DataEvent) -> None:
+        self.published += 1
+        # Copy: a handler may (un)subscribe while we deliver.
+        for handler in (*self._handlers.get(event.type, ()), *self._global_handlers):
+            try:
+                await handler(event)
+            except Exception as exc:
+                self.handler_errors += 1
+                logger.error(
+                    "handler %s failed on event %s (%s): %s",
+                    handler_name(handler),
+                    event.id,
+                    event.type,
+                    exc,
+                    exc_info=exc,
+                )
+                if self.on_handler_error is not None:
+                    self.on_handler_error(handler_name(handler), exc)
+
