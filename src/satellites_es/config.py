@@ -109,6 +109,7 @@ class PostgresConfig:
     min_connections: int = 2
     max_connections: int = 10
     command_timeout: float = 30.0
+    application_name: str = "satellites-es"
 
     def __post_init__(self) -> None:
         if not _IDENT.match(self.schema):

@@ -1,0 +1,261 @@
+"""The DataLayer façade: one ``start()`` / ``stop()`` / ``health()`` and the native clients.
+
+Lifecycle (httpx's ``ClientState``): ``NEW -> STARTING -> RUNNING -> STOPPING -> STOPPED``. A
+layer starts once; starting twice or using a stopped layer raises :class:`LifecycleError`.
+
+``start()`` connects every enabled backend concurrently, each with bounded retries
+(:func:`~satellites_es.backends.connect_with_retry`). The first backend that gives up cancels the
+others, everything already opened is closed again, and the error names that backend; the whole
+start is bounded by ``connect_timeout``. ``stop()`` is graceful, bounded by ``stop_timeout`` per
+backend, and idempotent. ``health()`` never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from elasticsearch import AsyncElasticsearch
+
+from .backends import Backend, ElasticsearchBackend, PostgresBackend, RedisBackend, connect_with_retry
+from .config import DataLayerConfig
+from .errors import BackendUnavailableError, LifecycleError
+from .events import EventBus, InProcessEventBus
+from .health import BackendHealth, Health, probe
+
+if TYPE_CHECKING:
+    from .vectors import VectorIndex
+
+__all__ = ["DataLayer", "LayerState"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("postgres", "redis", "elasticsearch", "faiss", "rabbitmq")
+
+
+class LayerState(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _VectorBackend:
+    """Adapts the FAISS :class:`VectorIndex` (our only wrapper) to the backend lifecycle."""
+
+    name = "faiss"
+
+    def __init__(self, index: VectorIndex) -> None:
+        self.index = index
+
+    async def connect(self) -> None:
+        await self.index.open()
+
+    async def close(self) -> None:
+        await self.index.close()
+
+    async def check(self) -> Mapping[str, Any]:
+        return self.index.stats()
+
+
+class _BusBackend:
+    """Adapts a bus with its own connection (RabbitMQ) to the backend lifecycle."""
+
+    name = "rabbitmq"
+
+    def __init__(self, bus: Any) -> None:
+        self.bus = bus
+
+    async def connect(self) -> None:
+        await self.bus.start()
+
+    async def close(self) -> None:
+        await self.bus.stop()
+
+    async def check(self) -> Mapping[str, Any]:
+        result: Mapping[str, Any] = await self.bus.health()
+        return result
+
+
+class DataLayer:
+    """Unified façade: lifecycle, health, and access to every backend."""
+
+    def __init__(self, config: DataLayerConfig | None = None, *, bus: EventBus | None = None) -> None:
+        self.config = config or DataLayerConfig()
+        self._state = LayerState.NEW
+        self._backends: dict[str, Backend] = self._make_backends()
+        self._bus: EventBus = bus if bus is not None else self._make_bus()
+        if hasattr(self._bus, "start") and hasattr(self._bus, "stop"):
+            self._backends["rabbitmq"] = _BusBackend(self._bus)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _make_backends(self) -> dict[str, Backend]:
+        c = self.config
+        made: dict[str, Backend] = {}
+        if c.postgres.enabled:
+            made["postgres"] = PostgresBackend(c.postgres)
+        if c.redis.enabled:
+            made["redis"] = RedisBackend(c.redis)
+        if c.elasticsearch.enabled:
+            made["elasticsearch"] = ElasticsearchBackend(c.elasticsearch)
+        if c.faiss.enabled:
+            from .vectors import VectorIndex
+
+            made["faiss"] = _VectorBackend(VectorIndex(c.faiss))
+        return made
+
+    def _make_bus(self) -> EventBus:
+        if not self.config.rabbitmq.enabled:
+            return InProcessEventBus()
+        from .bus.rabbitmq import RabbitMQEventBus
+
+        return RabbitMQEventBus(self.config.rabbitmq)
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        c = self.config
+        return (
+            c.postgres.password,
+            c.redis.password,
+            c.rabbitmq.password,
+            c.elasticsearch.password,
+            c.elasticsearch.api_key,
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> LayerState:
+        return self._state
+
+    async def start(self) -> None:
+        """Connect all enabled backends concurrently; on failure close them and name the culprit."""
+        if self._state is not LayerState.NEW:
+            raise LifecycleError(
+                f"DataLayer is {self._state.value}; a layer starts once (create a new DataLayer)"
+            )
+        self._state = LayerState.STARTING
+        try:
+            await self._connect_all()
+        except BaseException:
+            await self._close_all()
+            self._state = LayerState.STOPPED
+            raise
+        self._state = LayerState.RUNNING
+        logger.info("data layer started: %s", ", ".join(self._backends) or "no backends")
+
+    async def _connect_all(self) -> None:
+        timeout, secrets = self.config.connect_timeout, self._secrets()
+        tasks = [
+            asyncio.create_task(connect_with_retry(b, timeout, secrets), name=f"connect-{name}")
+            for name, b in self._backends.items()
+        ]
+        if not tasks:
+            return
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BackendUnavailableError)]
+        if failures:
+            raise failures[0]
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
+                raise r
+
+    async def stop(self) -> None:
+        """Graceful and idempotent: close every backend, each within ``stop_timeout``."""
+        if self._state in (LayerState.STOPPED, LayerState.STOPPING):
+            return
+        if self._state is LayerState.NEW:
+            self._state = LayerState.STOPPED
+            return
+        self._state = LayerState.STOPPING
+        await self._close_all()
+        self._state = LayerState.STOPPED
+        logger.info("data layer stopped")
+
+    async def _close_all(self) -> None:
+        async def close(name: str, backend: Backend) -> None:
+            try:
+                async with asyncio.timeout(self.config.stop_timeout):
+                    await backend.close()
+            except Exception as exc:
+                logger.warning("closing %s failed: %s", name, exc)
+
+        # The bus first: it may still be delivering to handlers that use the other clients.
+        order = sorted(self._backends.items(), key=lambda kv: kv[0] != "rabbitmq")
+        for name, backend in order[:1]:
+            await close(name, backend)
+        await asyncio.gather(*(close(n, b) for n, b in order[1:]))
+
+    async def __aenter__(self) -> DataLayer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- health -------------------------------------------------------------------------------
+
+    async def health(self, timeout: float = 5.0) -> Health:
+        """Per-backend state, latency and details. Never raises."""
+        names = list(BACKENDS)
+        results = await asyncio.gather(*(self._health_of(n, timeout) for n in names))
+        details = dict(zip(names, results, strict=True))
+        return Health(ok=all(h.ok for h in details.values()), details=details)
+
+    async def _health_of(self, name: str, timeout: float) -> BackendHealth:
+        backend = self._backends.get(name)
+        if backend is None:
+            return BackendHealth("disabled")
+        if self._state is not LayerState.RUNNING:
+            return BackendHealth("down", error=f"data layer is {self._state.value}")
+        return await probe(backend.check, timeout)
+
+    # -- native clients -----------------------------------------------------------------------
+
+    def _running(self, name: str) -> Any:
+        if self._state is not LayerState.RUNNING:
+            raise LifecycleError(f"DataLayer is {self._state.value}: start() it before using {name}")
+        backend = self._backends.get(name)
+        if backend is None:
+            raise LifecycleError(f"{name} is disabled in the configuration")
+        return backend
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        client = self._running("redis").client
+        assert client is not None
+        return client  # type: ignore[no-any-return]
+
+    @property
+    def postgres(self) -> asyncpg.Pool:
+        pool = self._running("postgres").pool
+        assert pool is not None
+        return pool  # type: ignore[no-any-return]
+
+    @property
+    def elasticsearch(self) -> AsyncElasticsearch:
+        client = self._running("elasticsearch").client
+        assert client is not None
+        return client  # type: ignore[no-any-return]
+
+    @property
+    def vectors(self) -> VectorIndex:
+        return self._running("faiss").index  # type: ignore[no-any-return]
+
+    @property
+    def events(self) -> EventBus:
+        """The event bus; usable before start (to subscribe), not after stop."""
+        if self._state in (LayerState.STOPPING, LayerState.STOPPED):
+            raise LifecycleError(f"DataLayer is {self._state.value}")
+        return self._bus

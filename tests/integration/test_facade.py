@@ -1,0 +1,131 @@
+"""The façade on the real services: lifecycle, health, failures and secrets."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import asyncpg
+import pytest
+
+from satellites_es.config import DataLayerConfig
+from satellites_es.errors import BackendUnavailableError, LifecycleError
+from satellites_es.events import DataEvent
+from satellites_es.facade import DataLayer, LayerState
+from satellites_es.testing import free_port
+
+
+def _without(config: DataLayerConfig, *names: str) -> DataLayerConfig:
+    return config.replace(
+        **{n: dataclasses.replace(getattr(config, n), enabled=False) for n in names}
+    )
+
+
+async def test_start_health_native_clients_stop(config_with_es: DataLayerConfig) -> None:
+    async with DataLayer(config_with_es) as data:
+        assert data.state is LayerState.RUNNING
+        health = await data.health()
+        assert health.ok, health.to_dict()
+        assert set(health.details) == {"postgres", "redis", "elasticsearch", "faiss", "rabbitmq"}
+        for name, h in health.details.items():
+            assert h.status == "ok", (name, h)
+            assert h.latency_ms is not None and h.latency_ms >= 0
+        assert health.details["elasticsearch"].details["version"].startswith("8.")
+        # the native clients, as the seed shows them
+        prefix = config_with_es.redis.key_prefix
+        await data.redis.set(f"{prefix}session:1", b"user")
+        assert await data.redis.get(f"{prefix}session:1") == b"user"
+        assert await data.postgres.fetchval("SELECT 40 + 2") == 42
+        info = await data.elasticsearch.info()
+        assert info["version"]["number"].startswith("8.")
+        await data.vectors.upsert("embeddings", "doc-1", [1.0] * 8, {"source": "test"})
+        matches = await data.vectors.query("embeddings", [1.0] * 8, top_k=1)
+        assert matches[0].id == "doc-1" and matches[0].metadata == {"source": "test"}
+    assert data.state is LayerState.STOPPED
+
+
+async def test_start_twice_and_use_after_stop_are_clear_errors(config: DataLayerConfig) -> None:
+    data = DataLayer(_without(config, "rabbitmq", "faiss"))
+    with pytest.raises(LifecycleError, match="start"):
+        _ = data.redis
+    await data.start()
+    try:
+        with pytest.raises(LifecycleError, match="once"):
+            await data.start()
+    finally:
+        await data.stop()
+    await data.stop()  # idempotent
+    with pytest.raises(LifecycleError, match="stopped"):
+        _ = data.postgres
+    with pytest.raises(LifecycleError):
+        _ = data.events
+    with pytest.raises(LifecycleError, match="once"):
+        await data.start()
+
+
+async def test_disabled_backend_is_reported_and_refused(config: DataLayerConfig) -> None:
+    async with DataLayer(_without(config, "elasticsearch", "rabbitmq", "faiss")) as data:
+        health = await data.health()
+        assert health.ok
+        assert health.details["elasticsearch"].status == "disabled"
+        assert health.details["rabbitmq"].status == "disabled"
+        with pytest.raises(LifecycleError, match="disabled"):
+            _ = data.elasticsearch
+
+
+async def _our_pg_connections(url: str, app_name: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
+        ))
+    finally:
+        await conn.close()
+
+
+async def test_unreachable_backend_fails_bounded_named_and_leaks_nothing(
+    config: DataLayerConfig, postgres_url: str, test_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    closed = free_port()
+    cfg = config.replace(
+        redis=dataclasses.replace(config.redis, port=closed, password="hunter2-secret"),
+        postgres=dataclasses.replace(config.postgres, application_name=test_id),
+        connect_timeout=1.5,
+    )
+    caplog.set_level(logging.DEBUG)
+    data = DataLayer(cfg)
+    started = time.monotonic()
+    with pytest.raises(BackendUnavailableError) as info:
+        await data.start()
+    elapsed = time.monotonic() - started
+    assert info.value.backend == "redis"
+    assert str(closed) in str(info.value) or "redis" in str(info.value)
+    assert elapsed < cfg.connect_timeout + 3.0
+    assert data.state is LayerState.STOPPED
+    # the backends that did connect were closed again
+    assert await _our_pg_connections(postgres_url, test_id) == 0
+    assert "hunter2-secret" not in str(info.value) + caplog.text
+
+
+async def test_health_of_a_layer_not_started_never_raises(config: DataLayerConfig) -> None:
+    data = DataLayer(_without(config, "rabbitmq"))
+    health = await data.health()
+    assert not health.ok
+    assert health.details["postgres"].status == "down"
+
+
+async def test_publish_through_the_seed_api(config: DataLayerConfig) -> None:
+    cfg = _without(config, "rabbitmq", "elasticsearch", "faiss")
+    async with DataLayer(cfg) as data:
+        seen: list[str] = []
+
+        async def on_document_indexed(event: DataEvent) -> None:
+            seen.append(event.key)
+
+        data.events.subscribe("document.indexed", on_document_indexed)
+        await data.events.publish(
+            DataEvent(type="document.indexed", resource="documents", key="doc-9",
+                      payload={"text": "..."}, source="elasticsearch")
+        )
+        assert seen == ["doc-9"]
