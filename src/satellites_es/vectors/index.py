@@ -1,0 +1,436 @@
+"""VectorIndex: named FAISS namespaces behind an asyncio API.
+
+Threads. Every FAISS call runs in a ThreadPoolExecutor of ``FaissConfig.threads`` workers, never
+on the event loop. Each namespace has a readers-writer lock: searches, ``get`` and the copy taken
+by ``save`` share it; upserts, deletes, ``load`` and ``drop_namespace`` take it alone. A write
+whose caller is cancelled still finishes in its thread before the lock is released, so a
+cancellation never leaves a half-applied batch.
+
+Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`
+that turns concurrent callers into batched searches; ``query_many`` searches its batch directly.
+
+Positions ("exactly-once effect by position", for event projections). A write given a
+``position`` applies only if it is above the last position applied to that id; deletes keep
+their position as a tombstone, so a late upsert cannot resurrect a deleted id. The largest
+applied position is ``applied_position(namespace)``, saved in the manifest. Writes without a
+position always apply.
+
+Missing namespaces. ``upsert`` creates one with the config's defaults; a positioned ``delete``
+does too (to keep its tombstone); ``query``, ``query_many``, ``get`` and ``count`` raise
+:class:`~satellites_es.errors.NamespaceNotFoundError`; an unpositioned ``delete`` returns False
+and ``applied_position`` returns None.
+
+Persistence is explicit: ``save`` writes atomic snapshots (:mod:`.persistence`), ``close`` does not
+save. ``drop_namespace`` removes the namespace from memory and disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from ..config import FaissConfig
+from ..errors import InvalidVectorError, LifecycleError, NamespaceNotFoundError, VectorIndexError
+from .coalesce import QueryCoalescer
+from .locks import RWLock
+from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
+from .namespace import Namespace
+from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
+from .validation import check_id, check_metadata, check_namespace, check_vectors
+
+__all__ = ["VectorIndex"]
+
+T = TypeVar("T")
+Item = tuple[str, Sequence[float] | npt.NDArray[Any], Mapping[str, Any] | None]
+Filter = Mapping[str, Any] | None
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A namespace and what guards it; ``ns`` is swapped by ``load`` under the write lock."""
+
+    ns: Namespace
+    coalescer: QueryCoalescer
+    lock: RWLock = field(default_factory=RWLock)
+    save_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    saved_version: int = -1
+    dropped: bool = False
+
+    @property
+    def dirty(self) -> bool:
+        return self.saved_version != self.ns.version
+
+
+class VectorIndex:
+    def __init__(self, config: FaissConfig) -> None:
+        self._config = config
+        self._root = Path(config.index_path)
+        self._slots: dict[str, _Slot] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._state = _State.NEW
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the directory, start the workers and load every saved namespace."""
+        if self._state is not _State.NEW:
+            raise LifecycleError(f"VectorIndex is {self._state.value}; open() needs a new one")
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(1, self._config.threads), thread_name_prefix="faiss"
+        )
+        self._state = _State.OPEN
+        try:
+            await self._run(self._root.mkdir, parents=True, exist_ok=True)
+            await self.load()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Answer queued queries, then stop the workers. Does not save."""
+        if self._state is not _State.OPEN:
+            self._state = _State.CLOSED
+            return
+        for slot in list(self._slots.values()):
+            await slot.coalescer.close()
+        self._state = _State.CLOSED
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
+
+    async def __aenter__(self) -> VectorIndex:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ---- namespaces ----------------------------------------------------------------------
+
+    async def create_namespace(
+        self,
+        namespace: str,
+        *,
+        dimension: int | None = None,
+        metric: Metric | None = None,
+        index_kind: IndexKind | None = None,
+        **tuning: int,
+    ) -> None:
+        """Create an empty namespace; ``tuning`` takes hnsw_m, ef_construction, ef_search,
+        nlist, nprobe. Creating an existing one with the same settings is a no-op."""
+        self._check_open()
+        spec = self._spec(check_namespace(namespace), dimension, metric, index_kind, tuning)
+        existing = self._slots.get(namespace)
+        if existing is None:
+            self._install(Namespace(spec))
+        elif existing.ns.spec != spec:
+            raise VectorIndexError(f"namespace {namespace!r} exists as {existing.ns.spec}")
+
+    async def drop_namespace(self, namespace: str) -> bool:
+        """Remove a namespace from memory and disk; False if it did not exist."""
+        self._check_open()
+        check_namespace(namespace)
+        slot = self._slots.get(namespace)
+        on_disk = (self._root / namespace).exists()
+        if slot is not None:
+            async with slot.save_lock, slot.lock.write():
+                slot.dropped = True
+                del self._slots[namespace]
+        if on_disk:
+            await self._run(remove_namespace_dir, self._root, namespace)
+        return slot is not None or on_disk
+
+    async def namespaces(self) -> list[str]:
+        self._check_open()
+        return sorted(self._slots)
+
+    # ---- writes --------------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        namespace: str,
+        vector_id: str,
+        vector: Sequence[float] | npt.NDArray[Any],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        position: int | None = None,
+    ) -> None:
+        positions = None if position is None else [position]
+        await self.upsert_many(namespace, [(vector_id, vector, metadata)], positions=positions)
+
+    async def upsert_many(
+        self,
+        namespace: str,
+        items: Sequence[Item],
+        *,
+        positions: Sequence[int] | None = None,
+    ) -> int:
+        """Insert or replace vectors; returns how many items applied (stale positions skip)."""
+        self._check_open()
+        check_namespace(namespace)
+        slot = self._slots.get(namespace)
+        spec = slot.ns.spec if slot is not None else self._spec(namespace, None, None, None, {})
+        ids, vectors, metas = self._check_items(items, spec)
+        checked_positions = _check_positions(positions, len(ids))
+        if not ids:
+            return 0
+        slot = self._slots.get(namespace) or self._install(Namespace(spec))
+        async with slot.lock.write():
+            ns = self._live(slot)
+            return await self._run(ns.apply_upserts, ids, vectors, metas, checked_positions)
+
+    async def delete(self, namespace: str, vector_id: str, *, position: int | None = None) -> bool:
+        """Delete one vector; True if one was removed. Stale positions are ignored."""
+        self._check_open()
+        check_namespace(namespace)
+        check_id(vector_id)
+        _check_positions(None if position is None else [position], 1)
+        slot = self._slots.get(namespace)
+        if slot is None and position is None:
+            return False
+        if slot is None:
+            slot = self._install(Namespace(self._spec(namespace, None, None, None, {})))
+        async with slot.lock.write():
+            ns = self._live(slot)
+            return await self._run(ns.apply_delete, vector_id, position)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    async def query(
+        self,
+        namespace: str,
+        vector: Sequence[float] | npt.NDArray[Any],
+        top_k: int = 10,
+        *,
+        filter: Filter = None,
+    ) -> list[VectorMatch]:
+        """The ``top_k`` best matches, best first (see :class:`VectorMatch` for scores)."""
+        slot = self._slot(namespace)
+        row = self._check_query(slot, vector, top_k, filter)
+        return await slot.coalescer.query(row, top_k, filter)
+
+    async def query_many(
+        self,
+        namespace: str,
+        vectors: Sequence[Sequence[float]] | npt.NDArray[Any],
+        top_k: int = 10,
+        *,
+        filter: Filter = None,
+    ) -> list[list[VectorMatch]]:
+        """One batched search; a result list per input vector."""
+        slot = self._slot(namespace)
+        matrix = self._check_query(slot, vectors, top_k, filter)
+        if len(matrix) == 0:
+            return []
+        return await self._search(slot, matrix, top_k, filter)
+
+    async def get(
+        self, namespace: str, vector_id: str
+    ) -> tuple[npt.NDArray[np.float32], Mapping[str, Any] | None] | None:
+        """The stored vector (unit length under cosine) and its metadata, or None."""
+        slot = self._slot(namespace)
+        check_id(vector_id)
+        async with slot.lock.read():
+            return await self._run(self._live(slot).get, vector_id)
+
+    async def count(self, namespace: str) -> int:
+        return len(self._slot(namespace).ns)
+
+    def applied_position(self, namespace: str) -> int | None:
+        slot = self._slots.get(check_namespace(namespace))
+        return None if slot is None else slot.ns.applied_position
+
+    def stats(self) -> dict[str, Any]:
+        namespaces = {name: _ns_stats(slot) for name, slot in sorted(self._slots.items())}
+        return {
+            "state": self._state.value,
+            "index_path": str(self._root),
+            "dimension": self._config.dimension,
+            "namespaces": namespaces,
+            "total_vectors": sum(s["count"] for s in namespaces.values()),
+        }
+
+    # ---- persistence ---------------------------------------------------------------------
+
+    async def save(self, namespace: str | None = None) -> None:
+        """Snapshot one namespace, or every namespace changed since its last save."""
+        self._check_open()
+        if namespace is not None:
+            await self._save(self._slot(namespace))
+            return
+        for slot in list(self._slots.values()):
+            if slot.dirty:
+                await self._save(slot)
+
+    async def load(self, namespace: str | None = None) -> None:
+        """Replace one namespace, or every namespace saved on disk, by its current snapshot.
+
+        Namespaces held only in memory are left alone by ``load()``.
+        """
+        self._check_open()
+        names = [check_namespace(namespace)] if namespace is not None else None
+        if names is None:
+            names = await self._run(snapshot_namespaces, self._root)
+        for name in names:
+            await self._load(name)
+
+    # ---- internals -----------------------------------------------------------------------
+
+    async def _save(self, slot: _Slot) -> None:
+        async with slot.save_lock:
+            async with slot.lock.read():
+                ns = self._live(slot)
+                version = ns.version
+                data, state = await self._run(ns.snapshot)
+            self._live(slot)
+            await self._run(write_snapshot, self._root / ns.spec.name, ns.spec, data, state)
+            slot.saved_version = version
+
+    async def _load(self, name: str) -> None:
+        spec, index, state = await self._run(read_snapshot, self._root / name, name)
+        loaded = Namespace(spec, index, state)
+        slot = self._slots.get(name)
+        if slot is None:
+            self._install(loaded).saved_version = loaded.version
+            return
+        async with slot.save_lock, slot.lock.write():
+            slot.ns = loaded
+            slot.saved_version = loaded.version
+
+    async def _search(
+        self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
+    ) -> list[list[VectorMatch]]:
+        async with slot.lock.read():
+            return await self._run(self._live(slot).search, matrix, k, flt)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` in a worker; if the caller is cancelled, still wait for it to finish
+        (it may hold a namespace lock, and FAISS cannot be interrupted)."""
+        if self._executor is None:
+            raise LifecycleError("VectorIndex is not open")
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
+
+    def _install(self, ns: Namespace) -> _Slot:
+        name = ns.spec.name
+        coalescer = QueryCoalescer(
+            lambda m, k, f: self._search(slot, m, k, f),
+            max_batch=self._config.coalesce_max_batch,
+            name=name,
+        )
+        slot = _Slot(ns, coalescer)
+        self._slots[name] = slot
+        return slot
+
+    def _spec(
+        self,
+        name: str,
+        dimension: int | None,
+        metric: Metric | None,
+        index_kind: IndexKind | None,
+        tuning: Mapping[str, int],
+    ) -> NamespaceSpec:
+        try:
+            return NamespaceSpec(
+                name=name,
+                dimension=dimension or self._config.dimension,
+                metric=metric or self._config.metric,
+                index_kind=index_kind or self._config.index_kind,
+                **tuning,
+            )
+        except TypeError as exc:
+            raise VectorIndexError(f"unknown namespace setting: {exc}") from exc
+
+    def _check_items(
+        self, items: Sequence[Item], spec: NamespaceSpec
+    ) -> tuple[list[str], npt.NDArray[np.float32], list[dict[str, Any] | None]]:
+        try:
+            ids = [check_id(vid) for vid, _, _ in items]
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidVectorError):
+                raise
+            raise InvalidVectorError("items must be (id, vector, metadata) tuples") from exc
+        if not ids:
+            return [], np.empty((0, spec.dimension), np.float32), []
+        rows: list[Any] = [v for _, v, _ in items]
+        vectors = check_vectors(rows, spec.dimension, normalise=_cos(spec))
+        return ids, vectors, check_metadata([m for _, _, m in items])
+
+    def _check_query(
+        self, slot: _Slot, vectors: Any, top_k: int, flt: Filter
+    ) -> npt.NDArray[np.float32]:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InvalidVectorError(f"top_k must be a positive int, got {top_k!r}")
+        if flt is not None and not isinstance(flt, Mapping):
+            raise InvalidVectorError("filter must be a mapping of metadata key to value")
+        spec = slot.ns.spec
+        return check_vectors(vectors, spec.dimension, normalise=_cos(spec))
+
+    def _slot(self, namespace: str) -> _Slot:
+        self._check_open()
+        slot = self._slots.get(check_namespace(namespace))
+        if slot is None:
+            raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist")
+        return slot
+
+    def _live(self, slot: _Slot) -> Namespace:
+        """The slot's namespace, unless it was dropped while the caller waited for the lock."""
+        if slot.dropped:
+            raise NamespaceNotFoundError(f"namespace {slot.ns.spec.name!r} was dropped")
+        return slot.ns
+
+    def _check_open(self) -> None:
+        if self._state is not _State.OPEN:
+            raise LifecycleError(f"VectorIndex is {self._state.value}; call open() first")
+
+
+def _cos(spec: NamespaceSpec) -> bool:
+    return spec.metric == "cosine"
+
+
+def _check_positions(positions: Sequence[int] | None, n: int) -> list[int] | None:
+    if positions is None:
+        return None
+    checked = list(positions)
+    if len(checked) != n:
+        raise InvalidVectorError(f"{len(checked)} positions for {n} items")
+    if any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in checked):
+        raise InvalidVectorError("positions must be non-negative ints")
+    return checked
+
+
+def _ns_stats(slot: _Slot) -> dict[str, Any]:
+    ns = slot.ns
+    return {
+        "count": len(ns),
+        "dimension": ns.spec.dimension,
+        "metric": ns.spec.metric,
+        "index_kind": ns.spec.index_kind,
+        "ntotal": ns.ntotal,
+        "tombstones": ns.tombstones,
+        "trained": ns.trained,
+        "applied_position": ns.applied_position,
+        "dirty": slot.dirty,
+        "coalesced_queries": slot.coalescer.queries,
+        "faiss_searches": slot.coalescer.searches,
+    }

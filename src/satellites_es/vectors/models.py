@@ -1,0 +1,68 @@
+"""Values of the vector index: a match, and the settings that shape one namespace."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+from ..errors import VectorIndexError
+
+__all__ = ["IndexKind", "Metric", "NamespaceSpec", "VectorMatch"]
+
+Metric = Literal["cosine", "ip", "l2"]
+IndexKind = Literal["flat", "hnsw", "ivf"]
+
+
+@dataclass(frozen=True)
+class VectorMatch:
+    """One search hit; results are always sorted best first.
+
+    ``score`` by metric: ``cosine`` is the cosine similarity in [-1, 1], higher is better;
+    ``ip`` is the raw inner product, higher is better; ``l2`` is the *squared* Euclidean distance,
+    lower is better (what FAISS computes; take the square root yourself if needed).
+    """
+
+    id: str
+    score: float
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class NamespaceSpec:
+    """What a namespace is built from; stored in its manifest and fixed for its lifetime.
+
+    ``hnsw_m``, ``ef_construction``, ``ef_search`` tune HNSW; ``nlist`` and ``nprobe`` tune IVF
+    (which trains once the namespace holds ``nlist * 39`` vectors, see :mod:`.namespace`).
+    """
+
+    name: str
+    dimension: int
+    metric: Metric = "cosine"
+    index_kind: IndexKind = "flat"
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 64
+    nlist: int = 64
+    nprobe: int = 8
+
+    def __post_init__(self) -> None:
+        if self.metric not in get_args(Metric):
+            raise VectorIndexError(f"unknown metric {self.metric!r}; use cosine, ip or l2")
+        if self.index_kind not in get_args(IndexKind):
+            raise VectorIndexError(f"unknown index kind {self.index_kind!r}; use flat, hnsw or ivf")
+        numbers = (self.dimension, self.hnsw_m, self.ef_construction, self.ef_search)
+        if min(*numbers, self.nlist, self.nprobe) < 1:
+            raise VectorIndexError(f"namespace {self.name}: sizes must be positive")
+
+    @property
+    def train_size(self) -> int:
+        """Vectors an IVF namespace buffers before it trains (FAISS wants ~39 per centroid)."""
+        return self.nlist * 39
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NamespaceSpec:
+        return cls(**dict(data))

@@ -1,0 +1,383 @@
+"""One namespace: a FAISS index, the string-id map, metadata and per-id positions.
+
+Synchronous and not thread-safe on its own: :class:`~.index.VectorIndex` calls it from worker
+threads, searches under a shared lock and writes under an exclusive one (FAISS allows concurrent
+searches, but an add or remove must run alone: faiss #367, #1504).
+
+Ids. Every stored vector gets a fresh int64 *label* (a counter that never goes back); the
+namespace maps ``id -> label`` and ``label -> (id, metadata)``. An upsert of a known id adds the
+new vector under a new label, then removes the old label: ``add_with_ids`` would happily keep
+both (faiss #508), and there is never a moment with two live labels for one id.
+
+Deletes, per index kind.
+
+* ``flat``: ``IndexIDMap2(IndexFlat*)``; ``remove_ids`` compacts the arrays, so memory follows the
+  live count.
+* ``hnsw``: ``IndexIDMap2(IndexHNSWFlat)``; HNSW has no ``remove_ids`` (faiss #3339). A deleted
+  label becomes a *tombstone*: it leaves the id map at once and searches exclude it with an
+  ``IDSelectorNot(IDSelectorBatch(tombstones))``. When tombstones exceed
+  ``max(COMPACT_MIN, COMPACT_FRACTION * ntotal)`` the graph is rebuilt from the live vectors, so
+  memory stays within a constant factor of the live count.
+* ``ivf``: untrained, the namespace is a flat ``IndexIDMap2`` buffer (exact results). Once it holds
+  ``nlist * 39`` live vectors (FAISS warns below 39 points per centroid) it trains an
+  ``IVF<nlist>,Flat`` on them and moves them in; from then on ``remove_ids`` works natively (with a
+  hash-table direct map, so ``get`` can reconstruct by label). IVF never retrains on its own.
+
+Approximate kinds may return fewer than ``k`` hits under a selective filter (a filtered HNSW walk
+can strand itself, IVF probes only ``nprobe`` lists); such rows are answered again by an exact
+scan over the candidate labels, so a query returns ``top_k`` hits whenever that many match.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import VectorIndexError
+from ._faiss import faiss
+from .filters import MetadataIndex, filter_key
+from .models import NamespaceSpec, VectorMatch
+
+__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "Namespace", "NamespaceState"]
+
+logger = logging.getLogger(__name__)
+
+COMPACT_FRACTION = 0.25
+COMPACT_MIN = 64
+
+Labels = npt.NDArray[np.int64]
+Matrix = npt.NDArray[np.float32]
+FilterKey = tuple[Any, ...]
+Meta = dict[str, Any] | None
+
+
+@contextmanager
+def faiss_errors(what: str) -> Iterator[None]:
+    """FAISS reports misuse as RuntimeError (C++ exceptions) or AssertionError (its wrapper)."""
+    try:
+        yield
+    except (RuntimeError, AssertionError) as exc:
+        raise VectorIndexError(f"faiss failed to {what}: {exc}") from exc
+
+
+def _faiss_metric(spec: NamespaceSpec) -> int:
+    return int(faiss.METRIC_L2 if spec.metric == "l2" else faiss.METRIC_INNER_PRODUCT)
+
+
+def new_index(spec: NamespaceSpec) -> Any:
+    """An empty index of the namespace's kind (for ``ivf``: the untrained flat buffer)."""
+    metric = _faiss_metric(spec)
+    if spec.index_kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(spec.dimension, spec.hnsw_m, metric)
+        inner.hnsw.efConstruction = spec.ef_construction
+    elif metric == faiss.METRIC_L2:
+        inner = faiss.IndexFlatL2(spec.dimension)
+    else:
+        inner = faiss.IndexFlatIP(spec.dimension)
+    return faiss.IndexIDMap2(inner)
+
+
+def _trained_ivf(spec: NamespaceSpec, vectors: Matrix) -> Any:
+    # index_factory owns its quantizer (a hand-built quantizer can be garbage collected)
+    index = faiss.index_factory(spec.dimension, f"IVF{spec.nlist},Flat", _faiss_metric(spec))
+    index.train(vectors)
+    index.set_direct_map_type(faiss.DirectMap.Hashtable)
+    return index
+
+
+def _stored(index: Any) -> tuple[Labels, Matrix]:
+    """Every label and vector physically held by an ``IndexIDMap2`` (tombstones included)."""
+    labels = faiss.vector_to_array(index.id_map).astype(np.int64)
+    vectors = index.index.reconstruct_n(0, index.ntotal) if index.ntotal else None
+    if vectors is None:
+        vectors = np.empty((0, index.d), dtype=np.float32)
+    return labels, np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+@dataclass
+class NamespaceState:
+    """What a snapshot holds besides the FAISS index (see :mod:`.persistence`)."""
+
+    entries: dict[int, tuple[str, Meta]]
+    positions: dict[str, int]
+    tombstones: set[int]
+    next_label: int
+    applied_position: int | None
+    trained: bool
+
+
+class Namespace:
+    def __init__(self, spec: NamespaceSpec, index: Any = None, state: NamespaceState | None = None):
+        self.spec = spec
+        self._index = new_index(spec) if index is None else index
+        state = state or NamespaceState({}, {}, set(), 0, None, False)
+        self._entries = state.entries
+        self._positions = state.positions
+        self._dead = state.tombstones
+        self._next_label = state.next_label
+        self.applied_position = state.applied_position
+        self._trained = state.trained
+        self._label_of = {vector_id: label for label, (vector_id, _) in self._entries.items()}
+        self._filters = MetadataIndex()
+        self._filters.rebuild((label, meta) for label, (_, meta) in self._entries.items())
+        self._dead_selector: tuple[Any, Any] | None = None
+        #: Bumped by every write; a save records the version it captured (dirty tracking).
+        self.version = 0
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    @property
+    def tombstones(self) -> int:
+        return len(self._dead)
+
+    @property
+    def trained(self) -> bool:
+        return self._trained
+
+    def position_of(self, vector_id: str) -> int | None:
+        return self._positions.get(vector_id)
+
+    def get(self, vector_id: str) -> tuple[Matrix, Mapping[str, Any] | None] | None:
+        label = self._label_of.get(vector_id)
+        if label is None:
+            return None
+        with faiss_errors("reconstruct a vector"):
+            vector = np.asarray(self._index.reconstruct(label), dtype=np.float32)
+        return vector, _frozen(self._entries[label][1])
+
+    def search(
+        self, queries: Matrix, k: int, flt: Mapping[str, Any] | None = None
+    ) -> list[list[VectorMatch]]:
+        """Best-first hits for each row of ``queries`` (already validated and normalised)."""
+        key = filter_key(flt)
+        allowed = self._filters.match(key) if key else None
+        candidates = len(self._entries) if allowed is None else len(allowed)
+        k_eff = min(k, candidates)
+        if k_eff == 0:
+            return [[] for _ in range(len(queries))]
+        with faiss_errors("search"):
+            scores, labels = self._faiss_search(queries, k_eff, allowed)
+        rows = [self._hits(scores[i], labels[i]) for i in range(len(queries))]
+        short = [i for i, row in enumerate(rows) if len(row) < k_eff]
+        if short:
+            self._exact_rows(queries, k_eff, allowed, short, rows)
+        return rows
+
+    # ---- writes (exclusive) --------------------------------------------------------------
+
+    def admit(self, vector_id: str, position: int | None) -> bool:
+        """Whether a write at ``position`` is newer than the last one applied to this id."""
+        if position is None:
+            return True
+        stored = self._positions.get(vector_id)
+        return stored is None or position > stored
+
+    def record_position(self, vector_id: str, position: int | None) -> None:
+        if position is None:
+            return
+        self._positions[vector_id] = position
+        self.version += 1
+        if self.applied_position is None or position > self.applied_position:
+            self.applied_position = position
+
+    def apply_upserts(
+        self,
+        ids: Sequence[str],
+        vectors: Matrix,
+        metas: Sequence[Meta],
+        positions: Sequence[int] | None,
+    ) -> int:
+        """Apply a validated batch in order; returns how many items were not stale.
+
+        With positions, an item at or below the last position applied to its id (an earlier
+        item of the same batch included) is skipped. Within a batch the last item per id wins.
+        """
+        latest: dict[str, int] = {}
+        chosen: dict[str, int] = {}
+        admitted = 0
+        for row, vector_id in enumerate(ids):
+            position = None if positions is None else positions[row]
+            if position is not None:
+                stored = latest.get(vector_id, self._positions.get(vector_id))
+                if stored is not None and position <= stored:
+                    continue
+                latest[vector_id] = position
+            chosen.pop(vector_id, None)  # keep insertion order = order of the last write
+            chosen[vector_id] = row
+            admitted += 1
+        if chosen:
+            rows = list(chosen.values())
+            self.upsert(list(chosen), vectors[rows], [metas[r] for r in rows])
+        for vector_id, position in latest.items():
+            self.record_position(vector_id, position)
+        return admitted
+
+    def apply_delete(self, vector_id: str, position: int | None) -> bool:
+        """Delete one id unless the write is stale; a positioned delete leaves a tombstone."""
+        if not self.admit(vector_id, position):
+            return False
+        deleted = self.delete([vector_id]) > 0
+        self.record_position(vector_id, position)
+        return deleted
+
+    def upsert(self, ids: Sequence[str], vectors: Matrix, metas: Sequence[Meta]) -> None:
+        """Store distinct ``ids`` (the caller dedupes), replacing any previous vector."""
+        labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
+        with faiss_errors("add vectors"):
+            self._index.add_with_ids(vectors, labels)
+        self._next_label += len(ids)
+        old = [self._label_of[i] for i in ids if i in self._label_of]
+        self._forget(old)
+        for vector_id, label, meta in zip(ids, labels.tolist(), metas, strict=True):
+            self._entries[label] = (vector_id, meta)
+            self._label_of[vector_id] = label
+            self._filters.add(label, meta)
+        self.version += 1
+        self._maybe_train()
+        self._maybe_compact()
+
+    def delete(self, ids: Sequence[str]) -> int:
+        labels = [self._label_of[i] for i in ids if i in self._label_of]
+        self._forget(labels)
+        self.version += 1
+        self._maybe_compact()
+        return len(labels)
+
+    # ---- snapshot ------------------------------------------------------------------------
+
+    def snapshot(self) -> tuple[bytes, NamespaceState]:
+        """A consistent copy; the caller holds at least the shared lock."""
+        with faiss_errors("serialize the index"):
+            data = faiss.serialize_index(self._index).tobytes()
+        state = NamespaceState(
+            entries=dict(self._entries),
+            positions=dict(self._positions),
+            tombstones=set(self._dead),
+            next_label=self._next_label,
+            applied_position=self.applied_position,
+            trained=self._trained,
+        )
+        return data, state
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _faiss_search(
+        self, queries: Matrix, k: int, allowed: set[int] | None
+    ) -> tuple[npt.NDArray[np.float32], Labels]:
+        selector = self._selector(allowed)
+        params = self._params(selector, k)
+        if params is None:
+            scores, labels = self._index.search(queries, k)
+        else:
+            scores, labels = self._index.search(queries, k, params=params)
+        return scores, labels
+
+    def _selector(self, allowed: set[int] | None) -> Any:
+        if allowed is not None:
+            return faiss.IDSelectorBatch(np.fromiter(allowed, np.int64, len(allowed)))
+        if not self._dead:
+            return None
+        if self._dead_selector is None:
+            dead = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
+            # keep the inner selector alive: IDSelectorNot holds a raw pointer to it
+            self._dead_selector = (faiss.IDSelectorNot(dead), dead)
+        return self._dead_selector[0]
+
+    def _params(self, selector: Any, k: int) -> Any:
+        if self.spec.index_kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.spec.ef_search, k))
+        elif self._trained:
+            params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
+        elif selector is None:
+            return None
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector  # borrowed pointer: the caller keeps ``selector`` alive
+        return params
+
+    def _hits(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[VectorMatch]:
+        cosine = self.spec.metric == "cosine"
+        hits = []
+        for score, label in zip(scores.tolist(), labels.tolist(), strict=True):
+            entry = self._entries.get(label)
+            if label < 0 or entry is None:
+                continue
+            value = min(1.0, max(-1.0, score)) if cosine else score
+            hits.append(VectorMatch(entry[0], value, _frozen(entry[1])))
+        return hits
+
+    def _exact_rows(
+        self,
+        queries: Matrix,
+        k: int,
+        allowed: set[int] | None,
+        rows_to_fix: list[int],
+        rows: list[list[VectorMatch]],
+    ) -> None:
+        """Answer ``rows_to_fix`` by brute force over the candidates (approximate kinds only)."""
+        labels = np.fromiter(allowed if allowed is not None else self._entries, np.int64)
+        with faiss_errors("reconstruct candidates"):
+            vectors = np.vstack([self._index.reconstruct(int(label)) for label in labels])
+        exact = faiss.IndexIDMap2(faiss.IndexFlat(self.spec.dimension, _faiss_metric(self.spec)))
+        exact.add_with_ids(vectors, labels)
+        scores, found = exact.search(np.ascontiguousarray(queries[rows_to_fix]), k)
+        for n, row in enumerate(rows_to_fix):
+            rows[row] = self._hits(scores[n], found[n])
+
+    def _forget(self, labels: list[int]) -> None:
+        if not labels:
+            return
+        if self.spec.index_kind == "hnsw":
+            self._dead.update(labels)
+            self._dead_selector = None
+        else:
+            with faiss_errors("remove vectors"):
+                self._index.remove_ids(np.asarray(labels, dtype=np.int64))
+        for label in labels:
+            vector_id, meta = self._entries.pop(label)
+            self._filters.remove(label, meta)
+            if self._label_of.get(vector_id) == label:
+                del self._label_of[vector_id]
+
+    def _maybe_train(self) -> None:
+        spec = self.spec
+        if spec.index_kind != "ivf" or self._trained or len(self._entries) < spec.train_size:
+            return
+        labels, vectors = _stored(self._index)
+        logger.info("namespace %s: training IVF on %d vectors", spec.name, len(labels))
+        with faiss_errors("train the IVF index"):
+            index = _trained_ivf(spec, vectors)
+            index.add_with_ids(vectors, labels)
+        self._index, self._trained = index, True
+
+    def _maybe_compact(self) -> None:
+        if len(self._dead) <= max(COMPACT_MIN, COMPACT_FRACTION * self._index.ntotal):
+            return
+        labels, vectors = _stored(self._index)
+        keep = ~np.isin(labels, np.fromiter(self._dead, np.int64, len(self._dead)))
+        with faiss_errors("rebuild the HNSW graph"):
+            index = new_index(self.spec)
+            index.add_with_ids(np.ascontiguousarray(vectors[keep]), labels[keep])
+        logger.debug("namespace %s: compacted %d tombstones", self.spec.name, len(self._dead))
+        self._index = index
+        self._dead = set()
+        self._dead_selector = None
+
+
+def _frozen(meta: Meta) -> Mapping[str, Any] | None:
+    return None if meta is None else MappingProxyType(meta)

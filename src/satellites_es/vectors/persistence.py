@@ -1,0 +1,304 @@
+"""Snapshots of a namespace on disk: atomic to write, verified to read.
+
+Layout under ``FaissConfig.index_path``::
+
+    <namespace>/
+        CURRENT                    "snapshot-000000007 <sha256 of its MANIFEST.json>"
+        snapshot-000000007/
+            index.faiss            faiss.serialize_index bytes
+            meta.json              ids, labels, metadata, per-id positions (JSON, never pickle)
+            MANIFEST.json          format, spec, count, applied position, sha256 + size of both
+
+Writing (:func:`write_snapshot`). ``faiss.write_index`` truncates and streams into its target,
+so a crash mid-write leaves a torn file (LightRAG #3134), and an index and a sidecar written
+separately drift apart (mem0 #7262). So a save never touches the snapshot in use:
+
+1. write the three files into a fresh ``.tmp-*`` directory, ``fsync`` each file, then the directory;
+2. rename it to ``snapshot-<n+1>`` and ``fsync`` the namespace directory;
+3. write ``CURRENT.tmp``, ``fsync`` it, ``os.replace`` it over ``CURRENT`` (atomic on POSIX) and
+   ``fsync`` the namespace directory again; this rename is the commit point;
+4. only then remove older snapshots and stray ``.tmp-*`` directories.
+
+A SIGKILL before step 3 leaves ``CURRENT`` naming the previous, complete snapshot (the new files
+are garbage, pruned by the next save); after it, ``CURRENT`` names the new one, already durable.
+
+Reading (:func:`read_snapshot`) trusts nothing: ``CURRENT`` must be well formed, the manifest
+must hash to what ``CURRENT`` says, each file must have the size and sha256 the manifest lists,
+the index must deserialise to the manifest's dimension, metric and size, and the metadata must
+agree with the index label for label. Any failure raises
+:class:`~satellites_es.errors.CorruptIndexError` naming the file; a damaged snapshot is never
+served as an empty or different index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CorruptIndexError, NamespaceNotFoundError
+from ._faiss import faiss
+from .models import NamespaceSpec
+from .namespace import NamespaceState
+
+__all__ = [
+    "CURRENT",
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "MANIFEST_FILE",
+    "META_FILE",
+    "read_snapshot",
+    "remove_namespace_dir",
+    "snapshot_namespaces",
+    "write_snapshot",
+]
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+INDEX_FILE = "index.faiss"
+META_FILE = "meta.json"
+MANIFEST_FILE = "MANIFEST.json"
+_SNAPSHOT = re.compile(r"snapshot-(\d{9})")
+_CURRENT_LINE = re.compile(r"(snapshot-\d{9}) ([0-9a-f]{64})\n?")
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def write_snapshot(
+    ns_dir: Path, spec: NamespaceSpec, index_bytes: bytes, state: NamespaceState
+) -> Path:
+    """Write a complete snapshot beside the current one and make it current; returns its dir."""
+    _ensure_dir(ns_dir)
+    number = _next_number(ns_dir)
+    tmp = ns_dir / f".tmp-{number:09d}-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    meta_bytes = _dump(_state_json(state))
+    manifest_bytes = _dump(_manifest(spec, state, index_bytes, meta_bytes))
+    _write_durable(tmp / INDEX_FILE, index_bytes)
+    _write_durable(tmp / META_FILE, meta_bytes)
+    _write_durable(tmp / MANIFEST_FILE, manifest_bytes)
+    _fsync_dir(tmp)
+    final = ns_dir / f"snapshot-{number:09d}"
+    os.rename(tmp, final)
+    _fsync_dir(ns_dir)
+    pointer = f"{final.name} {_sha256(manifest_bytes)}\n".encode()
+    _write_durable(ns_dir / f"{CURRENT}.tmp", pointer)
+    os.replace(ns_dir / f"{CURRENT}.tmp", ns_dir / CURRENT)  # the commit point
+    _fsync_dir(ns_dir)
+    _prune(ns_dir, keep=final.name)
+    return final
+
+
+def remove_namespace_dir(root: Path, name: str) -> None:
+    """Remove a namespace's directory; renamed aside first so a crash never leaves half of it."""
+    ns_dir = root / name
+    if not ns_dir.exists():
+        return
+    grave = root / f".dropped-{name}-{uuid.uuid4().hex}"
+    os.rename(ns_dir, grave)
+    _fsync_dir(root)
+    shutil.rmtree(grave, ignore_errors=True)
+
+
+def snapshot_namespaces(root: Path) -> list[str]:
+    """Names of the namespaces that have a committed snapshot under ``root``."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()
+    )
+
+
+def _manifest(
+    spec: NamespaceSpec, state: NamespaceState, index_bytes: bytes, meta_bytes: bytes
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "spec": spec.to_json(),
+        "count": len(state.entries),
+        "tombstones": len(state.tombstones),
+        "trained": state.trained,
+        "applied_position": state.applied_position,
+        "files": {
+            INDEX_FILE: {"sha256": _sha256(index_bytes), "size": len(index_bytes)},
+            META_FILE: {"sha256": _sha256(meta_bytes), "size": len(meta_bytes)},
+        },
+    }
+
+
+def _state_json(state: NamespaceState) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "entries": [[label, vid, meta] for label, (vid, meta) in state.entries.items()],
+        "positions": state.positions,
+        "tombstones": sorted(state.tombstones),
+        "next_label": state.next_label,
+        "applied_position": state.applied_position,
+        "trained": state.trained,
+    }
+
+
+def _next_number(ns_dir: Path) -> int:
+    numbers = [0]
+    for path in ns_dir.iterdir():
+        match = _SNAPSHOT.fullmatch(path.name) or re.match(r"\.tmp-(\d{9})-", path.name)
+        if match:
+            numbers.append(int(match.group(1)))
+    return max(numbers) + 1
+
+
+def _prune(ns_dir: Path, keep: str) -> None:
+    for path in ns_dir.iterdir():
+        if path.name != keep and (_SNAPSHOT.fullmatch(path.name) or path.name.startswith(".tmp-")):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _ensure_dir(path: Path) -> None:
+    if path.is_dir():
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dump(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---- reading ------------------------------------------------------------------------------
+
+
+def read_snapshot(ns_dir: Path, name: str) -> tuple[NamespaceSpec, Any, NamespaceState]:
+    """Load and verify the current snapshot of ``ns_dir``: spec, FAISS index and state."""
+    snap_dir, manifest_sha = _read_current(ns_dir)
+    manifest_path = snap_dir / MANIFEST_FILE
+    manifest_bytes = _read(manifest_path)
+    if _sha256(manifest_bytes) != manifest_sha:
+        raise CorruptIndexError(str(manifest_path), "checksum does not match CURRENT")
+    manifest = _parse_manifest(manifest_path, manifest_bytes, name)
+    spec = NamespaceSpec.from_json(manifest["spec"])
+    index_bytes = _read_checked(snap_dir / INDEX_FILE, manifest)
+    meta_bytes = _read_checked(snap_dir / META_FILE, manifest)
+    index = _load_index(snap_dir / INDEX_FILE, index_bytes, spec, manifest)
+    state = _parse_state(snap_dir / META_FILE, meta_bytes, manifest)
+    _check_labels(snap_dir / META_FILE, index, state)
+    return spec, index, state
+
+
+def _read_current(ns_dir: Path) -> tuple[Path, str]:
+    path = ns_dir / CURRENT
+    if not path.is_file():
+        raise NamespaceNotFoundError(f"namespace {ns_dir.name!r} has no snapshot")
+    match = _CURRENT_LINE.fullmatch(_read(path).decode("ascii", "replace"))
+    if not match:
+        raise CorruptIndexError(str(path), "not a 'snapshot-<n> <sha256>' line")
+    return ns_dir / match.group(1), match.group(2)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CorruptIndexError(str(path), f"cannot be read: {exc.strerror}") from exc
+
+
+def _read_checked(path: Path, manifest: dict[str, Any]) -> bytes:
+    data = _read(path)
+    expected = manifest["files"][path.name]
+    if len(data) != expected["size"]:
+        raise CorruptIndexError(str(path), f"{len(data)} bytes, manifest says {expected['size']}")
+    if _sha256(data) != expected["sha256"]:
+        raise CorruptIndexError(str(path), "sha256 does not match the manifest")
+    return data
+
+
+def _parse_manifest(path: Path, data: bytes, name: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(data)
+        if manifest["format"] != FORMAT_VERSION:
+            raise CorruptIndexError(str(path), f"unknown format {manifest['format']!r}")
+        spec = NamespaceSpec.from_json(manifest["spec"])
+        for file in (INDEX_FILE, META_FILE):
+            entry = manifest["files"][file]
+            if not isinstance(entry["size"], int) or not isinstance(entry["sha256"], str):
+                raise TypeError(f"files.{file} needs an int size and a str sha256")
+    except CorruptIndexError:
+        raise
+    except Exception as exc:  # JSON, missing keys, wrong types, bad spec: all mean corrupt
+        raise CorruptIndexError(str(path), f"invalid manifest: {exc!r}") from exc
+    if spec.name != name:
+        raise CorruptIndexError(str(path), f"belongs to namespace {spec.name!r}, not {name!r}")
+    return dict(manifest)
+
+
+def _load_index(path: Path, data: bytes, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise CorruptIndexError(str(path), f"faiss cannot read it: {exc}") from exc
+    expected_metric = faiss.METRIC_L2 if spec.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+    expected_total = manifest["count"] + manifest["tombstones"]
+    if index.d != spec.dimension or index.metric_type != expected_metric:
+        raise CorruptIndexError(str(path), "dimension or metric differs from the manifest")
+    if index.ntotal != expected_total:
+        raise CorruptIndexError(str(path), f"{index.ntotal} vectors, expected {expected_total}")
+    return index
+
+
+def _parse_state(path: Path, data: bytes, manifest: dict[str, Any]) -> NamespaceState:
+    try:
+        raw = json.loads(data)
+        entries = {int(label): (str(vid), meta) for label, vid, meta in raw["entries"]}
+        state = NamespaceState(
+            entries=entries,
+            positions={str(k): int(v) for k, v in raw["positions"].items()},
+            tombstones={int(label) for label in raw["tombstones"]},
+            next_label=int(raw["next_label"]),
+            applied_position=raw["applied_position"],
+            trained=bool(raw["trained"]),
+        )
+    except Exception as exc:
+        raise CorruptIndexError(str(path), f"invalid metadata: {exc!r}") from exc
+    ids = [vid for vid, _ in entries.values()]
+    if len(entries) != manifest["count"] or len(set(ids)) != len(ids):
+        raise CorruptIndexError(str(path), "entries do not match the manifest's count")
+    if state.applied_position != manifest["applied_position"]:
+        raise CorruptIndexError(str(path), "applied position differs from the manifest")
+    return state
+
+
+def _check_labels(path: Path, index: Any, state: NamespaceState) -> None:
+    """Every label the index holds must be a live entry or a tombstone, and vice versa."""
+    expected = set(state.entries) | state.tombstones
+    if expected and max(expected) >= state.next_label:
+        raise CorruptIndexError(str(path), "a label is above next_label")
+    if hasattr(index, "id_map"):
+        held = set(faiss.vector_to_array(index.id_map).tolist())
+        if held != expected:
+            raise CorruptIndexError(str(path), "labels differ from those in the index")

@@ -1,0 +1,107 @@
+"""Checks run on the event loop before any FAISS call, so bad input never writes anything.
+
+Every check raises a typed error from :mod:`satellites_es.errors`: the batch is refused as a
+whole, before the namespace is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InvalidNamespaceError, InvalidVectorError
+
+__all__ = [
+    "check_id",
+    "check_metadata",
+    "check_namespace",
+    "check_vectors",
+]
+
+# An allowlist, never a denylist: a namespace becomes a directory name (qdrant GHSA-jwrp-6pff-wg9c).
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_MAX_ID_LENGTH = 1024
+
+Float32Array = npt.NDArray[np.float32]
+
+
+def check_namespace(name: object) -> str:
+    """Return ``name`` if it is a safe identifier, else raise InvalidNamespaceError."""
+    if not isinstance(name, str) or not _NAMESPACE.fullmatch(name) or name in {".", ".."}:
+        raise InvalidNamespaceError(
+            f"namespace {name!r:.80} is not a safe identifier "
+            "(letters, digits, '_', '.', '-'; starts with a letter or digit; at most 128 chars)"
+        )
+    return name
+
+
+def check_id(vector_id: object) -> str:
+    if not isinstance(vector_id, str) or not vector_id or len(vector_id) > _MAX_ID_LENGTH:
+        raise InvalidVectorError(
+            f"vector id must be a non-empty str of at most {_MAX_ID_LENGTH} chars, "
+            f"got {vector_id!r:.80}"
+        )
+    return vector_id
+
+
+def check_vectors(
+    vectors: Sequence[Sequence[float]] | npt.ArrayLike, dimension: int, *, normalise: bool
+) -> Float32Array:
+    """Return a C-contiguous float32 ``(n, dimension)`` copy, unit length when ``normalise``."""
+    try:
+        array = np.array(vectors, dtype=np.float32, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(f"vectors are not numeric arrays: {exc}") from exc
+    if array.ndim == 1:
+        array = array.reshape(1, -1)
+    if array.ndim != 2 or array.shape[1] != dimension:
+        raise InvalidVectorError(
+            f"expected vectors of dimension {dimension}, got shape {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise InvalidVectorError("vectors must not contain NaN or infinity")
+    if normalise:
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if (norms == 0).any() or not np.isfinite(norms).all():
+            raise InvalidVectorError("a zero vector (or one too large) has no cosine direction")
+        array /= norms
+    return np.ascontiguousarray(array)
+
+
+def check_metadata(
+    items: Sequence[Mapping[str, Any] | None],
+) -> list[dict[str, Any] | None]:
+    """Deep-copy metadata through JSON: proves it is JSON (no NaN) and detaches it from the caller.
+
+    One ``json.dumps`` of the whole batch runs at C speed; only on failure do we look for the
+    offending item to name it.
+    """
+    for position, item in enumerate(items):
+        if item is not None and not isinstance(item, Mapping):
+            raise InvalidVectorError(f"metadata #{position} must be a mapping or None")
+    try:
+        text = json.dumps([None if m is None else dict(m) for m in items], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidVectorError(
+            f"metadata #{_first_bad(items)} is not JSON-serialisable: {exc}"
+        ) from exc
+    for position, item in enumerate(items):
+        # json.dumps turns {1: "a"} into {"1": "a"}: refuse rather than change the keys
+        if item is not None and not all(isinstance(key, str) for key in item):
+            raise InvalidVectorError(f"metadata #{position} has keys that are not strings")
+    copied: list[dict[str, Any] | None] = json.loads(text)
+    return copied
+
+
+def _first_bad(items: Sequence[Mapping[str, Any] | None]) -> int:
+    for position, item in enumerate(items):
+        try:
+            json.dumps(None if item is None else dict(item), allow_nan=False)
+        except (TypeError, ValueError):
+            return position
+    return -1
