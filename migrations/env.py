@@ -1,0 +1,76 @@
+"""Alembic environment for satellites-es (async, asyncpg).
+
+Where to migrate, in order: the ``postgres`` attribute of the Alembic Config (a
+``PostgresConfig``, set by :mod:`satellites_es.migrate`, which also hands over an open
+``connection``), ``-x url=... -x schema=...``, then the ``SATELLITES_POSTGRES_*`` environment.
+The tables carry no schema in the metadata: the connection's ``search_path`` is the target
+schema, created if missing, and Alembic's version table lives there too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy.engine import Connection
+
+from satellites_es.config import DataLayerConfig, PostgresConfig
+from satellites_es.migrate import MIGRATION_LOCK_SQL, connect_engine
+from satellites_es.schema import metadata
+
+config = context.config
+
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
+
+def target() -> PostgresConfig:
+    pg = config.attributes.get("postgres")
+    if isinstance(pg, PostgresConfig):
+        return pg
+    x = context.get_x_argument(as_dictionary=True)
+    env: dict[str, str] = {}
+    if "url" in x:
+        env["SATELLITES_POSTGRES_URL"] = x["url"]
+    if "schema" in x:
+        env["SATELLITES_POSTGRES_SCHEMA"] = x["schema"]
+    if env:
+        return DataLayerConfig.from_env(env).postgres
+    return DataLayerConfig.from_env().postgres
+
+
+def do_run_migrations(connection: Connection, schema: str) -> None:
+    # Two processes upgrading the same schema at once: the second waits, then finds it done.
+    connection.exec_driver_sql(MIGRATION_LOCK_SQL)
+    context.configure(
+        connection=connection,
+        target_metadata=metadata,
+        version_table_schema=schema,
+        transaction_per_migration=False,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations(pg: PostgresConfig) -> None:
+    engine = await connect_engine(pg)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(do_run_migrations, pg.schema)
+    finally:
+        await engine.dispose()
+
+
+def run_migrations_online() -> None:
+    pg = target()
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        do_run_migrations(connection, pg.schema)
+    else:
+        asyncio.run(run_async_migrations(pg))
+
+
+if context.is_offline_mode():
+    raise SystemExit("satellites-es migrations run online only (they create a plpgsql function)")
+run_migrations_online()

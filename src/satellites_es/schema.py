@@ -1,0 +1,101 @@
+"""Every table satellites-es keeps in Postgres, as SQLAlchemy metadata.
+
+The tables carry no schema: they live in the configured schema (``PostgresConfig.schema``),
+which migrations reach through ``search_path`` and the store names explicitly (quoted). That
+lets every test run in a fresh schema of its own. ``tests/integration/test_migrations.py``
+proves that ``alembic upgrade head`` produces exactly this metadata.
+
+* ``events``: the log and the outbox. ``position`` is the global position, dense and in commit
+  order (see ``append_events_v1`` in ``sql/queries.sql`` for why); ``id`` is the event id that
+  makes a retried append store once; ``(resource, key, version)`` is unique per stream.
+* ``relay_cursors``: how far each relay has published (the outbox is the log after it).
+* ``projection_checkpoints``: the last position each version of each projection applied.
+* ``projection_versions``: which version of a projection is live, and the one before it (for a
+  rollback after a blue/green flip).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+__all__ = [
+    "events",
+    "metadata",
+    "projection_checkpoints",
+    "projection_versions",
+    "relay_cursors",
+]
+
+#: Deterministic constraint names, so migrations and metadata agree on them.
+NAMING_CONVENTION = {
+    "pk": "pk_%(table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _updated_at() -> Column[object]:
+    return Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+events = Table(
+    "events",
+    metadata,
+    Column("position", BigInteger, nullable=False, autoincrement=False),
+    Column("id", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("payload", JSONB, nullable=False),
+    Column("timestamp", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("position"),
+    UniqueConstraint("id"),
+    UniqueConstraint("resource", "key", "version"),
+)
+
+relay_cursors = Table(
+    "relay_cursors",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("position", BigInteger, nullable=False, server_default=text("0")),
+    _updated_at(),
+    PrimaryKeyConstraint("name"),
+)
+
+projection_checkpoints = Table(
+    "projection_checkpoints",
+    metadata,
+    Column("projection", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False, server_default=text("0")),
+    _updated_at(),
+    PrimaryKeyConstraint("projection", "version"),
+)
+
+projection_versions = Table(
+    "projection_versions",
+    metadata,
+    Column("projection", Text, nullable=False),
+    Column("active_version", Integer, nullable=False),
+    Column("previous_version", Integer, nullable=True),
+    _updated_at(),
+    PrimaryKeyConstraint("projection"),
+)

@@ -1,0 +1,45 @@
+"""The SQL of the event log, kept in one place: ``queries.sql``, in named blocks.
+
+A block starts with a ``-- name: <name>`` line and runs to the next one. Run-time blocks name
+the schema as ``{schema}``; :func:`queries` substitutes a validated, quoted schema name (an
+identifier cannot be a bind parameter, asyncpg #605). Blocks used by migrations carry a version
+suffix and are frozen once released, so an old migration keeps creating what it created.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+
+__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema"]
+
+#: The schema names we accept (the same rule as ``PostgresConfig.schema``).
+SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def _blocks() -> dict[str, str]:
+    text = resources.files(__name__).joinpath("queries.sql").read_text(encoding="utf-8")
+    parts = _HEADER.split(text)
+    # parts = [preamble, name1, body1, name2, body2, ...]
+    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+def load(name: str) -> str:
+    """The block called ``name``, as written (``KeyError`` if there is none)."""
+    return _blocks()[name]
+
+
+def quote_schema(schema: str) -> str:
+    """``schema`` as a quoted identifier; ``ValueError`` unless it is a safe name."""
+    if not SCHEMA_NAME.match(schema):
+        raise ValueError(f"unsafe schema name {schema!r}: must match {SCHEMA_NAME.pattern}")
+    return f'"{schema}"'
+
+
+def queries(schema: str) -> dict[str, str]:
+    """Every block with ``{schema}`` replaced by the quoted ``schema``."""
+    quoted = quote_schema(schema)
+    return {name: body.replace("{schema}", quoted) for name, body in _blocks().items()}
