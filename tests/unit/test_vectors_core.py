@@ -1,0 +1,197 @@
+"""VectorIndex behaviour: ids, replace, delete, metrics and recall, filters, index kinds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from satellites_es.config import FaissConfig
+from satellites_es.errors import LifecycleError, NamespaceNotFoundError, VectorIndexError
+from satellites_es.vectors import VectorIndex, VectorMatch
+from satellites_es.vectors.namespace import COMPACT_MIN
+
+DIM = 16
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
+    vi = VectorIndex(FaissConfig(index_path=tmp_path / "faiss", dimension=DIM))
+    await vi.open()
+    yield vi
+    await vi.close()
+
+
+def _data(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _items(vectors: np.ndarray, prefix: str = "v") -> list[tuple[str, Any, dict[str, Any]]]:
+    return [(f"{prefix}{i}", v, {"i": i, "group": i % 3}) for i, v in enumerate(vectors)]
+
+
+def _brute_force(metric: str, data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    if metric == "cosine":
+        data = data / np.linalg.norm(data, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    if metric == "l2":
+        scores = ((queries[:, None, :] - data[None, :, :]) ** 2).sum(-1)
+        return np.argsort(scores, axis=1)[:, :k]
+    return np.argsort(-(queries @ data.T), axis=1)[:, :k]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+async def test_flat_recall_at_10_is_exact(index: VectorIndex, metric: Any) -> None:
+    data, queries = _data(2000), _data(50, seed=1)
+    await index.create_namespace("ns", metric=metric)
+    await index.upsert_many("ns", _items(data))
+    results = await index.query_many("ns", queries, 10)
+    expected = _brute_force(metric, data, queries, 10)
+    for row, hits in zip(expected, results, strict=True):
+        assert [h.id for h in hits] == [f"v{i}" for i in row]
+
+
+@pytest.mark.parametrize(
+    ("metric", "better"), [("cosine", "higher"), ("ip", "higher"), ("l2", "lower")]
+)
+async def test_scores_are_sorted_best_first_with_documented_meaning(
+    index: VectorIndex, metric: Any, better: str
+) -> None:
+    data = _data(200)
+    await index.create_namespace("ns", metric=metric)
+    await index.upsert_many("ns", _items(data))
+    hits = await index.query("ns", data[7], 20)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=better == "higher")
+    assert hits[0].id == "v7" or metric == "ip"
+    if metric == "cosine":
+        assert all(-1.0 <= s <= 1.0 for s in scores) and scores[0] == pytest.approx(1.0)
+    if metric == "l2":  # squared Euclidean distance
+        assert scores[0] == pytest.approx(0.0, abs=1e-4)
+        assert scores[1] == pytest.approx(float(((data[7] - _row(data, hits[1])) ** 2).sum()), 1e-4)
+    if metric == "ip":
+        assert scores[0] == pytest.approx(float(data.dot(data[7]).max()), rel=1e-4)
+
+
+def _row(data: np.ndarray, hit: VectorMatch) -> np.ndarray:
+    return data[int(hit.id[1:])]
+
+
+async def test_upsert_replaces_and_never_keeps_two_vectors(index: VectorIndex) -> None:
+    data = _data(3)
+    await index.upsert("ns", "a", data[0], {"v": 1})
+    await index.upsert("ns", "a", data[1], {"v": 2})
+    assert await index.count("ns") == 1
+    hits = await index.query("ns", data[0], 10)
+    assert [(h.id, dict(h.metadata or {})) for h in hits] == [("a", {"v": 2})]
+    stored = await index.get("ns", "a")
+    assert stored is not None
+    vector, meta = stored
+    np.testing.assert_allclose(vector, data[1] / np.linalg.norm(data[1]), rtol=1e-5)
+    assert meta == {"v": 2}
+
+
+async def test_duplicate_ids_in_one_batch_keep_the_last(index: VectorIndex) -> None:
+    data = _data(3)
+    applied = await index.upsert_many("ns", [("a", data[0], None), ("a", data[1], {"last": 1})])
+    assert applied == 2
+    assert await index.count("ns") == 1
+    assert (await index.query("ns", data[1], 5))[0].metadata == {"last": 1}
+
+
+async def test_delete_reports_whether_something_was_deleted(index: VectorIndex) -> None:
+    await index.upsert("ns", "a", _data(1)[0])
+    assert await index.delete("ns", "a") is True
+    assert await index.delete("ns", "a") is False
+    assert await index.delete("missing", "a") is False
+    assert await index.count("ns") == 0
+    assert await index.get("ns", "a") is None
+    assert await index.query("ns", _data(1)[0], 5) == []
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+async def test_filter_still_returns_top_k(index: VectorIndex, kind: Any) -> None:
+    data = _data(3000)
+    await index.create_namespace("ns", index_kind=kind, nlist=16)
+    items = [(f"v{i}", v, {"rare": i % 100 == 0, "i": i}) for i, v in enumerate(data)]
+    await index.upsert_many("ns", items)
+    hits = await index.query("ns", data[1], 10, filter={"rare": True})
+    assert len(hits) == 10
+    assert all(h.metadata is not None and h.metadata["rare"] is True for h in hits)
+    matching = np.array([i for i in range(3000) if i % 100 == 0])
+    best = _brute_force("cosine", data[matching], data[1:2], 10)[0]
+    if kind == "flat":
+        assert [h.id for h in hits] == [f"v{matching[j]}" for j in best]
+    assert await index.query("ns", data[1], 10, filter={"rare": "no such"}) == []
+    assert len(await index.query("ns", data[1], 50, filter={"i": 5, "rare": False})) == 1
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+async def test_approximate_kinds_replace_and_delete(index: VectorIndex, kind: Any) -> None:
+    data = _data(1000)
+    await index.create_namespace("ns", index_kind=kind, nlist=8)
+    await index.upsert_many("ns", _items(data))
+    for i in range(0, 1000, 2):
+        assert await index.delete("ns", f"v{i}")
+    await index.upsert("ns", "v1", data[3], {"moved": True})
+    hits = await index.query("ns", data[3], 10)
+    assert hits[0].id in {"v1", "v3"} and len(hits) == 10
+    assert all(int(h.id[1:]) % 2 == 1 for h in hits)
+    assert await index.count("ns") == 500
+    stats = index.stats()["namespaces"]["ns"]
+    if kind == "hnsw":  # tombstones were compacted away as they grew
+        assert stats["tombstones"] <= max(COMPACT_MIN, 0.25 * stats["ntotal"])
+    else:
+        assert stats["trained"] is True and stats["ntotal"] == 500
+
+
+async def test_ivf_buffers_in_flat_until_it_can_train(index: VectorIndex) -> None:
+    await index.create_namespace("ns", index_kind="ivf", nlist=4)
+    data = _data(4 * 39)
+    await index.upsert_many("ns", _items(data[:-1]))
+    assert index.stats()["namespaces"]["ns"]["trained"] is False
+    assert (await index.query("ns", data[0], 1))[0].id == "v0"
+    await index.upsert("ns", "last", data[-1])
+    assert index.stats()["namespaces"]["ns"]["trained"] is True
+    assert (await index.query("ns", data[-1], 1))[0].id == "last"
+
+
+async def test_namespaces_are_separate(index: VectorIndex) -> None:
+    data = _data(2)
+    await index.upsert("a", "x", data[0])
+    await index.create_namespace("b", dimension=4, metric="l2")
+    await index.upsert("b", "x", [1.0, 2.0, 3.0, 4.0])
+    assert await index.namespaces() == ["a", "b"]
+    assert (await index.query("b", [1.0, 2.0, 3.0, 4.0], 1))[0].score == pytest.approx(0.0)
+    assert await index.drop_namespace("a") is True
+    assert await index.drop_namespace("a") is False
+    with pytest.raises(NamespaceNotFoundError):
+        await index.query("a", data[0])
+    with pytest.raises(NamespaceNotFoundError):
+        await index.count("a")
+    stats = index.stats()
+    assert stats["namespaces"]["b"]["dimension"] == 4 and stats["total_vectors"] == 1
+
+
+async def test_create_namespace_conflicting_settings_refused(index: VectorIndex) -> None:
+    await index.create_namespace("ns", metric="ip")
+    await index.create_namespace("ns", metric="ip")  # same settings: no-op
+    with pytest.raises(VectorIndexError):
+        await index.create_namespace("ns", metric="l2")
+    with pytest.raises(VectorIndexError):
+        await index.create_namespace("other", index_kind="annoy")  # type: ignore[arg-type]
+
+
+async def test_lifecycle_errors(tmp_path: Path) -> None:
+    vi = VectorIndex(FaissConfig(index_path=tmp_path, dimension=DIM))
+    with pytest.raises(LifecycleError):
+        await vi.upsert("ns", "a", _data(1)[0])
+    await vi.open()
+    with pytest.raises(LifecycleError):
+        await vi.open()
+    await vi.close()
+    with pytest.raises(LifecycleError):
+        await vi.query("ns", _data(1)[0])

@@ -1,0 +1,146 @@
+"""Bad input is refused with a typed error and nothing is written (in memory or on disk)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from satellites_es.config import FaissConfig
+from satellites_es.errors import (
+    InvalidNamespaceError,
+    InvalidVectorError,
+    NamespaceNotFoundError,
+    VectorIndexError,
+)
+from satellites_es.vectors import VectorIndex
+
+DIM = 8
+GOOD = [0.5] * DIM
+
+BAD_NAMES = ["..", ".", "a/b", "/abs", "a\x00b", "x" * 300, "it's", 'q"', "a;b", "", " a", "-a"]
+
+
+@pytest.fixture
+async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
+    vi = VectorIndex(FaissConfig(index_path=tmp_path / "faiss", dimension=DIM))
+    await vi.open()
+    yield vi
+    await vi.close()
+
+
+async def _nothing_written(index: VectorIndex, tmp_path: Path) -> None:
+    await index.save()
+    assert await index.namespaces() in ([], ["ns"])
+    if await index.namespaces() == ["ns"]:
+        assert await index.count("ns") == 1  # only the vector stored before the bad call
+    escaped = [p for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "faiss")]
+    assert escaped == []
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+async def test_unsafe_namespace_names_refused(
+    index: VectorIndex, tmp_path: Path, name: str
+) -> None:
+    for call in (
+        index.upsert(name, "a", GOOD),
+        index.create_namespace(name),
+        index.query(name, GOOD),
+        index.delete(name, "a", position=3),
+        index.drop_namespace(name),
+        index.load(name),
+    ):
+        with pytest.raises(InvalidNamespaceError):
+            await call
+    with pytest.raises(InvalidNamespaceError):
+        index.applied_position(name)
+    assert await index.namespaces() == []
+    assert list((tmp_path / "faiss").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["faiss"]
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [
+        [0.5] * (DIM - 1),
+        [0.5] * (DIM + 1),
+        [float("nan")] + [0.5] * (DIM - 1),
+        [float("inf")] + [0.5] * (DIM - 1),
+        [0.0] * DIM,  # no cosine direction
+        ["a"] * DIM,
+        np.ones((2, DIM)),
+        [[0.5] * DIM, [0.5]],
+    ],
+)
+async def test_bad_vectors_refused(index: VectorIndex, tmp_path: Path, vector: Any) -> None:
+    await index.upsert("ns", "keep", GOOD)
+    with pytest.raises(InvalidVectorError):
+        await index.upsert("ns", "bad", vector)
+    with pytest.raises(InvalidVectorError):
+        await index.upsert("new", "bad", vector)  # would create a namespace: it must not
+    with pytest.raises(InvalidVectorError):
+        await index.upsert_many("ns", [("ok", GOOD, None), ("bad", vector, None)])
+    if not isinstance(vector, np.ndarray):
+        with pytest.raises(InvalidVectorError):
+            await index.query("ns", vector)
+    await _nothing_written(index, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"x": object()}, {"x": float("nan")}, {"x": {1, 2}}, {1: "int key"}, ["not", "a", "dict"]],
+)
+async def test_bad_metadata_refused(index: VectorIndex, tmp_path: Path, metadata: Any) -> None:
+    await index.upsert("ns", "keep", GOOD)
+    with pytest.raises(InvalidVectorError, match="metadata"):
+        await index.upsert("ns", "bad", GOOD, metadata)
+    with pytest.raises(InvalidVectorError, match="metadata"):
+        await index.upsert_many("ns", [("ok", GOOD, {"fine": 1}), ("bad", GOOD, metadata)])
+    await _nothing_written(index, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"positions": [1]}, {"positions": [1, -1]}, {"positions": [1, True]}, {"positions": ["1", 2]}],
+)
+async def test_bad_positions_refused(index: VectorIndex, tmp_path: Path, kwargs: Any) -> None:
+    await index.upsert("ns", "keep", GOOD)
+    with pytest.raises(InvalidVectorError):
+        await index.upsert_many("ns", [("a", GOOD, None), ("b", GOOD, None)], **kwargs)
+    await _nothing_written(index, tmp_path)
+
+
+@pytest.mark.parametrize("bad_id", ["", 5, None, "x" * 2000])
+async def test_bad_ids_refused(index: VectorIndex, tmp_path: Path, bad_id: Any) -> None:
+    await index.upsert("ns", "keep", GOOD)
+    with pytest.raises(InvalidVectorError):
+        await index.upsert("ns", bad_id, GOOD)
+    await _nothing_written(index, tmp_path)
+
+
+async def test_bad_query_arguments(index: VectorIndex) -> None:
+    await index.upsert("ns", "a", GOOD)
+    for top_k in (0, -1, 1.5, True):
+        with pytest.raises(InvalidVectorError):
+            await index.query("ns", GOOD, top_k)
+    with pytest.raises(InvalidVectorError):
+        await index.query("ns", GOOD, filter=[("a", 1)])  # type: ignore[arg-type]
+    with pytest.raises(NamespaceNotFoundError):
+        await index.query("missing", GOOD)
+    with pytest.raises(NamespaceNotFoundError):
+        await index.get("missing", "a")
+    with pytest.raises(NamespaceNotFoundError):
+        await index.save("missing")
+    assert index.applied_position("missing") is None
+
+
+async def test_errors_share_the_vector_index_root(index: VectorIndex) -> None:
+    with pytest.raises(VectorIndexError):
+        await index.upsert("a/b", "x", GOOD)
+    with pytest.raises(ValueError):
+        await index.upsert("ns", "x", [1.0])
+    with pytest.raises(KeyError):
+        await index.count("missing")
