@@ -1,0 +1,358 @@
+"""The event log in Postgres: append (the transactional outbox), read, follow.
+
+Append is one round trip: ``append_events_v1`` (a plpgsql function created by migration 0001,
+its SQL in ``sql/queries.sql``) locks the log, drops ids already stored, gives each new event
+the next version of its ``(resource, key)`` stream and the next global position, inserts, and
+sends ``pg_notify``. Pass the producer's connection (``conn=``) and the events commit or roll
+back with the producer's own write; without it the call commits on its own.
+
+**Gap safety.** A reader following ``position > cursor`` must never later see a lower position
+commit. A bigserial breaks that: positions are taken at insert but become visible at commit, in
+another order. Here appends are serialised by ``LOCK TABLE events IN EXCLUSIVE MODE`` taken
+*before* positions are chosen and held until the appending transaction ends, so position order
+is commit order (and per-stream version order is position order). The price: a producer that
+appends and then keeps its transaction open holds up every other appender; readers are never
+blocked. The paragraph in ``sql/queries.sql`` says more; ``tests/integration/test_store_gaps.py``
+holds two transactions open to prove it.
+
+**Idempotency.** The event id is unique. An id already stored is not stored again: the
+:class:`AppendResult` lists it in ``duplicates`` and carries its stored position and version,
+so a retried append is harmless. With ``expected_version`` a retry whose events are all stored
+already is reported as duplicates too, not as a conflict.
+
+**Bad input** (not JSON, too large, a missing field, a NUL character Postgres cannot store)
+raises :class:`InvalidEventError` for the whole batch before anything is sent. Driver errors are
+translated here: :class:`ConcurrencyError` for a version conflict, :class:`PersistenceError`
+for the rest; no asyncpg exception leaves this module.
+
+**Following.** :meth:`EventStore.listener` LISTENs on a dedicated connection (asyncpg drops the
+listeners of a connection that goes back to a pool, asyncpg #189/#283), listens again after a
+reconnect, and wakes :meth:`LogListener.wait`. NOTIFY is only a hint: callers still poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from types import TracebackType
+from typing import TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .config import EventLogConfig
+from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
+from .events import DataEvent
+from .sql import queries
+
+__all__ = ["AppendResult", "EventStore", "LogListener", "encode_batch"]
+
+logger = logging.getLogger(__name__)
+
+Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+Connect: TypeAlias = "Callable[[], Awaitable[asyncpg.Connection[asyncpg.Record]]]"
+
+_MAX_POSITION = 2**63 - 1
+_MAX_IDENTIFIER = 63  # Postgres truncates LISTEN channels longer than this; pg_notify refuses
+_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v1 on a version conflict
+_TEXT_FIELDS = ("id", "type", "resource", "key", "source")
+# An escaped NUL in JSON (an odd number of backslashes before u0000): jsonb cannot store it.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+              OSError, TimeoutError)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What an append stored: each distinct event once, in the order given."""
+
+    #: The events with ``position`` and ``version`` set (for duplicates: the stored ones).
+    events: tuple[DataEvent, ...]
+    #: Ids that were already stored (or repeated within the batch) and were not stored again.
+    duplicates: tuple[str, ...] = ()
+
+    @property
+    def last_position(self) -> int:
+        """The highest position among :attr:`events` (0 when there are none)."""
+        return max((e.position or 0 for e in self.events), default=0)
+
+
+class EventStore:
+    """The Postgres event log of one schema; see the module docstring."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[asyncpg.Record],
+        *,
+        schema: str,
+        config: EventLogConfig,
+        dsn: str | None = None,
+    ) -> None:
+        try:
+            self._sql = queries(schema)
+        except ValueError as exc:
+            raise ConfigurationError("postgres.schema", str(exc)) from exc
+        self._pool = pool
+        self._config = config
+        self._dsn = dsn
+        self.schema = schema
+        #: The NOTIFY channel, namespaced by schema so that logs in two schemas do not cross-talk.
+        self.channel = f"{config.notify_channel}.{schema}"
+        if len(self.channel.encode()) > _MAX_IDENTIFIER:
+            raise ConfigurationError(
+                "log.notify_channel", f"{self.channel!r} is longer than {_MAX_IDENTIFIER} bytes"
+            )
+
+    async def append(
+        self,
+        events: DataEvent | Sequence[DataEvent],
+        *,
+        conn: Connection | None = None,
+        expected_version: int | None = None,
+    ) -> AppendResult:
+        """Store ``events`` in order; see the module docstring for the guarantees.
+
+        ``conn``: the producer's connection, inside its transaction (the lock is then held until
+        that transaction ends). ``expected_version``: the version the single stream must be at
+        before this append (0: it must not exist), else :class:`ConcurrencyError`.
+        """
+        batch = [events] if isinstance(events, DataEvent) else list(events)
+        if not batch:
+            return AppendResult(events=())
+        _check_expected(batch, expected_version)
+        payload = encode_batch(batch, self._config.max_payload_bytes)
+        args = (self._sql["append"], payload, expected_version, self.channel)
+        with _translated("append", batch[0], expected_version):
+            rows = await (conn.fetch(*args) if conn is not None else self._pool.fetch(*args))
+        return _result(batch, rows)
+
+    async def read(
+        self, after: int = 0, *, batch_size: int | None = None, until: int | None = None
+    ) -> AsyncIterator[list[DataEvent]]:
+        """Events with ``after < position <= until``, in position order, a batch at a time.
+
+        Keyset pagination (``position > last``), one short query per batch: memory stays
+        constant and no connection is held between batches, however long the log.
+        """
+        size = batch_size or self._config.read_batch_size
+        if size < 1:
+            raise ValueError("batch_size must be at least 1")
+        upper = _MAX_POSITION if until is None else until
+        cursor = after
+        while cursor < upper:
+            with _translated("read"):
+                rows = await self._pool.fetch(self._sql["read"], cursor, upper, size)
+            if not rows:
+                return
+            batch = [_event(row) for row in rows]
+            yield batch
+            cursor = rows[-1]["position"]
+            if len(rows) < size:
+                return
+
+    async def read_stream(
+        self, resource: str, key: str, *, after_version: int = 0
+    ) -> list[DataEvent]:
+        """The events of one stream with ``version > after_version``, in version order."""
+        with _translated("read_stream"):
+            rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
+        return [_event(row) for row in rows]
+
+    async def head(self) -> int:
+        """The highest committed position (0 if the log is empty); everything up to it is
+        readable, and nothing below it can commit later."""
+        with _translated("head"):
+            value = await self._pool.fetchval(self._sql["head"])
+        return int(value)
+
+    def listener(self) -> LogListener:
+        """A :class:`LogListener` on this log's channel, on a connection of its own."""
+        return LogListener(self._connect, self.channel)
+
+    async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
+        if self._dsn is not None:
+            return await asyncpg.connect(self._dsn)
+        # Same server and options as the pool, but a connection the pool never resets.
+        args = getattr(self._pool, "_connect_args", ())
+        kwargs = getattr(self._pool, "_connect_kwargs", {})
+        return await asyncpg.connect(*args, **kwargs)
+
+
+class LogListener:
+    """Wake-ups on appends to the log; an async context manager owning one connection.
+
+    ``await wait(timeout)`` returns True when an append committed since the last call (or the
+    connection was re-established and one may have been missed), False on timeout. A lost
+    connection is re-opened and LISTENed again on the next ``wait``; while that fails, ``wait``
+    logs, sleeps ``timeout`` and returns False, so a caller that polls keeps working.
+    """
+
+    def __init__(self, connect: Connect, channel: str) -> None:
+        self.channel = channel
+        self._connect = connect
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+        self._woken = asyncio.Event()
+        self._lost = False
+
+    async def __aenter__(self) -> LogListener:
+        with _translated("listen"):
+            await self._listen()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - a timeout is an answer
+        """True if notified (or reconnected) within ``timeout`` seconds, else False."""
+        if self._conn is None or self._lost or self._conn.is_closed():
+            return await self._reconnect(pause=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._woken.wait()
+        except TimeoutError:
+            return False
+        self._woken.clear()
+        return True
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(*_DB_ERRORS):
+                await conn.close(timeout=5)
+
+    async def _listen(self) -> None:
+        conn = await self._connect()
+        try:
+            conn.add_termination_listener(self._on_terminated)
+            await conn.add_listener(self.channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn, self._lost = conn, False
+
+    async def _reconnect(self, *, pause: float) -> bool:
+        await self.close()
+        try:
+            await self._listen()
+        except _DB_ERRORS as exc:
+            logger.warning("event log listener on %s cannot reconnect: %s", self.channel, exc)
+            await asyncio.sleep(pause)
+            return False
+        logger.info("event log listener on %s reconnected", self.channel)
+        self._woken.clear()
+        return True  # a notification may have been missed meanwhile: have the caller poll
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._woken.set()
+
+    def _on_terminated(self, conn: object) -> None:
+        self._lost = True
+        self._woken.set()
+
+
+def encode_batch(events: Sequence[DataEvent], max_payload_bytes: int) -> str:
+    """The batch as the JSON array ``append_events_v1`` takes; validates every event first."""
+    return "[" + ",".join(_encode(event, max_payload_bytes) for event in events) + "]"
+
+
+def _encode(event: DataEvent, max_payload_bytes: int) -> str:
+    if not isinstance(event, DataEvent):
+        raise InvalidEventError(f"expected a DataEvent, got {type(event).__name__}")
+    fields = {name: getattr(event, name, None) for name in _TEXT_FIELDS}
+    for name, value in fields.items():
+        if not isinstance(value, str) or not value:
+            raise InvalidEventError(f"event {event.id!r}: field {name!r} is missing or empty")
+        if "\x00" in value:
+            raise InvalidEventError(f"event {event.id!r}: field {name!r} holds a NUL character")
+    if not isinstance(event.timestamp, datetime) or event.timestamp.tzinfo is None:
+        raise InvalidEventError(f"event {event.id!r}: timestamp must be timezone-aware")
+    payload = event.payload_json()
+    size = len(payload.encode())
+    if size > max_payload_bytes:
+        raise InvalidEventError(
+            f"event {event.id!r}: payload is {size} bytes, over max_payload_bytes "
+            f"({max_payload_bytes})"
+        )
+    if _JSON_NUL.search(payload):
+        raise InvalidEventError(f"event {event.id!r}: payload holds a NUL character")
+    head = json.dumps({**fields, "timestamp": event.timestamp.isoformat()})
+    return f'{head[:-1]},"payload":{payload}}}'
+
+
+def _check_expected(batch: Sequence[DataEvent], expected_version: int | None) -> None:
+    if expected_version is None:
+        return
+    if expected_version < 0:
+        raise InvalidEventError("expected_version must be 0 or more")
+    streams = {(getattr(e, "resource", None), getattr(e, "key", None)) for e in batch}
+    if len(streams) > 1:
+        raise InvalidEventError("expected_version needs all events of one (resource, key)")
+
+
+def _result(batch: Sequence[DataEvent], rows: Sequence[asyncpg.Record]) -> AppendResult:
+    stored = {row["out_id"]: row for row in rows}
+    events: list[DataEvent] = []
+    duplicates: list[str] = []
+    seen: set[str] = set()
+    for event in batch:
+        row = stored[event.id]
+        if row["out_duplicate"] or event.id in seen:
+            duplicates.append(event.id)
+        if event.id not in seen:
+            seen.add(event.id)
+            events.append(replace(event, position=row["out_position"], version=row["out_version"]))
+    return AppendResult(events=tuple(events), duplicates=tuple(duplicates))
+
+
+def _event(row: asyncpg.Record) -> DataEvent:
+    return DataEvent(
+        id=row["id"],
+        type=row["type"],
+        resource=row["resource"],
+        key=row["key"],
+        payload=json.loads(row["payload"]),
+        source=row["source"],
+        timestamp=row["timestamp"],
+        version=row["version"],
+        position=row["position"],
+    )
+
+
+@contextlib.contextmanager
+def _translated(
+    action: str, first: DataEvent | None = None, expected: int | None = None
+) -> Iterator[None]:
+    """Turn a driver error into ours: a version conflict, or a PersistenceError."""
+    try:
+        yield
+    except _DB_ERRORS as exc:
+        conflict = _conflict(exc, first, expected)
+        if conflict is not None:
+            raise conflict from exc
+        raise PersistenceError(f"event log {action} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _conflict(
+    exc: BaseException, first: DataEvent | None, expected: int | None
+) -> ConcurrencyError | None:
+    if first is None:
+        return None
+    if getattr(exc, "sqlstate", None) == _CONFLICT:
+        actual = int(getattr(exc, "detail", None) or 0)
+        return ConcurrencyError(first.resource, first.key, expected, actual)
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        # Only reachable when the caller's snapshot predates the lock (REPEATABLE READ or
+        # SERIALIZABLE): the constraints caught a stale version or position; retry the tx.
+        return ConcurrencyError(first.resource, first.key, expected, None)
+    return None

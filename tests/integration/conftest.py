@@ -1,0 +1,60 @@
+"""Fixtures for the event log tests: a migrated schema of the test's own, a pool, a store."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from satellites_es.config import EventLogConfig, PostgresConfig
+from satellites_es.events import DataEvent
+from satellites_es.migrate import upgrade
+from satellites_es.store import EventStore
+
+EventFactory = Callable[..., DataEvent]
+
+
+@pytest.fixture
+def pg_config(postgres_url: str, pg_schema: str) -> PostgresConfig:
+    fields = PostgresConfig._from_url(postgres_url)
+    return PostgresConfig(**fields, schema=pg_schema, min_connections=1, max_connections=12)
+
+
+@pytest.fixture
+async def migrated(pg_config: PostgresConfig) -> PostgresConfig:
+    await upgrade(pg_config)
+    return pg_config
+
+
+@pytest.fixture
+async def pool(migrated: PostgresConfig) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
+    p = await asyncpg.create_pool(migrated.dsn, min_size=1, max_size=12)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def log_config() -> EventLogConfig:
+    return EventLogConfig(max_payload_bytes=4096)
+
+
+@pytest.fixture
+def store(
+    pool: asyncpg.Pool[asyncpg.Record], migrated: PostgresConfig, log_config: EventLogConfig
+) -> EventStore:
+    return EventStore(pool, schema=migrated.schema, config=log_config, dsn=migrated.dsn)
+
+
+@pytest.fixture
+def make_event() -> EventFactory:
+    counter = itertools.count(1)
+
+    def make(key: str = "k1", resource: str = "users", **fields: Any) -> DataEvent:
+        n = next(counter)
+        defaults: dict[str, Any] = {"type": "user.updated", "source": "test", "payload": {"n": n}}
+        return DataEvent(resource=resource, key=key, **{**defaults, **fields})
+
+    return make

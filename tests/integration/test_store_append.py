@@ -1,0 +1,122 @@
+"""Appending to the event log: versions, idempotency, expected versions, transactions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from satellites_es.errors import ConcurrencyError
+from satellites_es.store import EventStore
+from tests.integration.conftest import EventFactory
+
+
+async def all_events(store: EventStore) -> list[tuple[int | None, str, str, int | None]]:
+    return [(e.position, e.id, e.key, e.version) async for b in store.read() for e in b]
+
+
+async def test_append_assigns_positions_and_per_stream_versions(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    batch = [make_event("a"), make_event("b"), make_event("a")]
+    result = await store.append(batch)
+    assert [(e.id, e.position, e.version) for e in result.events] == [
+        (batch[0].id, 1, 1), (batch[1].id, 2, 1), (batch[2].id, 3, 2)
+    ]  # fmt: skip
+    assert result.duplicates == ()
+    assert result.last_position == 3
+    single = await store.append(make_event("b"))
+    assert (single.events[0].position, single.events[0].version) == (4, 2)
+    assert await store.head() == 4
+
+
+async def test_stored_event_round_trips(store: EventStore, make_event: EventFactory) -> None:
+    event = make_event(payload={"name": "Zoë", "tags": ["a", "b"], "n": 1.5, "nested": {"x": None}})
+    stored = (await store.append(event)).events[0]
+    [read] = await store.read_stream("users", "k1")
+    assert read == stored
+    assert read.to_dict() == {**event.to_dict(), "position": 1, "version": 1}
+
+
+async def test_same_event_id_is_stored_once(store: EventStore, make_event: EventFactory) -> None:
+    event = make_event()
+    first = await store.append(event)
+    again = await store.append([event, make_event()])
+    assert again.duplicates == (event.id,)
+    assert again.events[0] == first.events[0]  # the stored position and version
+    assert again.events[1].position == 2
+    within = make_event()
+    twice = await store.append([within, within])
+    assert twice.duplicates == (within.id,)
+    assert [e.position for e in twice.events] == [3]
+    assert await store.head() == 3
+
+
+async def test_expected_version(store: EventStore, make_event: EventFactory) -> None:
+    await store.append(make_event("a"), expected_version=0)
+    await store.append([make_event("a"), make_event("a")], expected_version=1)
+    with pytest.raises(ConcurrencyError) as info:
+        await store.append(make_event("a"), expected_version=1)
+    assert (info.value.resource, info.value.key, info.value.expected, info.value.actual) == (
+        "users", "a", 1, 3
+    )  # fmt: skip
+    with pytest.raises(ConcurrencyError):
+        await store.append(make_event("new"), expected_version=2)
+    assert await store.head() == 3
+
+
+async def test_retry_with_expected_version_reports_duplicates(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    event = make_event("a")
+    await store.append(event, expected_version=0)
+    retried = await store.append(event, expected_version=0)
+    assert retried.duplicates == (event.id,)
+
+
+async def test_concurrent_appends_expecting_one_version_one_wins(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    await store.append(make_event("a"))
+    attempts = [store.append(make_event("a"), expected_version=1) for _ in range(5)]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    winners = [r for r in results if not isinstance(r, BaseException)]
+    losers = [r for r in results if isinstance(r, BaseException)]
+    assert len(winners) == 1
+    assert all(isinstance(r, ConcurrencyError) and r.actual == 2 for r in losers)
+    assert [e.version for e in await store.read_stream("users", "a")] == [1, 2]
+
+
+async def test_append_in_producer_transaction_commits_with_it(
+    store: EventStore, pool: asyncpg.Pool[asyncpg.Record], make_event: EventFactory
+) -> None:
+    async with pool.acquire() as conn:
+        await conn.execute("CREATE TEMP TABLE users (id text)")
+        async with conn.transaction():
+            await conn.execute("INSERT INTO users VALUES ('k1')")
+            result = await store.append(make_event(), conn=conn)
+        assert await conn.fetchval("SELECT count(*) FROM users") == 1
+    assert await all_events(store) == [(1, result.events[0].id, "k1", 1)]
+
+
+async def test_rolled_back_producer_transaction_leaves_no_event(
+    store: EventStore, pool: asyncpg.Pool[asyncpg.Record], make_event: EventFactory
+) -> None:
+    class Boom(Exception):
+        pass
+
+    async with pool.acquire() as conn:
+        with pytest.raises(Boom):
+            async with conn.transaction():
+                await store.append(make_event(), conn=conn)
+                raise Boom
+    assert await store.head() == 0
+    assert await all_events(store) == []
+    # The rolled-back position is reused: positions stay dense, nobody saw the first one.
+    assert (await store.append(make_event())).last_position == 1
+
+
+async def test_empty_append_is_a_no_op(store: EventStore) -> None:
+    result = await store.append([])
+    assert (result.events, result.duplicates, result.last_position) == ((), (), 0)
