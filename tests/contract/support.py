@@ -1,0 +1,71 @@
+"""Helpers shared by the bus contract suite and the RabbitMQ/relay integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+
+import aio_pika
+
+from satellites_es.bus.partition import dlq_name, queue_name
+from satellites_es.config import DataLayerConfig, RabbitMQConfig
+from satellites_es.events import DataEvent
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Wait until ``predicate()`` holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+class Recorder:
+    """A handler that records what it gets; ``subscriber_name`` makes it its own group."""
+
+    def __init__(self, name: str, *, fail: Callable[[DataEvent], bool] | None = None) -> None:
+        self.subscriber_name = name
+        self.events: list[DataEvent] = []
+        self.calls = 0
+        self._fail = fail
+
+    async def __call__(self, event: DataEvent) -> None:
+        self.calls += 1
+        if self._fail is not None and self._fail(event):
+            raise RuntimeError(f"{self.subscriber_name} refuses {event.key}")
+        self.events.append(event)
+
+    @property
+    def ids(self) -> list[str]:
+        return [e.id for e in self.events]
+
+
+async def delete_topology(
+    url: str, exchange: str, groups: Iterable[str], partitions: int
+) -> None:
+    """Delete a test's exchange and its groups' queues (best effort)."""
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel()
+        for group in groups:
+            names = [queue_name(exchange, group, i) for i in range(partitions)]
+            for name in [*names, dlq_name(exchange, group)]:
+                with contextlib.suppress(Exception):
+                    await channel.queue_delete(name)
+        with contextlib.suppress(Exception):
+            await channel.exchange_delete(exchange)
+
+
+def rabbit_config_for(amqp_url: str, test_id: str, **overrides: object) -> RabbitMQConfig:
+    """A RabbitMQ config for one test: its own exchange (queues are named after it)."""
+    env = {
+        "SATELLITES_RABBITMQ_URL": amqp_url,
+        "SATELLITES_RABBITMQ_EXCHANGE": f"{test_id}.events",
+    }
+    return dataclasses.replace(DataLayerConfig.from_env(env).rabbitmq, **overrides)
