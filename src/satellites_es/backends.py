@@ -111,7 +111,10 @@ class RedisBackend:
     async def check(self) -> Mapping[str, Any]:
         assert self.client is not None
         info = await self.client.info("server")
-        return {"version": info.get("redis_version"), "url": f"{self.config.host}:{self.config.port}"}
+        return {
+            "version": info.get("redis_version"),
+            "url": f"{self.config.host}:{self.config.port}",
+        }
 
 
 class PostgresBackend:
@@ -130,7 +133,10 @@ class PostgresBackend:
             max_size=c.max_connections,
             command_timeout=c.command_timeout,
             timeout=5.0,
-            server_settings={"search_path": f"{c.schema},public", "application_name": c.application_name},
+            server_settings={
+                "search_path": f"{c.schema},public",
+                "application_name": c.application_name,
+            },
         )
 
     async def close(self) -> None:

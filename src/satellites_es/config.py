@@ -281,9 +281,7 @@ class DataLayerConfig:
     stop_timeout: float = 10.0
 
     @classmethod
-    def from_env(
-        cls, env: Mapping[str, str] | None = None, **overrides: Any
-    ) -> DataLayerConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DataLayerConfig:
         """Build the config from ``SATELLITES_*`` variables (``os.environ`` by default)."""
         source = os.environ if env is None else env
         top = _parse_fields(cls, source, ENV_PREFIX, skip=set(_SECTIONS))

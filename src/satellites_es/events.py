@@ -82,9 +82,7 @@ class DataEvent:
     def payload_json(self) -> str:
         """The payload as compact JSON; :class:`InvalidEventError` if it is not JSON."""
         try:
-            return json.dumps(
-                self.payload, separators=(",", ":"), sort_keys=True, allow_nan=False
-            )
+            return json.dumps(self.payload, separators=(",", ":"), sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidEventError(
                 f"event {self.id} ({self.type}): payload is not JSON-serialisable: {exc}"
@@ -206,4 +204,3 @@ class InProcessEventBus:
                 )
                 if self.on_handler_error is not None:
                     self.on_handler_error(handler_name(handler), exc)
-

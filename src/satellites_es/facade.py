@@ -22,7 +22,13 @@ import asyncpg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 
-from .backends import Backend, ElasticsearchBackend, PostgresBackend, RedisBackend, connect_with_retry
+from .backends import (
+    Backend,
+    ElasticsearchBackend,
+    PostgresBackend,
+    RedisBackend,
+    connect_with_retry,
+)
 from .config import DataLayerConfig
 from .errors import BackendUnavailableError, LifecycleError
 from .events import EventBus, InProcessEventBus
@@ -86,7 +92,9 @@ class _BusBackend:
 class DataLayer:
     """Unified façade: lifecycle, health, and access to every backend."""
 
-    def __init__(self, config: DataLayerConfig | None = None, *, bus: EventBus | None = None) -> None:
+    def __init__(
+        self, config: DataLayerConfig | None = None, *, bus: EventBus | None = None
+    ) -> None:
         self.config = config or DataLayerConfig()
         self._state = LayerState.NEW
         self._backends: dict[str, Backend] = self._make_backends()
@@ -159,7 +167,7 @@ class DataLayer:
         if not tasks:
             return
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
             for task in tasks:
                 task.cancel()
@@ -225,7 +233,9 @@ class DataLayer:
 
     def _running(self, name: str) -> Any:
         if self._state is not LayerState.RUNNING:
-            raise LifecycleError(f"DataLayer is {self._state.value}: start() it before using {name}")
+            raise LifecycleError(
+                f"DataLayer is {self._state.value}: start() it before using {name}"
+            )
         backend = self._backends.get(name)
         if backend is None:
             raise LifecycleError(f"{name} is disabled in the configuration")
