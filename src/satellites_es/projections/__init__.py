@@ -1,0 +1,31 @@
+"""Projections: the log replayed into Redis caches, Elasticsearch indices and FAISS namespaces.
+
+``model`` (what a projection is), ``sinks`` (the protocol) with ``redis_sink``, ``es_sink`` and
+``faiss_sink``, ``checkpoints`` (Postgres bookkeeping), ``projector`` (apply the log in order,
+follow it live) and ``rebuild`` (blue/green rebuild by replay, rollback).
+"""
+
+from __future__ import annotations
+
+from .checkpoints import Checkpoints
+from .model import Change, Delete, Projection, Upsert
+from .projector import Progress, Projector, follow_active
+from .rebuild import RebuildResult, ensure_active, rebuild, rollback
+from .sinks import Sink, SinkDump
+
+__all__ = [
+    "Change",
+    "Checkpoints",
+    "Delete",
+    "Progress",
+    "Projection",
+    "Projector",
+    "RebuildResult",
+    "Sink",
+    "SinkDump",
+    "Upsert",
+    "ensure_active",
+    "follow_active",
+    "rebuild",
+    "rollback",
+]

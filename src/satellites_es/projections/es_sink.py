@@ -1,0 +1,147 @@
+"""Elasticsearch as a projection sink: external versions, tombstones and a filtered alias.
+
+* Each version is a concrete index ``{index_prefix}{name}_v{version}``; readers use the alias
+  ``{index_prefix}{name}``. A flip is one ``_aliases`` call that removes the alias from the old
+  index and adds it to the new one: atomic in Elasticsearch.
+* Every write is ``version=position, version_type=external``: Elasticsearch itself refuses a
+  write whose position is not newer than the stored one (409), so duplicates, late events and
+  replays change nothing. In a bulk response a 409 is such a refusal, not a failure.
+* A delete is a tombstone document ``{"sat_tombstone": true}`` written the same way, not an
+  Elasticsearch delete: a real delete's version is forgotten after ``index.gc_deletes`` (60 s),
+  after which a late upsert would bring the document back. The alias carries a filter that hides
+  tombstones, so searches through it never see them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch.exceptions import ApiError, TransportError
+from elasticsearch.helpers import async_bulk, async_scan
+
+from ..errors import ProjectionError
+from .model import Change, Projection, Upsert
+from .sinks import SinkDump
+
+__all__ = ["TOMBSTONE", "ElasticsearchSink"]
+
+TOMBSTONE = "sat_tombstone"
+_HIDE_TOMBSTONES = {"bool": {"must_not": {"term": {TOMBSTONE: True}}}}
+CHUNK = 1000
+
+
+class ElasticsearchSink:
+    kind = "elasticsearch"
+
+    def __init__(self, client: AsyncElasticsearch, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def index(self, projection: Projection, version: int) -> str:
+        return f"{self.prefix}{projection.target(version)}"
+
+    def alias(self, projection: Projection) -> str:
+        return f"{self.prefix}{projection.name}"
+
+    async def prepare(self, projection: Projection, version: int) -> None:
+        body = dict(projection.options)
+        mappings = dict(body.pop("mappings", {}) or {})
+        props = dict(mappings.get("properties", {}))
+        props[TOMBSTONE] = {"type": "boolean"}
+        mappings["properties"] = props
+        index = self.index(projection, version)
+        try:
+            if not await self.client.indices.exists(index=index):
+                await self.client.indices.create(index=index, mappings=mappings, **body)
+        except ApiError as exc:
+            if "resource_already_exists" not in str(exc):
+                raise ProjectionError(f"elasticsearch: cannot create {index}: {exc}") from exc
+
+    async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
+        index = self.index(projection, version)
+        actions = [self._action(index, c) for c in changes]
+        try:
+            ok, errors = await async_bulk(
+                self.client, actions, chunk_size=CHUNK, raise_on_error=False, stats_only=False
+            )
+        except TransportError as exc:
+            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
+        failures = [e for e in errors if _status(e) != 409]  # type: ignore[union-attr]
+        if failures:
+            raise ProjectionError(
+                f"elasticsearch sink {index}: {len(failures)} failed: {failures[:3]}"
+            )
+        return int(ok)
+
+    @staticmethod
+    def _action(index: str, change: Change) -> dict[str, Any]:
+        source = dict(change.document) if isinstance(change, Upsert) else {TOMBSTONE: True}
+        return {
+            "_op_type": "index",
+            "_index": index,
+            "_id": change.key,
+            "version": change.position,
+            "version_type": "external",
+            "_source": source,
+        }
+
+    async def activate(self, projection: Projection, version: int) -> None:
+        alias, index = self.alias(projection), self.index(projection, version)
+        actions: list[dict[str, Any]] = [
+            {"remove": {"index": old, "alias": alias}} for old in await self._holders(alias)
+        ]
+        actions.append(
+            {
+                "add": {
+                    "index": index,
+                    "alias": alias,
+                    "filter": _HIDE_TOMBSTONES,
+                    "is_write_index": True,
+                }
+            }
+        )
+        try:
+            await self.client.indices.update_aliases(actions=actions)
+        except ApiError as exc:
+            raise ProjectionError(f"elasticsearch: cannot flip {alias} to {index}: {exc}") from exc
+
+    async def _holders(self, alias: str) -> list[str]:
+        try:
+            found = await self.client.indices.get_alias(name=alias)
+        except NotFoundError:
+            return []
+        return list(found.body)
+
+    async def active_version(self, projection: Projection) -> int | None:
+        holders = await self._holders(self.alias(projection))
+        if not holders:
+            return None
+        return int(holders[0].rsplit("_v", 1)[1])
+
+    async def drop(self, projection: Projection, version: int) -> None:
+        await self.client.indices.delete(
+            index=self.index(projection, version), ignore_unavailable=True
+        )
+
+    async def dump(self, projection: Projection, version: int) -> SinkDump:
+        index = self.index(projection, version)
+        await self.client.indices.refresh(index=index)
+        out: SinkDump = {}
+        async for hit in async_scan(self.client, index=index, query={"query": {"match_all": {}}}):
+            src: Mapping[str, Any] = hit["_source"]
+            out[hit["_id"]] = None if src.get(TOMBSTONE) else dict(src)
+        return out
+
+    async def local_checkpoint(self, projection: Projection, version: int) -> int | None:
+        return None
+
+    async def flush(self, projection: Projection, version: int) -> None:
+        return None  # every write is already durable in the store
+
+
+def _status(error: Mapping[str, Any]) -> int:
+    for detail in error.values():
+        return int(detail.get("status", 0))
+    return 0

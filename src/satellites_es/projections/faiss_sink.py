@@ -1,0 +1,101 @@
+"""FAISS as a projection sink: a namespace per version, positions kept beside every id.
+
+FAISS lives in the memory of each process that serves vector queries (a *local* sink). Each
+version of a projection is a namespace ``{name}_v{version}``; :class:`VectorIndex` keeps the last
+applied position per id (tombstones included) and per namespace, and drops a change whose
+position is not newer, so a replay or a duplicate changes nothing and a late upsert after a delete
+stays deleted. The flip is a namespace alias: ``data.vectors.query(name, ...)`` reads the active
+version. The checkpoint of a local sink is the position in its own snapshot, not a row in
+Postgres: a serving process loads its snapshot, then replays the log from that position.
+
+An :class:`Upsert` document for this sink is ``{"vector": [...], "metadata": {...}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import ProjectionError, VectorIndexError
+from ..vectors import VectorIndex
+from .model import Change, Delete, Projection, Upsert
+from .sinks import SinkDump
+
+__all__ = ["FaissSink"]
+
+
+class FaissSink:
+    kind = "faiss"
+
+    def __init__(self, vectors: VectorIndex) -> None:
+        self.vectors = vectors
+
+    async def prepare(self, projection: Projection, version: int) -> None:
+        name = projection.target(version)
+        if name not in await self.vectors.namespaces():
+            opts = projection.options
+            await self.vectors.create_namespace(
+                name,
+                dimension=opts.get("dimension"),
+                metric=opts.get("metric"),
+                index_kind=opts.get("index_kind"),
+            )
+
+    async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
+        name = projection.target(version)
+        applied = 0
+        run: list[Upsert] = []
+        try:
+            for change in changes:
+                if isinstance(change, Upsert):
+                    run.append(change)
+                    continue
+                applied += await self._flush(name, run)
+                run = []
+                applied += await self._delete(name, change)
+            applied += await self._flush(name, run)
+        except VectorIndexError as exc:
+            raise ProjectionError(f"faiss sink {name}: {exc}") from exc
+        return applied
+
+    async def _flush(self, name: str, run: list[Upsert]) -> int:
+        if not run:
+            return 0
+        items = [(c.key, c.document["vector"], c.document.get("metadata")) for c in run]
+        return await self.vectors.upsert_many(name, items, positions=[c.position for c in run])
+
+    async def _delete(self, name: str, change: Delete) -> int:
+        return int(await self.vectors.delete(name, change.key, position=change.position))
+
+    async def activate(self, projection: Projection, version: int) -> None:
+        self.vectors.set_alias(projection.name, projection.target(version))
+
+    async def active_version(self, projection: Projection) -> int | None:
+        target = self.vectors.alias_target(projection.name)
+        return None if target is None else int(target.rsplit("_v", 1)[1])
+
+    async def drop(self, projection: Projection, version: int) -> None:
+        await self.vectors.drop_namespace(projection.target(version))
+
+    async def dump(self, projection: Projection, version: int) -> SinkDump:
+        name = projection.target(version)
+        out: SinkDump = {}
+        for vector_id in await self.vectors.ids(name):
+            got = await self.vectors.get(name, vector_id)
+            if got is not None:
+                vector, metadata = got
+                out[vector_id] = _doc(vector.tolist(), metadata)
+        return out
+
+    async def local_checkpoint(self, projection: Projection, version: int) -> int | None:
+        name = projection.target(version)
+        if name not in await self.vectors.namespaces():
+            return None
+        return self.vectors.applied_position(name) or 0
+
+    async def flush(self, projection: Projection, version: int) -> None:
+        await self.vectors.save(projection.target(version))
+
+
+def _doc(vector: list[float], metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"vector": vector, "metadata": None if metadata is None else dict(metadata)}

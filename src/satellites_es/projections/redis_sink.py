@@ -1,0 +1,138 @@
+"""Redis as a projection sink: one hash per key, written only by a newer position.
+
+Layout, under the configured key prefix ``P``:
+
+* ``P{name}_v{version}:{key}``: a hash ``{p: position, d: JSON document}``, or for a tombstone
+  ``{p: position, x: 1}``;
+* ``P{name}:active``: the active version (the blue/green pointer; a flip is one ``SET``).
+
+Every batch goes through one Lua script (atomic per call) that compares the stored ``p`` with the
+change's position and writes only when the change is newer: a duplicate, a late or a replayed
+event changes nothing, and a late upsert after a delete stays deleted. The script touches several
+keys, so on Redis Cluster the projection's keys would need one hash slot; we target a single
+primary (or a proxy), as most caches do.
+
+TTL: documents may expire (``Projection.ttl_seconds``), as a cache's should; tombstones never
+expire, so a late upsert cannot bring back a deleted key. An expired document is filled again by
+the next event for its key, or by a rebuild.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import ProjectionError
+from .model import Change, Projection, Upsert
+from .sinks import SinkDump
+
+__all__ = ["RedisSink"]
+
+_APPLY = """
+local applied = 0
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 3
+  local pos = tonumber(ARGV[base + 1])
+  local doc = ARGV[base + 2]
+  local ttl = tonumber(ARGV[base + 3])
+  local cur = tonumber(redis.call('HGET', key, 'p') or '-1')
+  if pos > cur then
+    if doc == '' then
+      redis.call('DEL', key)
+      redis.call('HSET', key, 'p', pos, 'x', '1')
+    else
+      redis.call('HSET', key, 'p', pos, 'd', doc)
+      redis.call('HDEL', key, 'x')
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) else redis.call('PERSIST', key) end
+    end
+    applied = applied + 1
+  end
+end
+return applied
+"""
+
+CHUNK = 500
+
+
+class RedisSink:
+    kind = "redis"
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._script = client.register_script(_APPLY)
+
+    def key(self, projection: Projection, version: int, key: str) -> str:
+        return f"{self.prefix}{projection.target(version)}:{key}"
+
+    def pointer(self, projection: Projection) -> str:
+        return f"{self.prefix}{projection.name}:active"
+
+    async def prepare(self, projection: Projection, version: int) -> None:
+        return None  # hashes are created by the first write
+
+    async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
+        ttl = projection.ttl_seconds or 0
+        applied = 0
+        try:
+            for start in range(0, len(changes), CHUNK):
+                chunk = changes[start : start + CHUNK]
+                keys = [self.key(projection, version, c.key) for c in chunk]
+                args: list[Any] = []
+                for c in chunk:
+                    doc = (
+                        json.dumps(c.document, separators=(",", ":"))
+                        if isinstance(c, Upsert)
+                        else ""
+                    )
+                    args += [c.position, doc, ttl]
+                applied += int(await self._script(keys=keys, args=args))
+        except RedisError as exc:
+            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
+        return applied
+
+    async def activate(self, projection: Projection, version: int) -> None:
+        await self.client.set(self.pointer(projection), str(version))
+
+    async def active_version(self, projection: Projection) -> int | None:
+        raw = await self.client.get(self.pointer(projection))
+        return None if raw is None else int(raw)
+
+    async def get(self, projection: Projection, key: str) -> Mapping[str, Any] | None:
+        """Read one cached document from the active version (None if absent or deleted)."""
+        version = await self.active_version(projection)
+        if version is None:
+            return None
+        raw = await self.client.hget(self.key(projection, version, key), "d")
+        return None if raw is None else dict(json.loads(raw))
+
+    async def drop(self, projection: Projection, version: int) -> None:
+        pattern = self.key(projection, version, "*")
+        batch: list[Any] = []
+        async for k in self.client.scan_iter(match=pattern, count=1000):
+            batch.append(k)
+            if len(batch) >= 1000:
+                await self.client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await self.client.unlink(*batch)
+
+    async def dump(self, projection: Projection, version: int) -> SinkDump:
+        head = len(self.key(projection, version, ""))
+        out: SinkDump = {}
+        async for k in self.client.scan_iter(match=self.key(projection, version, "*"), count=1000):
+            fields = await self.client.hgetall(k)
+            name = (k.decode() if isinstance(k, bytes) else k)[head:]
+            doc = fields.get(b"d")
+            out[name] = None if doc is None else dict(json.loads(doc))
+        return out
+
+    async def local_checkpoint(self, projection: Projection, version: int) -> int | None:
+        return None
+
+    async def flush(self, projection: Projection, version: int) -> None:
+        return None  # every write is already durable in the store

@@ -1,0 +1,51 @@
+"""The sink protocol every projection target implements, and the helpers sinks share.
+
+A sink holds versions of a projection side by side (``entities_v1``, ``entities_v2``) and one of
+them is *active*: the one readers see. ``apply`` is conditional on the position each change
+carries, so it can be called with duplicates, late events and whole replays without changing the
+result (ARCHITECTURE point 5). ``activate`` is the blue/green flip, one atomic step per store:
+a Redis pointer key, an Elasticsearch alias swap, a FAISS namespace alias.
+
+Shared sinks (Redis, Elasticsearch) keep their checkpoint in Postgres; a local sink (FAISS, in
+the memory of every serving process) keeps it beside its own snapshot (``local_checkpoint``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .model import Change, Projection
+
+__all__ = ["Sink", "SinkDump"]
+
+#: key -> document, or None for a tombstone.
+SinkDump = dict[str, Mapping[str, Any] | None]
+
+
+class Sink(Protocol):
+    kind: str
+
+    async def prepare(self, projection: Projection, version: int) -> None:
+        """Create the version's target if it does not exist (idempotent)."""
+
+    async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
+        """Apply changes newer than what the target holds per key; returns how many applied."""
+
+    async def activate(self, projection: Projection, version: int) -> None:
+        """Point readers at ``version`` in one atomic step."""
+
+    async def active_version(self, projection: Projection) -> int | None:
+        """The version readers see now, as the sink knows it."""
+
+    async def drop(self, projection: Projection, version: int) -> None:
+        """Remove a version's target (never the active one)."""
+
+    async def dump(self, projection: Projection, version: int) -> SinkDump:
+        """Every key of a version with its document (None for tombstones), for verification."""
+
+    async def local_checkpoint(self, projection: Projection, version: int) -> int | None:
+        """For a local sink, the last position its own snapshot holds; None for shared sinks."""
+
+    async def flush(self, projection: Projection, version: int) -> None:
+        """Make what was applied durable where the sink is not already (FAISS: a snapshot)."""
