@@ -136,6 +136,8 @@ async def follow_active(
     async with store.listener() as listener:
         while not stop.is_set():
             version = await ensure_active(projection, sink, checkpoints)
+            if await sink.active_version(projection) != version:
+                await sink.activate(projection, version)  # Postgres is the truth; catch up to it
             if projector is None or projector.version != version:
                 projector = Projector(projection, sink, store, checkpoints, version=version)
                 if on_projector is not None:

@@ -81,6 +81,8 @@ class VectorIndex:
         self._config = config
         self._root = Path(config.index_path)
         self._slots: dict[str, _Slot] = {}
+        #: Read-side names for namespaces: a projection's name -> its active version's namespace.
+        self._aliases: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._state = _State.NEW
 
@@ -248,6 +250,20 @@ class VectorIndex:
         async with slot.lock.read():
             return await self._run(self._live(slot).get, vector_id)
 
+    async def ids(self, namespace: str) -> list[str]:
+        """Every live id in the namespace, sorted."""
+        slot = self._slot(namespace)
+        async with slot.lock.read():
+            return self._live(slot).ids()
+
+    def set_alias(self, alias: str, namespace: str) -> None:
+        """Make reads of ``alias`` (query, get, count, ids) go to ``namespace``: a blue/green
+        flip in one step. A real namespace of the same name takes precedence over an alias."""
+        self._aliases[check_namespace(alias)] = check_namespace(namespace)
+
+    def alias_target(self, alias: str) -> str | None:
+        return self._aliases.get(alias)
+
     async def count(self, namespace: str) -> int:
         return len(self._slot(namespace).ns)
 
@@ -388,7 +404,8 @@ class VectorIndex:
 
     def _slot(self, namespace: str) -> _Slot:
         self._check_open()
-        slot = self._slots.get(check_namespace(namespace))
+        name = check_namespace(namespace)
+        slot = self._slots.get(name) or self._slots.get(self._aliases.get(name, ""))
         if slot is None:
             raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist")
         return slot

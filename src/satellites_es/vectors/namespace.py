@@ -151,6 +151,10 @@ class Namespace:
     def position_of(self, vector_id: str) -> int | None:
         return self._positions.get(vector_id)
 
+    def ids(self) -> list[str]:
+        """The ids of the live vectors, sorted."""
+        return sorted(self._label_of)
+
     def get(self, vector_id: str) -> tuple[Matrix, Mapping[str, Any] | None] | None:
         label = self._label_of.get(vector_id)
         if label is None:
