@@ -69,3 +69,43 @@ def rabbit_config_for(amqp_url: str, test_id: str, **overrides: object) -> Rabbi
         "SATELLITES_RABBITMQ_EXCHANGE": f"{test_id}.events",
     }
     return dataclasses.replace(DataLayerConfig.from_env(env).rabbitmq, **overrides)
+
+
+class IdempotentSink:
+    """A consumer that applies each event once, by position (what the projections do)."""
+
+    def __init__(self, name: str = "sink") -> None:
+        self.subscriber_name = name
+        self.deliveries: list[DataEvent] = []
+        self.applied: dict[int, DataEvent] = {}
+        self.applies = 0
+
+    async def __call__(self, event: DataEvent) -> None:
+        self.deliveries.append(event)
+        assert event.position is not None
+        if event.position not in self.applied:
+            self.applied[event.position] = event
+            self.applies += 1
+
+    @property
+    def duplicates(self) -> set[int]:
+        seen: set[int] = set()
+        dups: set[int] = set()
+        for event in self.deliveries:
+            assert event.position is not None
+            (dups if event.position in seen else seen).add(event.position)
+        return dups
+
+
+def assert_per_key_order(deliveries: Iterable[DataEvent]) -> None:
+    """Ignoring exact duplicates, each key's versions arrive in increasing order."""
+    seen: set[str] = set()
+    last: dict[tuple[str, str], int] = {}
+    for event in deliveries:
+        if event.id in seen:
+            continue
+        seen.add(event.id)
+        stream = (event.resource, event.key)
+        assert event.version is not None
+        assert event.version > last.get(stream, 0), (stream, event.version, last.get(stream))
+        last[stream] = event.version

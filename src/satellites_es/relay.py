@@ -1,0 +1,405 @@
+"""The relay: publishes the event log to the bus, at least once, in position order.
+
+The outbox is the part of the log after the relay's cursor (``relay_cursors``, one row per
+relay name); there is no second copy of an event.
+
+**Confirm window and cursor.** The relay reads a batch after its cursor and hands it to
+``bus.publish_many(batch, window=confirm_window)``, which keeps up to ``confirm_window``
+publisher confirms outstanding. The cursor moves only over confirmed events: to the end of the
+batch when every confirm came back, or to the end of the confirmed prefix when a publish failed
+(``PublishBatchError.confirmed``); the rest is published again on the next try. A crash between
+the confirms and the cursor update therefore republishes that batch: consumers see duplicates,
+never gaps, and are idempotent by position.
+
+**Leader election and fencing.** Several relay processes may run with one name; only the one
+holding the Postgres session advisory lock ``(hashtext('satellites.relay'),
+hashtext(schema || '.' || name))`` publishes. The lock lives on a connection of the relay's own
+(not a pooled one), so it is released exactly when that session ends: a SIGKILLed process, a
+cut network or a Postgres restart free it, and a standby, which retries every
+``standby_interval``, takes over. The leader fences itself: the cursor is written on the lock's
+own connection (a relay that lost its session cannot move the cursor), a termination listener
+and a ``SELECT 1`` heartbeat every ``standby_interval`` detect a lost session, and then the
+publishing task is cancelled at once and the relay goes back to standby. Between the loss and
+its detection (one heartbeat at most) two relays may publish the same events: duplicates, which
+consumers absorb.
+
+**Failures.** Broker or Postgres trouble (``PublishError``, ``BackendUnavailableError``,
+``PersistenceError``, driver errors) is logged and retried with exponential backoff (tenacity),
+forever, until :meth:`Relay.stop`; the loop never dies silently. Wake-ups come from the log's
+NOTIFY listener, with a poll every ``poll_interval`` as the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import aio_pika
+import asyncpg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+
+from .bus.rabbitmq import PublishBatchError
+from .config import RelayConfig
+from .errors import BackendUnavailableError, PersistenceError, PublishError
+from .events import DataEvent, EventBus
+from .sql import quote_schema
+from .store import EventStore
+
+__all__ = ["Relay", "RelayState"]
+
+logger = logging.getLogger(__name__)
+
+#: What the relay retries with backoff (everything else is a bug and stops ``run``).
+RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    PublishError,
+    BackendUnavailableError,
+    PersistenceError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    aio_pika.exceptions.AMQPError,
+    OSError,  # ConnectionError, and TimeoutError since Python 3.11
+)
+_MAX_BACKOFF = 5.0
+
+AfterConfirm = Callable[[Sequence[DataEvent]], Awaitable[None]]
+
+_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1))"
+_CURSOR_SQL = """
+INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
+ON CONFLICT (name) DO NOTHING;
+"""
+_LOAD_SQL = "SELECT position FROM {schema}.relay_cursors WHERE name = $1"
+_ADVANCE_SQL = """
+UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
+WHERE name = $1 AND position < $2
+"""
+_OLDEST_SQL = """
+SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1
+"""
+
+
+class RelayState(enum.Enum):
+    NEW = "new"
+    STANDBY = "standby"
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class LeadershipLost(Exception):
+    """The advisory lock's session ended: stop publishing now."""
+
+
+class Relay:
+    """Publishes the log after its cursor to ``bus``; see the module docstring."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        bus: EventBus,
+        *,
+        pool: asyncpg.Pool[asyncpg.Record],
+        schema: str,
+        config: RelayConfig,
+        name: str = "default",
+        dsn: str | None = None,
+        after_confirm: AfterConfirm | None = None,
+    ) -> None:
+        quoted = quote_schema(schema)
+        self._sql = {
+            k: v.replace("{schema}", quoted)
+            for k, v in (("init", _CURSOR_SQL), ("load", _LOAD_SQL),
+                         ("advance", _ADVANCE_SQL), ("oldest", _OLDEST_SQL))
+        }  # fmt: skip
+        self.name = name
+        self._store, self._bus, self._pool, self._config = store, bus, pool, config
+        self._lock_key = f"{schema}.{name}"
+        self._dsn = dsn
+        #: Test hook: runs after a batch's confirms, before the cursor moves.
+        self._after_confirm = after_confirm
+        self._state = RelayState.NEW
+        self._cursor = 0
+        self._head = 0
+        self._oldest: datetime | None = None
+        self._published = 0
+        self._failures = 0
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+        self._conn_lock = asyncio.Lock()
+        self._lost = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: asyncio.Task[None] | None = None
+
+    # -- observability -----------------------------------------------------------------------
+
+    @property
+    def state(self) -> RelayState:
+        return self._state
+
+    @property
+    def cursor(self) -> int:
+        """The last position confirmed by the bus (as this relay last knew it)."""
+        return self._cursor
+
+    @property
+    def published(self) -> int:
+        """Events this relay published with a confirm (duplicates after a crash included)."""
+        return self._published
+
+    @property
+    def lag(self) -> int:
+        """``head - cursor`` as of the last :meth:`metrics` call or publishing round."""
+        return max(0, self._head - self._cursor)
+
+    @property
+    def lease_backend_pid(self) -> int | None:
+        """The Postgres backend pid of the session holding (or trying for) the lock."""
+        conn = self._conn
+        return conn.get_server_pid() if conn is not None and not conn.is_closed() else None
+
+    async def metrics(self) -> dict[str, Any]:
+        """Cursor, lag, age of the oldest unpublished event (seconds), published, state."""
+        self._head = await self._store.head()
+        cursor = self._cursor if self._state is RelayState.ACTIVE else await self._read_cursor()
+        oldest = await self._pool.fetchval(self._sql["oldest"], cursor)
+        age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
+        return {
+            "name": self.name, "state": self._state.value, "cursor": cursor,
+            "head": self._head, "lag": max(0, self._head - cursor),
+            "oldest_unpublished_age": max(0.0, age), "published": self._published,
+        }  # fmt: skip
+
+    async def _read_cursor(self) -> int:
+        value = await self._pool.fetchval(self._sql["load"], self.name)
+        return int(value or 0)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stand by or lead until :meth:`stop` (or cancellation); retries transient failures."""
+        self._running = asyncio.current_task()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(RETRYABLE_ERRORS),
+            wait=self._backoff,
+            sleep=self._pause,
+            before_sleep=self._log_retry,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._cycle()
+        finally:
+            self._state = RelayState.STOPPED
+            await self._drop_connection()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in flight (bounded by ``timeout``) and stop."""
+        self._stopping.set()
+        task = self._running
+        if task is None or task.done() or task is asyncio.current_task():
+            self._state = RelayState.STOPPED
+            return
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_once(self) -> int:
+        """Publish one batch if this relay can take the lead; returns how many were published."""
+        if not await self._acquire():
+            return 0
+        try:
+            self._cursor = await self._load_cursor()
+            async with contextlib.aclosing(self._batches()) as batches:
+                async for batch in batches:
+                    await self._publish_batch(batch)
+                    return len(batch)
+            return 0
+        finally:
+            await self._drop_connection()
+
+    async def _cycle(self) -> None:
+        """Until stopped: stand by until the lock is ours, then lead until it is lost."""
+        while not self._stopping.is_set():
+            if await self._acquire():
+                await self._lead()
+            else:
+                self._state = RelayState.STANDBY
+                await self._pause(self._config.standby_interval)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once on stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _backoff(self, retry_state: RetryCallState) -> float:
+        """Exponential in the failures since the last published batch (not since start)."""
+        self._failures += 1
+        return float(min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF))
+
+    def _log_retry(self, retry_state: RetryCallState) -> None:
+        self._state = RelayState.STANDBY
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        logger.warning("relay %s: %r; retrying in %.1fs", self.name, exc, wait)
+
+    # -- leadership --------------------------------------------------------------------------
+
+    async def _acquire(self) -> bool:
+        """Try the advisory lock on our own session (opened if needed)."""
+        if self._conn is None or self._conn.is_closed():
+            await self._open_connection()
+        assert self._conn is not None
+        async with self._conn_lock:
+            got = bool(await self._conn.fetchval(_LOCK_SQL, self._lock_key))
+        if got:
+            logger.info("relay %s: took the lead (backend %s)", self.name, self.lease_backend_pid)
+        return got
+
+    async def _open_connection(self) -> None:
+        await self._drop_connection()
+        if self._dsn is not None:
+            conn = await asyncpg.connect(self._dsn)
+        else:  # same server and options as the pool, on a session the pool never resets
+            conn = await asyncpg.connect(
+                *getattr(self._pool, "_connect_args", ()),
+                **getattr(self._pool, "_connect_kwargs", {}),
+            )
+        self._lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: self._lost.set())
+        self._conn = conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            try:
+                await asyncio.wait_for(conn.close(), 5.0)
+            except RETRYABLE_ERRORS:
+                conn.terminate()
+
+    async def _lead(self) -> None:
+        """Publish until stopped or fenced; on a lost session, drop it and stand by again."""
+        self._state = RelayState.ACTIVE
+        work = asyncio.create_task(self._publish_loop(), name=f"relay-{self.name}-publish")
+        watch = asyncio.create_task(self._watch_lease(), name=f"relay-{self.name}-lease")
+        try:
+            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, watch):
+                task.cancel()
+            await asyncio.gather(work, watch, return_exceptions=True)
+        error = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
+        if isinstance(error, LeadershipLost):
+            logger.warning("relay %s: lost the lock session; fenced, back to standby", self.name)
+            self._state = RelayState.STANDBY
+            await self._drop_connection()
+            await self._pause(self._config.standby_interval)  # let a healthier standby lead
+        elif error is not None:
+            raise error
+
+    async def _watch_lease(self) -> None:
+        """Raise :class:`LeadershipLost` as soon as the lock's session is known to be gone."""
+        interval = self._config.standby_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), interval)
+            if self._lost.is_set() or not await self._heartbeat(timeout=2 * interval + 1):
+                raise LeadershipLost(self.name)
+
+    async def _heartbeat(self, timeout: float) -> bool:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return False
+        try:
+            async with asyncio.timeout(timeout), self._conn_lock:
+                await conn.fetchval("SELECT 1")
+        except RETRYABLE_ERRORS:
+            return False
+        return True
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def _publish_loop(self) -> None:
+        self._cursor = await self._load_cursor()
+        async with self._store.listener() as listener:
+            while not self._stopping.is_set():
+                if await self._drain() == 0:
+                    await self._wait(listener)
+
+    async def _wait(self, listener: Any) -> None:
+        stop = asyncio.create_task(self._stopping.wait())
+        wake = asyncio.create_task(listener.wait(self._config.poll_interval))
+        try:
+            await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stop, wake):
+                task.cancel()
+            await asyncio.gather(stop, wake, return_exceptions=True)
+
+    async def _drain(self) -> int:
+        """Publish everything after the cursor, batch by batch; returns how many."""
+        total = 0
+        async with contextlib.aclosing(self._batches()) as batches:
+            async for batch in batches:
+                await self._publish_batch(batch)
+                total += len(batch)
+                if self._stopping.is_set():
+                    break
+        self._head = max(self._head, self._cursor)
+        return total
+
+    def _batches(self) -> AsyncGenerator[list[DataEvent], None]:
+        batches = self._store.read(after=self._cursor, batch_size=self._config.batch_size)
+        return cast(AsyncGenerator[list[DataEvent], None], batches)  # an async generator
+
+    async def _publish_batch(self, batch: list[DataEvent]) -> None:
+        if self._lost.is_set():
+            raise LeadershipLost(self.name)
+        try:
+            await self._publish(batch)
+        except PublishBatchError as exc:
+            if exc.confirmed:
+                await self._advance(batch[exc.confirmed - 1].position)
+            raise
+        if self._after_confirm is not None:
+            await self._after_confirm(batch)
+        await self._advance(batch[-1].position)
+        self._failures = 0
+
+    async def _publish(self, batch: list[DataEvent]) -> None:
+        publish_many = getattr(self._bus, "publish_many", None)
+        if publish_many is not None:
+            self._published += await publish_many(batch, window=self._config.confirm_window)
+            return
+        for i, event in enumerate(batch):  # a bus without confirm windows: one at a time
+            try:
+                await self._bus.publish(event)
+            except PublishError as exc:
+                raise PublishBatchError(str(exc), confirmed=i) from exc
+            self._published += 1
+
+    async def _load_cursor(self) -> int:
+        conn = self._lease()
+        async with self._conn_lock:
+            await conn.execute(self._sql["init"], self.name)
+            value = await conn.fetchval(self._sql["load"], self.name)
+        return int(value or 0)
+
+    async def _advance(self, position: int | None) -> None:
+        """Move the cursor, on the lock's own session: a fenced relay cannot move it."""
+        if position is None or position <= self._cursor:
+            return
+        conn = self._lease()
+        async with self._conn_lock:
+            await conn.execute(self._sql["advance"], self.name, position)
+        self._cursor = position
+
+    def _lease(self) -> asyncpg.Connection[asyncpg.Record]:
+        if self._conn is None or self._conn.is_closed() or self._lost.is_set():
+            raise LeadershipLost(self.name)
+        return self._conn
