@@ -241,6 +241,8 @@ class EventLogConfig:
     """The Postgres event log (the outbox). Needs the Postgres backend."""
 
     enabled: bool = True
+    #: Upgrade the schema to the latest migration when the layer starts.
+    auto_migrate: bool = True
     max_payload_bytes: int = 1_048_576
     notify_channel: str = "satellites_events"
     read_batch_size: int = 1000
@@ -248,6 +250,8 @@ class EventLogConfig:
 
 @dataclass(frozen=True)
 class RelayConfig:
+    #: Run a relay inside every DataLayer (leader-elected: one publishes, others stand by).
+    enabled: bool = True
     batch_size: int = 500
     confirm_window: int = 500
     poll_interval: float = 1.0

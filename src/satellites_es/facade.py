@@ -35,6 +35,8 @@ from .events import EventBus, InProcessEventBus
 from .health import BackendHealth, Health, probe
 
 if TYPE_CHECKING:
+    from .relay import Relay
+    from .store import EventStore
     from .vectors import VectorIndex
 
 __all__ = ["DataLayer", "LayerState"]
@@ -42,6 +44,7 @@ __all__ = ["DataLayer", "LayerState"]
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("postgres", "redis", "elasticsearch", "faiss", "rabbitmq")
+HEALTH_ENTRIES = (*BACKENDS, "relay")
 
 
 class LayerState(enum.Enum):
@@ -99,6 +102,10 @@ class DataLayer:
         self._state = LayerState.NEW
         self._backends: dict[str, Backend] = self._make_backends()
         self._bus: EventBus = bus if bus is not None else self._make_bus()
+        self._events: EventBus = self._bus
+        self._store: EventStore | None = None
+        self._relay: Relay | None = None
+        self._relay_task: asyncio.Task[None] | None = None
         if hasattr(self._bus, "start") and hasattr(self._bus, "stop"):
             self._backends["rabbitmq"] = _BusBackend(self._bus)
 
@@ -151,6 +158,7 @@ class DataLayer:
         self._state = LayerState.STARTING
         try:
             await self._connect_all()
+            await self._open_log()
         except BaseException:
             await self._close_all()
             self._state = LayerState.STOPPED
@@ -179,6 +187,54 @@ class DataLayer:
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 raise r
 
+    async def _open_log(self) -> None:
+        """With Postgres and the log enabled, ``events.publish`` becomes durable (the outbox)."""
+        c = self.config
+        if not (c.log.enabled and "postgres" in self._backends):
+            return
+        from .durable import DurableEventBus
+        from .store import EventStore
+
+        if c.log.auto_migrate:
+            await self._migrate()
+        self._store = EventStore(
+            self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn
+        )
+        self._events = DurableEventBus(self._store, self._bus)
+        if c.relay.enabled:
+            self._start_relay(self._store)
+
+    def _start_relay(self, store: EventStore) -> None:
+        """The relay runs as a named, watched task; several layers elect one leader."""
+        from .relay import Relay
+
+        c = self.config
+        self._relay = Relay(
+            store, self._bus, pool=self.postgres, schema=c.postgres.schema, config=c.relay,
+            dsn=c.postgres.dsn,
+        )  # fmt: skip
+        self._relay_task = asyncio.create_task(self._relay.run(), name="satellites-es-relay")
+        self._relay_task.add_done_callback(self._relay_done)
+
+    def _relay_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("the relay stopped: %s", task.exception(), exc_info=task.exception())
+
+    async def _stop_relay(self) -> None:
+        if self._relay is not None:
+            await self._relay.stop(timeout=self.config.stop_timeout)
+        if self._relay_task is not None and not self._relay_task.done():
+            self._relay_task.cancel()
+            await asyncio.gather(self._relay_task, return_exceptions=True)
+
+    async def _migrate(self) -> None:
+        from .migrate import upgrade
+
+        try:
+            await upgrade(self.config.postgres)
+        except Exception as exc:
+            raise BackendUnavailableError("postgres", f"migration failed: {exc}") from exc
+
     async def stop(self) -> None:
         """Graceful and idempotent: close every backend, each within ``stop_timeout``."""
         if self._state in (LayerState.STOPPED, LayerState.STOPPING):
@@ -192,6 +248,8 @@ class DataLayer:
         logger.info("data layer stopped")
 
     async def _close_all(self) -> None:
+        await self._stop_relay()  # first: it publishes to the bus and reads Postgres
+
         async def close(name: str, backend: Backend) -> None:
             try:
                 async with asyncio.timeout(self.config.stop_timeout):
@@ -216,12 +274,14 @@ class DataLayer:
 
     async def health(self, timeout: float = 5.0) -> Health:
         """Per-backend state, latency and details. Never raises."""
-        names = list(BACKENDS)
+        names = list(HEALTH_ENTRIES)
         results = await asyncio.gather(*(self._health_of(n, timeout) for n in names))
         details = dict(zip(names, results, strict=True))
         return Health(ok=all(h.ok for h in details.values()), details=details)
 
     async def _health_of(self, name: str, timeout: float) -> BackendHealth:
+        if name == "relay":
+            return await self._relay_health(timeout)
         backend = self._backends.get(name)
         if backend is None:
             return BackendHealth("disabled")
@@ -229,10 +289,18 @@ class DataLayer:
             return BackendHealth("down", error=f"data layer is {self._state.value}")
         return await probe(backend.check, timeout)
 
+    async def _relay_health(self, timeout: float) -> BackendHealth:
+        relay, task = self._relay, self._relay_task
+        if relay is None or task is None:
+            return BackendHealth("disabled")
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            return BackendHealth("down", error=f"relay stopped: {task.exception()}")
+        return await probe(relay.metrics, timeout)
+
     # -- native clients -----------------------------------------------------------------------
 
     def _running(self, name: str) -> Any:
-        if self._state is not LayerState.RUNNING:
+        if self._state not in (LayerState.RUNNING, LayerState.STARTING):
             raise LifecycleError(
                 f"DataLayer is {self._state.value}: start() it before using {name}"
             )
@@ -268,4 +336,12 @@ class DataLayer:
         """The event bus; usable before start (to subscribe), not after stop."""
         if self._state in (LayerState.STOPPING, LayerState.STOPPED):
             raise LifecycleError(f"DataLayer is {self._state.value}")
-        return self._bus
+        return self._events
+
+    @property
+    def log(self) -> EventStore:
+        """The event log (the outbox): append inside your own transaction, read, replay."""
+        self._running("postgres")
+        if self._store is None:
+            raise LifecycleError("the event log is disabled in the configuration")
+        return self._store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -27,7 +28,9 @@ async def test_start_health_native_clients_stop(config_with_es: DataLayerConfig)
         assert data.state is LayerState.RUNNING
         health = await data.health()
         assert health.ok, health.to_dict()
-        assert set(health.details) == {"postgres", "redis", "elasticsearch", "faiss", "rabbitmq"}
+        assert set(health.details) == {
+            "postgres", "redis", "elasticsearch", "faiss", "rabbitmq", "relay",
+        }  # fmt: skip
         for name, h in health.details.items():
             assert h.status == "ok", (name, h)
             assert h.latency_ms is not None and h.latency_ms >= 0
@@ -128,4 +131,9 @@ async def test_publish_through_the_seed_api(config: DataLayerConfig) -> None:
             DataEvent(type="document.indexed", resource="documents", key="doc-9",
                       payload={"text": "..."}, source="elasticsearch")
         )
+        # durable: the event is in the log, and the relay delivers it to the subscriber
+        assert await data.log.head() == 1
+        async with asyncio.timeout(10):
+            while not seen:
+                await asyncio.sleep(0.02)
         assert seen == ["doc-9"]
