@@ -1,4 +1,4 @@
-"""The event log, relay cursors and projection checkpoints/versions; the append function.
+"""The event log, relay cursors and projection checkpoints/versions; the append functions.
 
 Revision ID: 0001
 Revises:
@@ -74,9 +74,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("projection", name="pk_projection_versions"),
     )
     op.execute(load("create_append_events_v1"))
+    op.execute(load("create_append_event_v1"))
 
 
 def downgrade() -> None:
+    op.execute(load("drop_append_event_v1"))
     op.execute(load("drop_append_events_v1"))
     op.drop_table("projection_versions")
     op.drop_table("projection_checkpoints")

@@ -26,7 +26,10 @@
 -- Under REPEATABLE READ or SERIALIZABLE the caller's snapshot may predate the lock; the
 -- version and position constraints then reject the stale append (unique violation) instead of
 -- skipping anything. Producers should append in READ COMMITTED, the default.
-CREATE FUNCTION append_events_v1(batch jsonb, expected integer, channel text)
+CREATE FUNCTION append_events_v1(
+    ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
+    timestamps timestamptz[], expected integer, channel text
+)
 RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
 LANGUAGE plpgsql
 VOLATILE
@@ -40,12 +43,15 @@ BEGIN
     LOCK TABLE events IN EXCLUSIVE MODE;
     SELECT coalesce(max(e.position), 0) INTO base FROM events e;
 
+    -- Every lookup below is a scalar or LATERAL ... LIMIT 1 subquery: the planner cannot turn
+    -- it into a hash join that scans the whole log (it guesses the number of input rows, whatever
+    -- the batch), so an append costs index probes, not a pass over millions of events.
     IF expected IS NOT NULL AND EXISTS (
-        SELECT 1 FROM jsonb_array_elements(batch) b
-        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = b->>'id')
+        SELECT 1 FROM unnest(ids) AS b(id)
+        WHERE (SELECT e.position FROM events e WHERE e.id = b.id LIMIT 1) IS NULL
     ) THEN
         SELECT coalesce(max(e.version), 0) INTO actual FROM events e
-        WHERE e.resource = batch->0->>'resource' AND e.key = batch->0->>'key';
+        WHERE e.resource = resources[1] AND e.key = keys[1];
         IF actual <> expected THEN
             RAISE EXCEPTION 'stream version conflict'
                 USING ERRCODE = 'SAT01', DETAIL = actual::text;
@@ -53,28 +59,23 @@ BEGIN
     END IF;
 
     RETURN QUERY
-    WITH input AS (
-        SELECT x.*
-        FROM ROWS FROM (jsonb_to_recordset(batch) AS (
-            id text, resource text, key text, type text, source text, payload jsonb,
-            "timestamp" timestamptz
-        )) WITH ORDINALITY AS x(id, resource, key, type, source, payload, "timestamp", ord)
-    ),
-    fresh AS (
-        SELECT DISTINCT ON (i.id) i.*
-        FROM input i
-        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = i.id)
-        ORDER BY i.id, i.ord
+    WITH input AS (  -- ids are distinct: the store sends each id once per batch
+        SELECT x.*, d.position AS stored_position, d.version AS stored_version
+        FROM unnest(ids, resources, keys, types, sources, payloads, timestamps)
+             WITH ORDINALITY AS x(id, resource, key, type, source, payload, "timestamp", ord)
+        LEFT JOIN LATERAL (
+            SELECT e.position, e.version FROM events e WHERE e.id = x.id LIMIT 1
+        ) d ON true
     ),
     numbered AS (
-        SELECT f.*,
-               base + row_number() OVER (ORDER BY f.ord) AS new_position,
-               coalesce(
-                   (SELECT max(e.version) FROM events e
-                    WHERE e.resource = f.resource AND e.key = f.key), 0
-               ) + row_number() OVER (PARTITION BY f.resource, f.key ORDER BY f.ord)
+        SELECT i.*,
+               base + row_number() OVER (ORDER BY i.ord) AS new_position,
+               (SELECT coalesce(max(e.version), 0) FROM events e
+                WHERE e.resource = i.resource AND e.key = i.key)
+               + row_number() OVER (PARTITION BY i.resource, i.key ORDER BY i.ord)
                  AS new_version
-        FROM fresh f
+        FROM input i
+        WHERE i.stored_position IS NULL
     ),
     inserted AS (
         INSERT INTO events AS e
@@ -86,9 +87,9 @@ BEGIN
     )
     SELECT i.position, i.id, i.version, false FROM inserted i
     UNION ALL
-    SELECT e.position, e.id, e.version, true
-    FROM events e
-    WHERE e.id IN (SELECT i.id FROM input i);
+    SELECT i.stored_position, i.id, i.stored_version, true
+    FROM input i
+    WHERE i.stored_position IS NOT NULL;
 
     SELECT max(e.position) INTO top FROM events e;
     IF top > base THEN
@@ -98,11 +99,63 @@ END
 $fn$;
 
 -- name: drop_append_events_v1
-DROP FUNCTION append_events_v1(jsonb, integer, text);
+DROP FUNCTION append_events_v1(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], integer, text
+);
+
+-- name: create_append_event_v1
+-- The same for one event, with scalar arguments: no JSON array to unpack, no sorts or window
+-- functions, a handful of index probes. Single-event appends are the common case and their
+-- latency is what a producer waits for. Same lock, same rules as append_events_v1.
+CREATE FUNCTION append_event_v1(
+    new_id text, new_resource text, new_key text, new_type text, new_source text,
+    new_payload jsonb, new_timestamp timestamptz, expected integer, channel text
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    next_position bigint;
+    stream_version integer;
+BEGIN
+    LOCK TABLE events IN EXCLUSIVE MODE;  -- gap safety: see append_events_v1
+
+    RETURN QUERY SELECT e.position, e.id, e.version, true FROM events e WHERE e.id = new_id;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+
+    SELECT coalesce(max(e.version), 0) INTO stream_version FROM events e
+    WHERE e.resource = new_resource AND e.key = new_key;
+    IF expected IS NOT NULL AND stream_version <> expected THEN
+        RAISE EXCEPTION 'stream version conflict'
+            USING ERRCODE = 'SAT01', DETAIL = stream_version::text;
+    END IF;
+    SELECT coalesce(max(e.position), 0) + 1 INTO next_position FROM events e;
+
+    INSERT INTO events (position, id, resource, key, version, type, source, payload, "timestamp")
+    VALUES (next_position, new_id, new_resource, new_key, stream_version + 1, new_type,
+            new_source, new_payload, new_timestamp);
+    PERFORM pg_notify(channel, next_position::text);
+    RETURN QUERY SELECT next_position, new_id, stream_version + 1, false;
+END
+$fn$;
+
+-- name: drop_append_event_v1
+DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, integer, text);
 
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_events_v1($1::jsonb, $2::integer, $3::text);
+FROM {schema}.append_events_v1(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[],
+    $8::integer, $9::text
+);
+
+-- name: append_one
+SELECT out_position, out_id, out_version, out_duplicate
+FROM {schema}.append_event_v1($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9);
 
 -- name: read
 SELECT position, id, resource, key, version, type, source, payload::text AS payload, "timestamp"

@@ -1,0 +1,109 @@
+"""Reading the log: keyset batches, bounds, streams, head; bad input leaves it unchanged."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from satellites_es.errors import InvalidEventError
+from satellites_es.events import DataEvent
+from satellites_es.store import EventStore
+from tests.integration.conftest import EventFactory
+
+
+async def test_read_after_until_and_batches(store: EventStore, make_event: EventFactory) -> None:
+    await store.append([make_event(f"k{i % 3}") for i in range(25)])
+    batches = [b async for b in store.read(after=3, batch_size=10, until=20)]
+    assert [len(b) for b in batches] == [10, 7]
+    assert [e.position for b in batches for e in b] == list(range(4, 21))
+    assert [b async for b in store.read(after=25)] == []
+    assert all(e.version is not None for b in batches for e in b)
+
+
+async def test_read_stream_and_head(store: EventStore, make_event: EventFactory) -> None:
+    assert await store.head() == 0
+    await store.append([make_event("a"), make_event("b"), make_event("a"), make_event("a")])
+    stream = await store.read_stream("users", "a", after_version=1)
+    assert [(e.version, e.position) for e in stream] == [(2, 3), (3, 4)]
+    assert await store.read_stream("users", "missing") == []
+    assert await store.head() == 4
+
+
+async def test_read_50k_in_batches_streams_with_constant_memory(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    total, size = 50_000, 1000
+    for start in range(0, total, 5000):
+        await store.append([make_event(f"k{i % 100}") for i in range(start, start + 5000)])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        expected, batches = 1, 0
+        async for batch in store.read(batch_size=size):
+            assert len(batch) <= size
+            assert [e.position for e in batch] == list(range(expected, expected + len(batch)))
+            expected += len(batch)
+            batches += 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert expected - 1 == total and batches == total // size
+    # All 50k events held at once would take well over 25 MB; one batch takes about 1 MB.
+    assert peak < 8 * 1024 * 1024, peak
+
+
+def _unserialisable() -> dict[str, Any]:
+    return {"when": object()}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["not-json", "nan", "too-large", "nul-in-payload", "nul-in-key", "missing-key", "not-event"],
+)
+async def test_bad_input_is_rejected_before_anything_is_written(
+    store: EventStore, make_event: EventFactory, bad: str
+) -> None:
+    good = make_event()
+    await store.append(make_event())
+    broken: Any
+    if bad == "not-json":
+        broken = make_event(payload=_unserialisable())
+    elif bad == "nan":
+        broken = make_event(payload={"x": float("nan")})
+    elif bad == "too-large":
+        broken = make_event(payload={"blob": "x" * 5000})  # log_config: 4096 bytes
+    elif bad == "nul-in-payload":
+        broken = make_event(payload={"s": "a\x00b"})
+    elif bad == "nul-in-key":
+        broken = make_event(key="a\x00b")
+    elif bad == "missing-key":
+        broken = make_event()
+        object.__setattr__(broken, "key", None)
+    else:
+        broken = {"type": "user.updated", "resource": "users", "key": "k", "payload": {}}
+    with pytest.raises(InvalidEventError):
+        await store.append([good, broken])
+    assert await store.head() == 1
+    assert [e.id async for b in store.read() for e in b] != [good.id]
+
+
+async def test_expected_version_needs_one_stream(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    with pytest.raises(InvalidEventError):
+        await store.append([make_event("a"), make_event("b")], expected_version=0)
+    assert await store.head() == 0
+
+
+async def test_payload_just_under_the_limit_is_stored(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    event = make_event(payload={"blob": "x" * (4096 - len('{"blob":""}'))})
+    assert len(event.payload_json()) == 4096
+    result = await store.append(event)
+    assert result.last_position == 1
+    [stored] = [e async for b in store.read() for e in b]
+    assert isinstance(stored, DataEvent) and stored.payload == event.payload
