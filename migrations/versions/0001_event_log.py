@@ -41,14 +41,14 @@ def upgrade() -> None:
         sa.Column("payload", postgresql.JSONB(), nullable=False),
         sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
-            "recorded_at", sa.DateTime(timezone=True), nullable=False,
+            "recorded_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
             server_default=sa.func.now(),
         ),
         sa.PrimaryKeyConstraint("position", name="pk_events"),
         sa.UniqueConstraint("id", name="uq_events_id"),
-        sa.UniqueConstraint(
-            "resource", "key", "version", name="uq_events_resource_key_version"
-        ),
+        sa.UniqueConstraint("resource", "key", "version", name="uq_events_resource_key_version"),
     )
     op.create_table(
         "relay_cursors",

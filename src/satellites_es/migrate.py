@@ -1,9 +1,12 @@
 """Create and migrate the satellites-es tables with Alembic, from code.
 
-:func:`upgrade` and :func:`downgrade` run Alembic's command API on a connection we open
-(Alembic's "connection sharing" recipe): the sync command runs inside
-``AsyncConnection.run_sync``, so no second event loop and no thread are needed, and the whole
-migration is one transaction (Postgres DDL is transactional).
+:func:`upgrade` and :func:`downgrade` run Alembic's (synchronous) command API in a worker
+thread; ``migrations/env.py`` opens an asyncpg engine there with its own event loop, so the
+caller's loop never blocks. The whole migration is one transaction (Postgres DDL is
+transactional). Alembic keeps its ``context`` in module globals, so commands in one process run
+one at a time (a lock); across processes an advisory lock taken by ``env.py`` serialises them.
+``env.py`` also accepts an open ``connection`` in the Config attributes (Alembic's "connection
+sharing" recipe) for callers that manage their own.
 
 The target schema is made the connection's ``search_path`` (through asyncpg's
 ``server_settings``), so the schema-less metadata in :mod:`satellites_es.schema` lands in it and
@@ -17,15 +20,16 @@ for the ``alembic`` command line).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -47,6 +51,7 @@ MIGRATION_LOCK_SQL = (
 )
 
 _Action = Callable[[Config], None]
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def alembic_config(pg: PostgresConfig, script_location: Path = MIGRATIONS_DIR) -> Config:
@@ -115,20 +120,17 @@ async def _create_schema(pg: PostgresConfig) -> None:
 
 
 async def _run(pg: PostgresConfig, action: _Action) -> None:
-    cfg = alembic_config(pg)
-    engine = await connect_engine(pg)
-    try:
-        async with engine.begin() as conn:
-            await conn.run_sync(_with_connection, cfg, action)
-    except (SQLAlchemyError, OSError) as exc:
-        raise PersistenceError(f"migration of schema {pg.schema!r} failed: {exc}") from exc
-    finally:
-        await engine.dispose()
+    await asyncio.to_thread(_run_in_thread, pg, action)
 
 
-def _with_connection(connection: Connection, cfg: Config, action: _Action) -> None:
-    cfg.attributes["connection"] = connection
-    action(cfg)
+def _run_in_thread(pg: PostgresConfig, action: _Action) -> None:
+    # Alembic's ``context`` and ``op`` are module-level proxies: two commands at once in one
+    # process would trample each other, hence the lock (other processes: the advisory lock).
+    with _ALEMBIC_LOCK:
+        try:
+            action(alembic_config(pg))  # env.py opens the engine, in this thread's own loop
+        except (SQLAlchemyError, OSError) as exc:
+            raise PersistenceError(f"migration of schema {pg.schema!r} failed: {exc}") from exc
 
 
 def _dsn(pg: PostgresConfig, database: str) -> str:

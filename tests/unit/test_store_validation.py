@@ -1,0 +1,127 @@
+"""The event log's checks that need no database: validation, encoding, results, SQL blocks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from satellites_es import sql
+from satellites_es.config import EventLogConfig
+from satellites_es.errors import ConfigurationError, InvalidEventError
+from satellites_es.events import DataEvent
+from satellites_es.schema import metadata
+from satellites_es.store import AppendResult, EventStore, _first_of_each_id, _stored, encode_batch
+
+
+def event(**fields: Any) -> DataEvent:
+    base: dict[str, Any] = {"type": "t", "resource": "r", "key": "k", "payload": {"a": 1},
+                            "source": "s"}  # fmt: skip
+    return DataEvent(**{**base, **fields})
+
+
+def test_encode_batch_gives_column_arrays() -> None:
+    ts = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    a, b = event(id="a", timestamp=ts, payload={"z": 1, "x": "é"}), event(id="b", key="k2")
+    ids, resources, keys, types, sources, payloads, stamps = encode_batch([a, b], 100)
+    assert (ids, resources, keys, types, sources) == (
+        ["a", "b"], ["r", "r"], ["k", "k2"], ["t", "t"], ["s", "s"]
+    )  # fmt: skip
+    assert payloads[0] == '{"z":1,"x":"\\u00e9"}' and stamps[0] == ts
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"x": object()}, "not JSON-serialisable"),
+        ({"x": float("inf")}, "not JSON-serialisable"),
+        ({1j: 1}, "not JSON-serialisable"),
+        ({"x": "y" * 100}, "over max_payload_bytes"),
+        ({"x": "a\x00b"}, "NUL"),
+    ],
+)
+def test_bad_payloads(payload: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        encode_batch([event(), event(payload=payload)], 64)
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul() -> None:
+    encode_batch([event(payload={"x": "\\u0000"})], 64)
+
+
+def test_payload_size_is_counted_in_bytes_of_the_stored_json() -> None:
+    encode_batch([event(payload={"x": "é" * 5})], len('{"x":""}') + 30)
+    with pytest.raises(InvalidEventError):
+        encode_batch([event(payload={"x": "é" * 5})], len('{"x":""}') + 29)
+
+
+@pytest.mark.parametrize("field", ["id", "type", "resource", "key", "source"])
+def test_missing_or_nul_fields(field: str) -> None:
+    broken = event()
+    object.__setattr__(broken, field, None)
+    with pytest.raises(InvalidEventError, match=field):
+        encode_batch([broken], 1000)
+    object.__setattr__(broken, field, "a\x00")
+    with pytest.raises(InvalidEventError, match="NUL"):
+        encode_batch([broken], 1000)
+
+
+def test_not_an_event_and_naive_timestamps() -> None:
+    with pytest.raises(InvalidEventError, match="expected a DataEvent"):
+        encode_batch([{"type": "t"}], 1000)  # type: ignore[list-item]
+    naive = event()
+    object.__setattr__(naive, "timestamp", datetime(2026, 1, 1))
+    with pytest.raises(InvalidEventError, match="timezone"):
+        encode_batch([naive], 1000)
+
+
+def test_repeated_ids_are_sent_once() -> None:
+    a, b = event(id="a"), event(id="b")
+    assert _first_of_each_id([a, b, a]) == [a, b]
+    with pytest.raises(InvalidEventError):
+        _first_of_each_id([a, "x"])  # type: ignore[list-item]
+
+
+def test_stored_copy_sets_position_and_version_only() -> None:
+    original = event()
+    stored = _stored(original, 7, 3)
+    assert (stored.position, stored.version) == (7, 3)
+    assert (original.position, original.version) == (None, None)
+    assert stored.to_dict() == {**original.to_dict(), "position": 7, "version": 3}
+
+
+def test_append_result_last_position() -> None:
+    assert AppendResult(events=()).last_position == 0
+    result = AppendResult(events=(_stored(event(), 4, 1), _stored(event(), 9, 2)))
+    assert result.last_position == 9
+
+
+def test_store_refuses_unsafe_schema_and_long_channel() -> None:
+    with pytest.raises(ConfigurationError):
+        EventStore(None, schema='x"; DROP', config=EventLogConfig())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        EventStore(None, schema="s", config=EventLogConfig(notify_channel="c" * 62))  # type: ignore[arg-type]
+    store = EventStore(None, schema="tenant_a", config=EventLogConfig())  # type: ignore[arg-type]
+    assert store.channel == "satellites_events.tenant_a"
+
+
+def test_sql_blocks_and_schema_quoting() -> None:
+    blocks = sql.queries("my_schema")
+    assert {"append", "append_one", "read", "read_stream", "head"} <= set(blocks)
+    assert '"my_schema".events' in blocks["read"]
+    assert "{schema}" not in "".join(blocks.values())
+    assert "LOCK TABLE events IN EXCLUSIVE MODE" in sql.load("create_append_events_v1")
+    for bad in ("Public", "a-b", "x;y", "", "1abc", "a" * 64):
+        with pytest.raises(ValueError):
+            sql.quote_schema(bad)
+
+
+def test_metadata_tables_and_constraint_names() -> None:
+    assert set(metadata.tables) == {
+        "events", "relay_cursors", "projection_checkpoints", "projection_versions"
+    }  # fmt: skip
+    events = metadata.tables["events"]
+    assert events.schema is None  # placed by search_path, per deployment and per test
+    names = {c.name for c in events.constraints}
+    assert {"pk_events", "uq_events_id", "uq_events_resource_key_version"} <= names
