@@ -1,10 +1,12 @@
 """The event log in Postgres: append (the transactional outbox), read, follow.
 
 Append is one round trip: ``append_events_v1`` (a plpgsql function created by migration 0001,
-its SQL in ``sql/queries.sql``) locks the log, drops ids already stored, gives each new event
-the next version of its ``(resource, key)`` stream and the next global position, inserts, and
-sends ``pg_notify``. Pass the producer's connection (``conn=``) and the events commit or roll
-back with the producer's own write; without it the call commits on its own.
+its SQL in ``sql/queries.sql``; ``append_event_v1`` is its scalar twin for a single event, the
+latency-sensitive case) locks the log, drops ids already stored, gives each new event the next
+version of its ``(resource, key)`` stream and the next global position, inserts, and sends
+``pg_notify``. A batch travels as column arrays (``unnest`` on the server), not as one JSON
+document. Pass the producer's connection (``conn=``) and the events commit or roll back with
+the producer's own write; without it the call is one autocommitted statement.
 
 **Gap safety.** A reader following ``position > cursor`` must never later see a lower position
 commit. A bigserial breaks that: positions are taken at insert but become visible at commit, in
@@ -85,7 +87,12 @@ class AppendResult:
 
 
 class EventStore:
-    """The Postgres event log of one schema; see the module docstring."""
+    """The Postgres event log of one schema; see the module docstring.
+
+    ``pool`` serves appends and reads (the SQL names the schema, so the pool's ``search_path``
+    does not matter). ``dsn`` is where :meth:`listener` opens its own connection; without it
+    the listener reuses the pool's connect arguments.
+    """
 
     def __init__(
         self,
@@ -329,12 +336,17 @@ def _payload_json(event: DataEvent, max_payload_bytes: int) -> str:
     return text
 
 
-def _first_of_each_id(batch: Sequence[DataEvent]) -> list[DataEvent]:
+def _first_of_each_id(batch: Sequence[DataEvent]) -> Sequence[DataEvent]:
     """The batch with an id repeated within it sent once (the repeats are duplicates)."""
+    for event in batch:
+        if not isinstance(event, DataEvent):
+            raise InvalidEventError(f"expected a DataEvent, got {type(event).__name__}")
+    if len({event.id for event in batch}) == len(batch):
+        return batch
     first: dict[str, DataEvent] = {}
     for event in batch:
-        first.setdefault(_checked(event).id, event)
-    return list(first.values()) if len(first) < len(batch) else list(batch)
+        first.setdefault(event.id, event)
+    return list(first.values())
 
 
 def _check_expected(batch: Sequence[DataEvent], expected_version: int | None) -> None:

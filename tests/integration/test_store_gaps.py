@@ -12,6 +12,7 @@ import random
 from collections import defaultdict
 
 import asyncpg
+import pytest
 
 from satellites_es.events import DataEvent
 from satellites_es.store import EventStore
@@ -123,3 +124,22 @@ async def test_concurrent_writers_while_a_reader_follows(
         versions[event.key].append(event.version)
     for key, seen in versions.items():
         assert seen == list(range(1, len(seen) + 1)), key
+
+
+async def test_a_stale_repeatable_read_snapshot_is_refused_not_misnumbered(
+    store: EventStore, pool: Pool, make_event: EventFactory
+) -> None:
+    from satellites_es.errors import ConcurrencyError
+
+    async with pool.acquire() as conn:
+        tx = conn.transaction(isolation="repeatable_read")
+        await tx.start()
+        await conn.fetchval("SELECT 1")  # the snapshot is taken here
+        await store.append(make_event("a"))  # commits after that snapshot
+        try:
+            with_stale = store.append(make_event("a"), conn=conn)
+            with pytest.raises(ConcurrencyError):
+                await with_stale
+        finally:
+            await tx.rollback()
+    assert [e.version for e in await store.read_stream("users", "a")] == [1]
