@@ -36,6 +36,7 @@ import contextlib
 import enum
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -89,6 +90,31 @@ class RelayState(enum.Enum):
     STANDBY = "standby"
     ACTIVE = "active"
     STOPPED = "stopped"
+
+
+class _Window:
+    """The unconfirmed sends of :meth:`Relay._stream`, oldest first, and their batches."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.inflight: deque[tuple[DataEvent, asyncio.Future[None]]] = deque()
+        self.batches: deque[list[DataEvent]] = deque()
+        self.confirmed = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.inflight) >= self.size
+
+    def add(self, event: DataEvent, confirm: asyncio.Future[None]) -> None:
+        self.inflight.append((event, confirm))
+
+    async def drop(self) -> None:
+        """Cancel what is unconfirmed and collect every outcome."""
+        futures = [f for _, f in self.inflight]
+        self.inflight.clear()
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
 
 
 class LeadershipLost(Exception):
@@ -326,20 +352,93 @@ class Relay:
 
     async def _publish_loop(self) -> None:
         self._cursor = await self._load_cursor()
+        opener = getattr(self._bus, "publisher", None)
         async with self._store.listener() as listener:
-            while not self._stopping.is_set():
+            if opener is not None:
+                await self._stream(listener, await opener())
+                return
+            while not self._stopping.is_set():  # a bus without a rolling window: batch-wise
                 if await self._drain() == 0:
                     await self._wait(listener)
 
-    async def _wait(self, listener: Any) -> None:
+    async def _wait(self, listener: Any, *also: asyncio.Future[Any]) -> None:
+        """Until stop, a NOTIFY (or the poll interval), or one of ``also`` completes."""
         stop = asyncio.create_task(self._stopping.wait())
         wake = asyncio.create_task(listener.wait(self._config.poll_interval))
         try:
-            await asyncio.wait({stop, wake}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({stop, wake, *also}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (stop, wake):
                 task.cancel()
             await asyncio.gather(stop, wake, return_exceptions=True)
+
+    async def _stream(self, listener: Any, publisher: Any) -> None:
+        """Publish the log after the cursor with a confirm window that rolls across batches.
+
+        Events are sent in position order on one pinned channel as they are read, with at most
+        ``confirm_window`` unconfirmed; the next batch is read while confirms return. Confirms
+        are settled oldest first, and the cursor moves (at batch ends) only over a batch whose
+        events and all earlier ones were confirmed. The first failed confirm raises: the window
+        is dropped and the caller restarts from the cursor (duplicates, never losses).
+        """
+        window = _Window(max(1, self._config.confirm_window))
+        sent = self._cursor
+        try:
+            while not self._stopping.is_set():
+                if self._lost.is_set():
+                    raise LeadershipLost(self.name)
+                read = 0
+                async with contextlib.aclosing(self._batches(after=sent)) as batches:
+                    async for batch in batches:
+                        for event in batch:
+                            if window.full:
+                                await self._settle(window, wait=True)
+                            window.add(event, publisher.send(event))
+                        window.batches.append(batch)
+                        sent = batch[-1].position or sent
+                        read += len(batch)
+                        await self._settle(window, wait=False)
+                        if self._stopping.is_set():
+                            break
+                self._head = max(self._head, sent)
+                if read == 0:
+                    if window.inflight:  # caught up: wait for a confirm or for new events
+                        await self._wait(listener, window.inflight[0][1])
+                        await self._settle(window, wait=False)
+                    else:
+                        await self._wait(listener)
+            while window.inflight:  # stopping: let the window drain, move the cursor
+                await self._settle(window, wait=True)
+        finally:
+            await window.drop()
+
+    async def _settle(self, window: _Window, *, wait: bool) -> None:
+        """Take the confirmed prefix of the window (waiting for its oldest entry if ``wait``),
+        then move the cursor over the batches it completes."""
+        inflight = window.inflight
+        if wait and inflight:
+            await asyncio.wait({inflight[0][1]})
+        done = 0
+        while inflight and inflight[0][1].done():
+            event, confirm = inflight.popleft()
+            confirm.result()  # raises PublishError: the window is dropped by the caller
+            window.confirmed = event.position or window.confirmed
+            done += 1
+        if not done:
+            return
+        self._published += done
+        batches = window.batches
+        target: int | None = None
+        while batches and (batches[0][-1].position or 0) <= window.confirmed:
+            batch = batches.popleft()
+            if self._after_confirm is not None:
+                await self._after_confirm(batch)
+                await self._advance(batch[-1].position)
+            else:
+                target = batch[-1].position
+        if target is not None:
+            await self._advance(target)
+        self._failures = 0
 
     async def _drain(self) -> int:
         """Publish everything after the cursor, batch by batch; returns how many."""
@@ -353,8 +452,9 @@ class Relay:
         self._head = max(self._head, self._cursor)
         return total
 
-    def _batches(self) -> AsyncGenerator[list[DataEvent], None]:
-        batches = self._store.read(after=self._cursor, batch_size=self._config.batch_size)
+    def _batches(self, after: int | None = None) -> AsyncGenerator[list[DataEvent], None]:
+        start = self._cursor if after is None else after
+        batches = self._store.read(after=start, batch_size=self._config.batch_size)
         return cast(AsyncGenerator[list[DataEvent], None], batches)  # an async generator
 
     async def _publish_batch(self, batch: list[DataEvent]) -> None:

@@ -8,7 +8,9 @@ handled in order even with competing consumers.
 
 Each partition queue is handled by one worker task, one message at a time: aio-pika runs every
 delivery callback in its own task, so the callback only appends to the worker's buffer (FIFO) and
-the worker keeps the order. A message is acked only after every handler of the group succeeded.
+the worker keeps the order. Messages flow with ``prefetch``: the worker never waits for an ack
+round trip, it queues the ack frame (``wait=False``) and goes on with the next buffered message.
+A message is acked only after every handler of the group succeeded.
 
 Retry in place, then dead-letter. A handler that raises is retried in this process with
 exponential backoff (``retry_backoff * 2**n``, at most ``max_retries`` retries); only the
@@ -158,7 +160,7 @@ class GroupConsumer:
             return
         error, attempts = await self._deliver(event)
         if error is None:
-            await _settle(message.ack())
+            await _ack(message)
         else:
             await self._dead_letter(message, error, attempts)
 
@@ -279,6 +281,16 @@ async def _settle(operation: Any) -> None:
         await operation
     except RETRYABLE_ERRORS as exc:
         logger.debug("ack/reject lost with the channel: %r", exc)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    """Ack without waiting for the frame to reach the socket (an ack has no reply anyway):
+    the worker moves on to the next message at once. The frame is queued on the connection in
+    order; if the channel is lost first, the broker redelivers the message (at least once)."""
+    tag = message.delivery_tag
+    if tag is None:
+        return
+    await _settle(message.channel.basic_ack(tag, wait=False))
 
 
 def _log_worker_death(task: asyncio.Task[None]) -> None:

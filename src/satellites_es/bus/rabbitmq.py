@@ -57,7 +57,7 @@ from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
 from .partition import dlq_name, partition_for, queue_name, routing_key
 
-__all__ = ["BusState", "PublishBatchError", "RabbitMQEventBus"]
+__all__ = ["BusState", "ConfirmPublisher", "PublishBatchError", "RabbitMQEventBus"]
 
 logger = logging.getLogger(__name__)
 
@@ -331,6 +331,10 @@ class RabbitMQEventBus:
             await _cancel_all(pending)
         return confirmed
 
+    async def publisher(self) -> ConfirmPublisher:
+        """A :class:`ConfirmPublisher` pinned to the current AMQP channel (for rolling windows)."""
+        return ConfirmPublisher(self, await self._underlay())
+
     async def _underlay(self) -> aiormq.abc.AbstractChannel:
         """The AMQP channel under the robust one, once connected (bounded by publish_timeout)."""
         if self._state is not BusState.STARTED or self._channel is None:
@@ -369,10 +373,12 @@ class RabbitMQEventBus:
         what = f"event {event.id} ({event.type}) to {self.config.exchange}/{key}"
         try:
             async with asyncio.timeout(self.config.publish_timeout):
+                # wait=False: do not hold the channel lock until the socket drained (the
+                # frames are queued in order under the lock; the confirm is what we await)
                 result = await channel.basic_publish(
                     message.body, exchange=self.config.exchange, routing_key=key,
-                    properties=message.properties, mandatory=True,
-                )  # fmt: skip
+                    properties=message.properties, mandatory=True, wait=False,
+                )  # type: ignore[call-arg]  # fmt: skip
         except aiormq.exceptions.PublishError as exc:
             raise PublishError(f"{what} is unroutable: no queue is bound for it") from exc
         except aiormq.exceptions.DeliveryError as exc:
@@ -442,6 +448,32 @@ class RabbitMQEventBus:
         depths = {n: (await underlay.queue_declare(n, passive=True)).message_count for n in names}
         dlq = await underlay.queue_declare(dlq_name(self.config.exchange, group.name), passive=True)
         return {**report, "queues": depths, "dlq": dlq.message_count}
+
+
+class ConfirmPublisher:
+    """Publishes events one by one on one pinned AMQP channel, each confirm a future.
+
+    :meth:`send` queues the message at once (in call order, so per-key order is the order of
+    the calls) and returns a future that resolves on the broker's ack or raises
+    :class:`~satellites_es.errors.PublishError` (nack, unroutable, lost connection, no confirm
+    within ``publish_timeout``). The channel is pinned: once the connection drops, every later
+    ``send`` fails too instead of going out on a reconnected channel, so a message can never
+    overtake one that failed before it. The caller bounds how many are outstanding.
+    """
+
+    def __init__(self, bus: RabbitMQEventBus, channel: aiormq.abc.AbstractChannel) -> None:
+        self._bus = bus
+        self._channel = channel
+
+    def send(self, event: DataEvent) -> asyncio.Task[None]:
+        message = self._bus._message(event)
+        task = asyncio.ensure_future(self._bus._confirm(self._channel, event, message))
+        task.add_done_callback(self._count)
+        return task
+
+    def _count(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is None:
+            self._bus.published += 1
 
 
 async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:
