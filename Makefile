@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	scripts/demo.sh
+	$(BIN)/satellites-es demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

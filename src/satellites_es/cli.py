@@ -11,6 +11,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -131,6 +133,36 @@ def health(
         down = [n for n, h in result.details.items() if h.status == "down"]
         err_console.print(f"[red]unhealthy:[/red] {', '.join(down)}")
         raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def demo(
+    documents: Annotated[
+        int, typer.Option(envvar="SATELLITES_DEMO_DOCUMENTS", help="Documents in the corpus.")
+    ] = 3000,
+    embedded: Annotated[
+        bool,
+        typer.Option(
+            "--embedded",
+            envvar="SATELLITES_DEMO_EMBEDDED",
+            help="Use embedded Postgres, Valkey and the ES emulator even if services run locally.",
+        ),
+    ] = False,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="SATELLITES_DEMO_DATA_DIR", help="Where embedded servers keep data."),
+    ] = Path("./data/demo"),
+) -> None:
+    """Run the demo pipeline end to end: log, relay, projections, searches, a rebuild."""
+    from .demo import run_demo
+
+    try:
+        asyncio.run(
+            run_demo(os.environ, data_dir, documents=documents, embedded=embedded, console=console)
+        )
+    except (SatellitesError, RuntimeError, OSError) as exc:
+        err_console.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(EXIT_FAILURE) from exc
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -121,7 +121,15 @@ class PostgresConfig:
 
     @property
     def dsn(self) -> str:
-        """The DSN with the password: hand it to a driver, never to a log (see ``safe_dsn``)."""
+        """The DSN with the password: hand it to a driver, never to a log (see ``safe_dsn``).
+
+        A ``host`` that is a directory (``/run/postgresql``) means a Unix socket there."""
+        if self.host.startswith("/"):
+            port = "" if self.port == 5432 else f"&port={self.port}"
+            return (
+                f"postgresql://{_userinfo(self.user, self.password)}/"
+                f"{quote(self.database, safe='')}?host={quote(self.host)}{port}"
+            )
         return (
             f"postgresql://{_userinfo(self.user, self.password)}"
             f"{self.host}:{self.port}/{quote(self.database, safe='')}"
@@ -283,6 +291,8 @@ class DataLayerConfig:
     connect_timeout: float = 10.0
     #: How long stop() waits for background work to finish, in seconds.
     stop_timeout: float = 10.0
+    #: The module whose ``PROJECTIONS`` mapping defines the projections (see ``projections/``).
+    projections_module: str = "projections"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DataLayerConfig:

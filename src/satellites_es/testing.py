@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,17 +167,36 @@ class EmulatedElasticsearch:
         raise ServiceNotFound(f"noida-db did not answer on {self.url} in {self.startup_timeout}s")
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
+        # The console script is a wrapper around the server binary: signal the whole process
+        # group (it was started in a session of its own), or the server outlives the wrapper.
+        if self._proc is not None:
+            self._signal(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
+                self._signal(signal.SIGKILL)
                 self._proc.wait(timeout=10)
+            self._wait_group_gone()
         self._proc = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    def _wait_group_gone(self, timeout: float = 10.0) -> None:
+        assert self._proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self._proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        self._signal(signal.SIGKILL)
 
     def __enter__(self) -> str:
         return self.start()

@@ -1,0 +1,136 @@
+"""Running projections inside a process: sinks built from a DataLayer, one watched task each.
+
+``ProjectionService(data, projections)`` follows the active version of every projection
+(:func:`~.projector.follow_active`) in a named task. A task that dies is logged and reported by
+``health()``; ``stop()`` lets each finish its batch (bounded by a timeout) and, for FAISS, saves
+the snapshot so the next start replays only what came after it. ``wait_for(position)`` lets a
+caller read its own writes from every projection it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError, ProjectionError
+from .checkpoints import Checkpoints
+from .model import Projection
+from .projector import Projector, follow_active
+from .sinks import Sink
+
+if TYPE_CHECKING:
+    from ..facade import DataLayer
+
+__all__ = ["ProjectionService", "build_sink", "load_projections"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_sink(projection: Projection, data: DataLayer) -> Sink:
+    """The sink a projection writes to, on the layer's native clients."""
+    if projection.sink == "redis":
+        from .redis_sink import RedisSink
+
+        return RedisSink(data.redis, data.config.redis.key_prefix)
+    if projection.sink == "elasticsearch":
+        from .es_sink import ElasticsearchSink
+
+        return ElasticsearchSink(data.elasticsearch, data.config.elasticsearch.index_prefix)
+    from .faiss_sink import FaissSink
+
+    return FaissSink(data.vectors)
+
+
+def load_projections(module: str = "projections") -> dict[str, Projection]:
+    """``PROJECTIONS`` from ``module`` (the working directory is searched too)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        if str(Path.cwd()) in sys.path:
+            raise ConfigurationError(
+                "SATELLITES_PROJECTIONS_MODULE", f"no module {module!r}"
+            ) from None
+        sys.path.insert(0, str(Path.cwd()))
+        return load_projections(module)
+    found = getattr(mod, "PROJECTIONS", None)
+    if not isinstance(found, Mapping):
+        raise ConfigurationError(
+            "SATELLITES_PROJECTIONS_MODULE", f"{module} has no PROJECTIONS mapping"
+        )
+    return dict(found)
+
+
+class ProjectionService:
+    def __init__(
+        self, data: DataLayer, projections: Sequence[Projection], *, poll_interval: float = 1.0
+    ) -> None:
+        self.data = data
+        self.projections = list(projections)
+        self.poll_interval = poll_interval
+        self.checkpoints = Checkpoints(data.postgres, data.config.postgres.schema)
+        self.projectors: dict[str, Projector] = {}
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def start(self) -> None:
+        for p in self.projections:
+            sink = build_sink(p, self.data)
+            coro = follow_active(
+                p, sink, self.data.log, self.checkpoints, stop=self._stop,
+                poll_interval=self.poll_interval,
+                on_projector=lambda pr, name=p.name: self.projectors.__setitem__(name, pr),
+            )  # fmt: skip
+            task = asyncio.create_task(coro, name=f"projector-{p.name}")
+            task.add_done_callback(self._done)
+            self._tasks[p.name] = task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error(
+                "%s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception()
+            )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_for(self, position: int, timeout: float = 30.0) -> None:
+        """Return once every projection here has applied ``position``."""
+        async with asyncio.timeout(timeout):
+            while len(self.projectors) < len(self.projections):
+                self._raise_if_failed()
+                await asyncio.sleep(0.01)
+            await asyncio.gather(*(p.wait_for(position, timeout) for p in self.projectors.values()))
+
+    def _raise_if_failed(self) -> None:
+        for name, task in self._tasks.items():
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise ProjectionError(f"projection {name} stopped: {task.exception()}")
+
+    async def lag(self) -> dict[str, int]:
+        head = await self.data.log.head()
+        return {n: max(0, head - p.position) for n, p in self.projectors.items()}
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, task in self._tasks.items():
+            failed = task.done() and not task.cancelled() and task.exception() is not None
+            projector = self.projectors.get(name)
+            out[name] = {
+                "state": "failed" if failed else "running" if not task.done() else "stopped",
+                "version": projector.version if projector else None,
+                "position": projector.position if projector else None,
+                "error": str(task.exception()) if failed else None,
+            }
+        return out
