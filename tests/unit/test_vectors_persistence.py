@@ -88,7 +88,9 @@ async def test_round_trip(root: Path, index: VectorIndex, metric: Any, kind: Any
         await reopened.close()
 
 
-async def test_save_keeps_one_snapshot_and_a_current_pointer(root: Path, index: VectorIndex) -> None:
+async def test_save_keeps_one_snapshot_and_a_current_pointer(
+    root: Path, index: VectorIndex
+) -> None:
     await _fill(index, "ns", 50)
     for _ in range(3):
         await index.upsert("ns", "extra", _data(1)[0])
