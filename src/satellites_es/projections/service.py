@@ -109,11 +109,11 @@ class ProjectionService:
         """Return once every projection here has applied ``position``."""
         async with asyncio.timeout(timeout):
             while len(self.projectors) < len(self.projections):
-                self._raise_if_failed()
+                self.raise_if_failed()
                 await asyncio.sleep(0.01)
             await asyncio.gather(*(p.wait_for(position, timeout) for p in self.projectors.values()))
 
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
         for name, task in self._tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise ProjectionError(f"projection {name} stopped: {task.exception()}")

@@ -1,0 +1,113 @@
+"""The long-running service behind ``satellites-es run``, ``relay`` and ``project``.
+
+One process: a ``DataLayer`` (whose relay publishes the log, leader-elected), the chosen
+projectors in watched tasks, and optionally the HTTP endpoints ``/health`` and ``/metrics``.
+SIGTERM and SIGINT start a graceful stop: projectors finish the batch in flight (or leave it to be
+read again: a batch is applied before its checkpoint moves, so nothing is half applied), the
+relay finishes or abandons its window (the cursor moves only after confirms), FAISS snapshots
+are saved, then the connections close. A projector that dies stops the service with its error,
+so a supervisor (systemd, Kubernetes) restarts it instead of it running half-blind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import DataLayerConfig
+from .errors import ProjectionError
+from .facade import DataLayer
+from .projections import Projection
+from .projections.service import ProjectionService, load_projections
+
+__all__ = ["ServiceOptions", "run_service", "select_projections"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    relay: bool = True
+    projections: tuple[str, ...] = ()  # names; empty = none
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    poll_interval: float = 1.0
+
+
+def select_projections(config: DataLayerConfig, names: Sequence[str]) -> list[Projection]:
+    """The projections called ``names`` (``all``: every one) from the configured module."""
+    available = load_projections(config.projections_module)
+    if list(names) == ["all"]:
+        return list(available.values())
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ProjectionError(
+            f"unknown projection(s) {', '.join(unknown)}; known: {', '.join(sorted(available))}"
+        )
+    return [available[n] for n in names]
+
+
+async def run_service(
+    config: DataLayerConfig, options: ServiceOptions, stop: asyncio.Event | None = None
+) -> None:
+    """Run until ``stop`` is set or SIGTERM/SIGINT arrives; raise if a projector dies."""
+    stop = stop or asyncio.Event()
+    config = config.replace(relay=dataclasses.replace(config.relay, enabled=options.relay))
+    projections = select_projections(config, options.projections) if options.projections else []
+    with _signals(stop):
+        async with DataLayer(config) as data:
+            service = ProjectionService(data, projections, poll_interval=options.poll_interval)
+            await service.start()
+            http = await _start_http(data, service, options)
+            try:
+                await _until_stopped(stop, service)
+            finally:
+                logger.info("stopping: projectors, then the relay and the connections")
+                if http is not None:
+                    await http.stop()
+                await service.stop(timeout=config.stop_timeout)
+
+
+async def _until_stopped(stop: asyncio.Event, service: ProjectionService) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await stop.wait()
+        service.raise_if_failed()
+
+
+async def _start_http(
+    data: DataLayer, service: ProjectionService, options: ServiceOptions
+) -> object:
+    if options.http_port is None:
+        return None
+    from .http import HealthServer
+
+    server = HealthServer(data, service, host=options.http_host, port=options.http_port)
+    await server.start()
+    return server
+
+
+@contextlib.contextmanager
+def _signals(stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, _on_signal, stop, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    logger.warning("received %s: stopping gracefully", sig.name)
+    stop.set()
