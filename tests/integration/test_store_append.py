@@ -120,3 +120,34 @@ async def test_rolled_back_producer_transaction_leaves_no_event(
 async def test_empty_append_is_a_no_op(store: EventStore) -> None:
     result = await store.append([])
     assert (result.events, result.duplicates, result.last_position) == ((), (), 0)
+
+
+async def test_stored_id_mid_batch_keeps_positions_dense_and_versions_contiguous(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    """A stored id in the middle of a multi-stream batch (the careful path) leaves no hole."""
+    old_a, old_b = make_event("a"), make_event("b")
+    await store.append([old_a, old_b])
+    batch = [make_event("a"), old_b, make_event("b"), make_event("a"), old_a, make_event("c")]
+    result = await store.append(batch)
+    assert result.duplicates == (old_b.id, old_a.id)
+    assert [(e.id, e.key, e.position, e.version) for e in result.events] == [
+        (batch[0].id, "a", 3, 2), (old_b.id, "b", 2, 1), (batch[2].id, "b", 4, 2),
+        (batch[3].id, "a", 5, 3), (old_a.id, "a", 1, 1), (batch[5].id, "c", 6, 1),
+    ]  # fmt: skip
+    assert [p for p, *_ in await all_events(store)] == [1, 2, 3, 4, 5, 6]
+    assert (await store.append([make_event("a"), make_event("c")])).last_position == 8
+
+
+async def test_batch_retry_with_expected_version_reports_duplicates(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    batch = [make_event("a"), make_event("a")]
+    await store.append(batch, expected_version=0)
+    retried = await store.append(batch, expected_version=0)
+    assert retried.duplicates == (batch[0].id, batch[1].id)
+    assert [(e.position, e.version) for e in retried.events] == [(1, 1), (2, 2)]
+    with pytest.raises(ConcurrencyError) as info:
+        await store.append([batch[0], make_event("a")], expected_version=0)
+    assert info.value.actual == 2
+    assert await store.head() == 2

@@ -143,3 +143,23 @@ async def test_a_stale_repeatable_read_snapshot_is_refused_not_misnumbered(
         finally:
             await tx.rollback()
     assert [e.version for e in await store.read_stream("users", "a")] == [1]
+
+
+async def test_a_stale_snapshot_retrying_a_stored_id_in_a_batch_is_refused(
+    store: EventStore, pool: Pool, make_event: EventFactory
+) -> None:
+    from satellites_es.errors import ConcurrencyError
+
+    event = make_event("a")
+    async with pool.acquire() as conn:
+        tx = conn.transaction(isolation="repeatable_read")
+        await tx.start()
+        await conn.fetchval("SELECT 1")  # the snapshot is taken here
+        await store.append(event)  # commits after that snapshot
+        try:
+            with pytest.raises(ConcurrencyError):
+                await store.append([event, make_event("b")], conn=conn)
+        finally:
+            await tx.rollback()
+    assert [e.id for e in await store.read_stream("users", "a")] == [event.id]
+    assert await store.read_stream("users", "b") == []

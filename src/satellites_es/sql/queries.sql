@@ -28,16 +28,29 @@
 -- skipping anything. Producers should append in READ COMMITTED, the default.
 CREATE FUNCTION append_events_v1(
     ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
-    timestamps timestamptz[], expected integer, channel text
+    timestamps timestamptz[], stream_of integer[], seqs integer[], firsts integer[],
+    expected integer, channel text
 )
 RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
 LANGUAGE plpgsql
 VOLATILE
 SET search_path FROM CURRENT
 AS $fn$
+-- The caller numbers the batch (ids distinct; events in order): stream_of[i] is the 1-based
+-- index of event i's (resource, key) stream among the batch's distinct streams, seqs[i] its
+-- 1-based rank within that stream, firsts[s] the index of stream s's first event. So the
+-- server takes one version lookup per stream (not per event) and needs no sort or window.
+--
+-- Optimistic path: every event is new (the usual case). Each gets position base + i and version
+-- head(stream) + seq, and the insert runs in a block that catches unique_violation: the unique
+-- indexes the insert probes anyway are the id check, so no per-event lookup is needed. If an id
+-- was stored already, the block's subtransaction undoes that insert and the careful path below
+-- looks each id up, reports the stored ones and numbers the rest again (dense, contiguous).
+-- A stale REPEATABLE READ snapshot fails the careful path's insert too, and that unique
+-- violation propagates to the caller as before.
 DECLARE
     base bigint;
-    actual integer;
+    heads integer[];
     top bigint;
 BEGIN
     LOCK TABLE events IN EXCLUSIVE MODE;
@@ -46,20 +59,44 @@ BEGIN
     -- Every lookup below is a scalar or LATERAL ... LIMIT 1 subquery: the planner cannot turn
     -- it into a hash join that scans the whole log (it guesses the number of input rows, whatever
     -- the batch), so an append costs index probes, not a pass over millions of events.
-    IF expected IS NOT NULL AND EXISTS (
+    SELECT array_agg(
+               (SELECT coalesce(max(e.version), 0) FROM events e
+                WHERE e.resource = resources[f.first] AND e.key = keys[f.first])
+               ORDER BY f.n)
+    INTO heads
+    FROM unnest(firsts) WITH ORDINALITY AS f(first, n);
+
+    -- With expected_version (one stream, so heads has one element) a batch whose events are all
+    -- stored already is a retry, reported as duplicates, not a conflict.
+    IF expected IS NOT NULL AND heads[1] <> expected AND EXISTS (
         SELECT 1 FROM unnest(ids) AS b(id)
         WHERE (SELECT e.position FROM events e WHERE e.id = b.id LIMIT 1) IS NULL
     ) THEN
-        SELECT coalesce(max(e.version), 0) INTO actual FROM events e
-        WHERE e.resource = resources[1] AND e.key = keys[1];
-        IF actual <> expected THEN
-            RAISE EXCEPTION 'stream version conflict'
-                USING ERRCODE = 'SAT01', DETAIL = actual::text;
-        END IF;
+        RAISE EXCEPTION 'stream version conflict'
+            USING ERRCODE = 'SAT01', DETAIL = heads[1]::text;
     END IF;
 
+    BEGIN
+        INSERT INTO events AS e
+            (position, id, resource, key, version, type, source, payload, "timestamp")
+        SELECT base + x.ord, x.id, x.resource, x.key, heads[x.s] + x.seq, x.type, x.source,
+               x.payload, x."timestamp"
+        FROM unnest(ids, resources, keys, types, sources, payloads, timestamps, stream_of,
+                    seqs)
+             WITH ORDINALITY
+             AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord);
+        RETURN QUERY
+        SELECT base + x.ord, x.id, heads[x.s] + x.seq, false
+        FROM unnest(ids, stream_of, seqs) WITH ORDINALITY AS x(id, s, seq, ord);
+        PERFORM pg_notify(channel, (base + cardinality(ids))::text);
+        RETURN;
+    EXCEPTION WHEN unique_violation THEN
+        NULL;
+    END;
+
+    -- Careful path: some ids were stored already.
     RETURN QUERY
-    WITH input AS (  -- ids are distinct: the store sends each id once per batch
+    WITH input AS (
         SELECT x.*, d.position AS stored_position, d.version AS stored_version
         FROM unnest(ids, resources, keys, types, sources, payloads, timestamps)
              WITH ORDINALITY AS x(id, resource, key, type, source, payload, "timestamp", ord)
@@ -100,7 +137,8 @@ $fn$;
 
 -- name: drop_append_events_v1
 DROP FUNCTION append_events_v1(
-    text[], text[], text[], text[], text[], jsonb[], timestamptz[], integer, text
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], integer[], integer[],
+    integer[], integer, text
 );
 
 -- name: create_append_event_v1
@@ -150,7 +188,7 @@ DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, 
 SELECT out_position, out_id, out_version, out_duplicate
 FROM {schema}.append_events_v1(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[],
-    $8::integer, $9::text
+    $8::integer[], $9::integer[], $10::integer[], $11::integer, $12::text
 );
 
 -- name: append_one
