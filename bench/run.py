@@ -14,7 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -46,14 +46,22 @@ async def run_stage(stage: str, quick: bool) -> dict[str, Any]:
 
 @app.command()
 def main(
-    stages: list[str] = typer.Argument(None, help=f"Stages to run (default all: {', '.join(STAGES)})."),
-    quick: bool = typer.Option(False, "--quick", help="Smaller data; the whole run within ~3 minutes."),
-    json_path: Path = typer.Option(None, "--json", help="Write the figures as JSON here."),
+    stages: Annotated[
+        list[str] | None, typer.Argument(help=f"Stages to run (default all: {', '.join(STAGES)}).")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Smaller data; the whole run within ~3 minutes.")
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the figures as JSON here.")
+    ] = None,
 ) -> None:
     chosen = stages or list(STAGES)
     unknown = [s for s in chosen if s not in STAGES]
     if unknown:
-        raise typer.BadParameter(f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(STAGES)}")
+        raise typer.BadParameter(
+            f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(STAGES)}"
+        )
     results: dict[str, Any] = {}
     failed = False
     for stage in chosen:

@@ -143,8 +143,13 @@ def config(config_env: dict[str, str]) -> DataLayerConfig:
 
 @pytest.fixture
 def config_with_es(config_env: dict[str, str], es_url: str) -> DataLayerConfig:
-    return DataLayerConfig.from_env({**config_env, "SATELLITES_ELASTICSEARCH_URL": es_url,
-                                     "SATELLITES_ELASTICSEARCH_ENABLED": "true"})
+    return DataLayerConfig.from_env(
+        {
+            **config_env,
+            "SATELLITES_ELASTICSEARCH_URL": es_url,
+            "SATELLITES_ELASTICSEARCH_ENABLED": "true",
+        }
+    )
 
 
 def _delete_test_queues() -> None:
@@ -155,7 +160,10 @@ def _delete_test_queues() -> None:
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             out = subprocess.run(
                 ["rabbitmqctl", "-q", f"list_{kind}", "name"],
-                capture_output=True, text=True, timeout=30, check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             ).stdout
             names = [n for n in out.split() if n.startswith(TEST_PREFIX)]
             if names:

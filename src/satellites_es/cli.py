@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import DataLayerConfig
-from .projections import Projection
-from .service import ServiceOptions
 from .errors import ConfigurationError, SatellitesError
 from .facade import DataLayer
 from .health import Health
+from .projections import Projection
+from .service import ServiceOptions
 
 app = typer.Typer(
     name="satellites-es",

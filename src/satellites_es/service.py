@@ -18,12 +18,16 @@ import logging
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .config import DataLayerConfig
 from .errors import ProjectionError
 from .facade import DataLayer
 from .projections import Projection
 from .projections.service import ProjectionService, load_projections
+
+if TYPE_CHECKING:
+    from .http import HealthServer
 
 __all__ = ["ServiceOptions", "run_service", "select_projections"]
 
@@ -83,7 +87,7 @@ async def _until_stopped(stop: asyncio.Event, service: ProjectionService) -> Non
 
 async def _start_http(
     data: DataLayer, service: ProjectionService, options: ServiceOptions
-) -> object:
+) -> HealthServer | None:
     if options.http_port is None:
         return None
     from .http import HealthServer

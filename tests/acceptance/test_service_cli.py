@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -105,7 +104,7 @@ def test_run_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
         more = asyncio.run(_append(config, 200))
         time.sleep(0.3)  # a batch may be in flight when SIGTERM lands
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
     finally:
         if proc.poll() is None:

@@ -20,8 +20,13 @@ def _run(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_health_exits_zero_when_everything_answers(config_env: dict[str, str], es_url: str) -> None:
-    result = _run({**config_env, "SATELLITES_ELASTICSEARCH_URL": es_url,
-                   "SATELLITES_ELASTICSEARCH_ENABLED": "true"})
+    result = _run(
+        {
+            **config_env,
+            "SATELLITES_ELASTICSEARCH_URL": es_url,
+            "SATELLITES_ELASTICSEARCH_ENABLED": "true",
+        }
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("postgres", "redis", "elasticsearch", "faiss", "rabbitmq"):
         assert name in result.stdout
@@ -29,8 +34,9 @@ def test_health_exits_zero_when_everything_answers(config_env: dict[str, str], e
 
 
 def test_health_names_an_unreachable_redis_and_exits_one(config_env: dict[str, str]) -> None:
-    result = _run({**config_env, "SATELLITES_REDIS_PORT": str(free_port()),
-                   "SATELLITES_CONNECT_TIMEOUT": "1"})
+    result = _run(
+        {**config_env, "SATELLITES_REDIS_PORT": str(free_port()), "SATELLITES_CONNECT_TIMEOUT": "1"}
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "redis" in result.stderr
     assert "unhealthy: redis" in result.stderr

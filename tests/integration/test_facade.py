@@ -80,9 +80,11 @@ async def test_disabled_backend_is_reported_and_refused(config: DataLayerConfig)
 async def _our_pg_connections(url: str, app_name: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
-        ))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", app_name
+            )
+        )
     finally:
         await conn.close()
 
@@ -128,8 +130,13 @@ async def test_publish_through_the_seed_api(config: DataLayerConfig) -> None:
 
         data.events.subscribe("document.indexed", on_document_indexed)
         await data.events.publish(
-            DataEvent(type="document.indexed", resource="documents", key="doc-9",
-                      payload={"text": "..."}, source="elasticsearch")
+            DataEvent(
+                type="document.indexed",
+                resource="documents",
+                key="doc-9",
+                payload={"text": "..."},
+                source="elasticsearch",
+            )
         )
         # durable: the event is in the log, and the relay delivers it to the subscriber
         assert await data.log.head() == 1

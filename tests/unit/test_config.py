@@ -69,7 +69,9 @@ def test_a_wrong_value_names_the_variable(var: str, value: str) -> None:
 
 def test_a_wrong_password_value_is_not_echoed() -> None:
     with pytest.raises(ConfigurationError) as info:
-        DataLayerConfig.from_env({"SATELLITES_REDIS_DB": "x", "SATELLITES_REDIS_PASSWORD": "hunter2"})
+        DataLayerConfig.from_env(
+            {"SATELLITES_REDIS_DB": "x", "SATELLITES_REDIS_PASSWORD": "hunter2"}
+        )
     assert "hunter2" not in str(info.value)
 
 

@@ -38,8 +38,14 @@ def test_json_round_trip_is_exact() -> None:
     [
         {"type": "", "resource": "r", "key": "k", "payload": {}, "source": "s"},
         {"type": "t", "resource": "r", "key": "k", "payload": [], "source": "s"},
-        {"type": "t", "resource": "r", "key": "k", "payload": {}, "source": "s",
-         "timestamp": datetime(2026, 1, 1)},  # naive
+        {
+            "type": "t",
+            "resource": "r",
+            "key": "k",
+            "payload": {},
+            "source": "s",
+            "timestamp": datetime(2026, 1, 1),
+        },  # naive
     ],
 )
 def test_invalid_events_are_refused(bad: dict[str, object]) -> None:
@@ -73,10 +79,17 @@ async def test_delivery_order_type_handlers_then_global_in_subscription_order() 
     async def h(name: str, e: DataEvent) -> None:
         seen.append(f"{name}:{e.key}")
 
-    async def a(e: DataEvent) -> None: await h("a", e)
-    async def b(e: DataEvent) -> None: await h("b", e)
-    async def g(e: DataEvent) -> None: await h("g", e)
-    async def other(e: DataEvent) -> None: await h("other", e)
+    async def a(e: DataEvent) -> None:
+        await h("a", e)
+
+    async def b(e: DataEvent) -> None:
+        await h("b", e)
+
+    async def g(e: DataEvent) -> None:
+        await h("g", e)
+
+    async def other(e: DataEvent) -> None:
+        await h("other", e)
 
     bus.subscribe_all(g)
     bus.subscribe("document.indexed", a)

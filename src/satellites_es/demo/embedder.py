@@ -11,6 +11,7 @@ it is lexical, not semantic, and the demo's output says so. Swap in a real model
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 from collections import Counter
@@ -32,7 +33,7 @@ class HashingEmbedder:
 
     def features(self, text: str) -> Counter[str]:
         words = _WORD.findall(text.lower())
-        return Counter(words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)])
+        return Counter(words + [f"{a} {b}" for a, b in itertools.pairwise(words)])
 
     def embed_one(self, text: str) -> npt.NDArray[np.float32]:
         vector = np.zeros(self.dimension, dtype=np.float32)

