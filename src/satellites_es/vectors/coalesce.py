@@ -7,7 +7,9 @@ future, and one *drain* task per namespace runs the searches.
 
 * The drain starts when the first query arrives and first yields once to the event loop, so every
   query issued in the same loop turn (an ``asyncio.gather`` of 64 callers) joins the first batch.
-  No timer: a lone query waits for nothing but that one yield.
+  It yields again after each batch, so callers that were just answered and query again at once
+  join the next batch instead of trickling in one by one. No timer: a lone query waits for
+  nothing but one yield.
 * While a batch is searching (in a worker thread), new queries pile up in the queue; when the
   search returns the drain takes up to ``max_batch`` of them at once. The batch size thus adapts
   to the load: one at a time when idle, large batches when busy.
@@ -85,6 +87,8 @@ class QueryCoalescer:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
                 await self._run(batch)
+                # callers just answered often query again at once: let them join the next batch
+                await asyncio.sleep(0)
         except BaseException as exc:  # cancelled: nobody may wait forever
             for pending in [*batch, *self._queue]:
                 _fail(pending, exc)

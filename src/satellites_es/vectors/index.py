@@ -45,7 +45,7 @@ from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
 from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
-from .validation import check_id, check_metadata, check_namespace, check_vectors
+from .validation import check_id, check_ids, check_metadata, check_namespace, check_vectors
 
 __all__ = ["VectorIndex"]
 
@@ -381,16 +381,14 @@ class VectorIndex:
         self, items: Sequence[Item], spec: NamespaceSpec
     ) -> tuple[list[str], npt.NDArray[np.float32], list[dict[str, Any] | None]]:
         try:
-            ids = [check_id(vid) for vid, _, _ in items]
+            raw_ids, rows, metas = zip(*items, strict=True) if items else ((), (), ())
         except (TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidVectorError):
-                raise
             raise InvalidVectorError("items must be (id, vector, metadata) tuples") from exc
+        ids = check_ids(raw_ids)
         if not ids:
             return [], np.empty((0, spec.dimension), np.float32), []
-        rows: list[Any] = [v for _, v, _ in items]
-        vectors = check_vectors(rows, spec.dimension, normalise=_cos(spec))
-        return ids, vectors, check_metadata([m for _, _, m in items])
+        vectors = check_vectors(list(rows), spec.dimension, normalise=_cos(spec))
+        return ids, vectors, check_metadata(metas)
 
     def _check_query(
         self, slot: _Slot, vectors: Any, top_k: int, flt: Filter

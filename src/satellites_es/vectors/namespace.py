@@ -210,25 +210,37 @@ class Namespace:
         With positions, an item at or below the last position applied to its id (an earlier
         item of the same batch included) is skipped. Within a batch the last item per id wins.
         """
-        latest: dict[str, int] = {}
-        chosen: dict[str, int] = {}
-        admitted = 0
-        for row, vector_id in enumerate(ids):
-            position = None if positions is None else positions[row]
-            if position is not None:
-                stored = latest.get(vector_id, self._positions.get(vector_id))
-                if stored is not None and position <= stored:
-                    continue
-                latest[vector_id] = position
-            chosen.pop(vector_id, None)  # keep insertion order = order of the last write
-            chosen[vector_id] = row
-            admitted += 1
+        if positions is None:
+            chosen = dict(zip(ids, range(len(ids)), strict=True))  # the last row per id wins
+            latest: dict[str, int] = {}
+            admitted = len(ids)
+        else:
+            chosen, latest, admitted = self._admitted(ids, positions)
         if chosen:
             rows = list(chosen.values())
-            self.upsert(list(chosen), vectors[rows], [metas[r] for r in rows])
+            if len(rows) == len(ids):
+                self.upsert(ids, vectors, metas)  # every row, distinct ids: no copy
+            else:
+                self.upsert(list(chosen), vectors[rows], [metas[r] for r in rows])
         for vector_id, position in latest.items():
             self.record_position(vector_id, position)
         return admitted
+
+    def _admitted(
+        self, ids: Sequence[str], positions: Sequence[int]
+    ) -> tuple[dict[str, int], dict[str, int], int]:
+        """Rows to apply (id -> row, the last admitted one), new positions, items admitted."""
+        latest: dict[str, int] = {}
+        chosen: dict[str, int] = {}
+        admitted = 0
+        for row, (vector_id, position) in enumerate(zip(ids, positions, strict=True)):
+            stored = latest.get(vector_id, self._positions.get(vector_id))
+            if stored is not None and position <= stored:
+                continue
+            latest[vector_id] = position
+            chosen[vector_id] = row
+            admitted += 1
+        return chosen, latest, admitted
 
     def apply_delete(self, vector_id: str, position: int | None) -> bool:
         """Delete one id unless the write is stale; a positioned delete leaves a tombstone."""
@@ -244,12 +256,14 @@ class Namespace:
         with faiss_errors("add vectors"):
             self._index.add_with_ids(vectors, labels)
         self._next_label += len(ids)
-        old = [self._label_of[i] for i in ids if i in self._label_of]
+        old = [label for label in map(self._label_of.get, ids) if label is not None]
         self._forget(old)
-        for vector_id, label, meta in zip(ids, labels.tolist(), metas, strict=True):
-            self._entries[label] = (vector_id, meta)
-            self._label_of[vector_id] = label
-            self._filters.add(label, meta)
+        label_list = labels.tolist()
+        self._entries.update(zip(label_list, zip(ids, metas, strict=True), strict=True))
+        self._label_of.update(zip(ids, label_list, strict=True))
+        for label, meta in zip(label_list, metas, strict=True):
+            if meta:
+                self._filters.add(label, meta)
         self.version += 1
         self._maybe_train()
         self._maybe_compact()
