@@ -52,11 +52,24 @@ def main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", envvar="SATELLITES_VERBOSE", help="Debug logging.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(envvar="SATELLITES_LOG_FORMAT", help="Log lines as 'console' or 'json'."),
+    ] = "console",
+    log_level: Annotated[
+        str, typer.Option(envvar="SATELLITES_LOG_LEVEL", help="Log level (WARNING, INFO, ...).")
+    ] = "WARNING",
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import configure
+
+    if log_format not in ("console", "json"):
+        err_console.print("[red]--log-format must be 'console' or 'json'[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    level = logging.DEBUG if verbose else logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        err_console.print(f"[red]unknown log level {log_level!r}[/red]")
+        raise typer.Exit(EXIT_USAGE)
+    configure(level, "json" if log_format == "json" else "console")
 
 
 def _render_health(health: Health) -> Table:

@@ -33,6 +33,7 @@ from .config import DataLayerConfig
 from .errors import BackendUnavailableError, LifecycleError
 from .events import EventBus, InProcessEventBus
 from .health import BackendHealth, Health, probe
+from .tracing import span
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -157,8 +158,9 @@ class DataLayer:
             )
         self._state = LayerState.STARTING
         try:
-            await self._connect_all()
-            await self._open_log()
+            with span("datalayer.start", backends=",".join(self._backends)):
+                await self._connect_all()
+                await self._open_log()
         except BaseException:
             await self._close_all()
             self._state = LayerState.STOPPED
@@ -243,7 +245,8 @@ class DataLayer:
             self._state = LayerState.STOPPED
             return
         self._state = LayerState.STOPPING
-        await self._close_all()
+        with span("datalayer.stop"):
+            await self._close_all()
         self._state = LayerState.STOPPED
         logger.info("data layer stopped")
 
@@ -275,7 +278,8 @@ class DataLayer:
     async def health(self, timeout: float = 5.0) -> Health:
         """Per-backend state, latency and details. Never raises."""
         names = list(HEALTH_ENTRIES)
-        results = await asyncio.gather(*(self._health_of(n, timeout) for n in names))
+        with span("datalayer.health"):
+            results = await asyncio.gather(*(self._health_of(n, timeout) for n in names))
         details = dict(zip(names, results, strict=True))
         return Health(ok=all(h.ok for h in details.values()), details=details)
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..store import EventStore
+from ..tracing import span
 from .checkpoints import Checkpoints
 from .model import Projection
 from .sinks import Sink
@@ -83,7 +84,9 @@ class Projector:
         async for batch in self.store.read(after=start, batch_size=self.batch_size, until=target):
             changes = [c for e in batch if (c := self.projection.change_for(e)) is not None]
             if changes:
-                applied += await self.sink.apply(self.projection, self.version, changes)
+                with span("projector.apply", projection=self.projection.name,
+                          version=self.version, events=len(batch), changes=len(changes)):  # fmt: skip
+                    applied += await self.sink.apply(self.projection, self.version, changes)
             position = batch[-1].position or position
             events += len(batch)
             await self._maybe_flush(len(changes))
