@@ -123,6 +123,12 @@ async def _raw_channel(rabbit: RabbitMQConfig) -> tuple[aio_pika.abc.AbstractCon
 
 async def _relay_rate(store: EventStore, pool: asyncpg.Pool, pg: PostgresConfig,
                       bus: RabbitMQEventBus, n: int, name: str) -> float:  # fmt: skip
+    # start the cursor at the current head: only the n events appended here are this round's
+    # (a fresh relay name would otherwise republish every earlier round's events as well)
+    await pool.execute(
+        f'INSERT INTO "{pg.schema}".relay_cursors (name, position) VALUES ($1, $2)',
+        name, await store.head(),
+    )  # fmt: skip
     await store.append(_events(n, name))
     head = await store.head()
     config = RelayConfig(batch_size=WINDOW, confirm_window=WINDOW, poll_interval=0.05)

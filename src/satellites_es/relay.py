@@ -361,10 +361,10 @@ class Relay:
     async def _publish_loop(self) -> None:
         self._cursor = await self._load_cursor()
         opener = getattr(self._bus, "publisher", None)
+        if opener is not None:
+            await self._stream(await opener())
+            return
         async with self._store.listener() as listener:
-            if opener is not None:
-                await self._stream(listener, await opener())
-                return
             while not self._stopping.is_set():  # a bus without a rolling window: batch-wise
                 if await self._drain() == 0:
                     await self._wait(listener)
@@ -380,7 +380,18 @@ class Relay:
                 task.cancel()
             await asyncio.gather(stop, wake, return_exceptions=True)
 
-    async def _stream(self, listener: Any, publisher: Any) -> None:
+    async def _stream(self, publisher: Any) -> None:
+        """:meth:`_publish_loop` with a rolling window; the NOTIFY listener is opened while the
+        backlog is published (it is needed only once caught up)."""
+        async with contextlib.AsyncExitStack() as stack:
+            opening = asyncio.create_task(stack.enter_async_context(self._store.listener()))
+            try:
+                await self._roll(publisher, opening)
+            finally:
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+
+    async def _roll(self, publisher: Any, opening: asyncio.Task[Any]) -> None:
         """Publish the log after the cursor with a confirm window that rolls across batches.
 
         Events are sent in position order on one pinned channel as they are read, with at most
@@ -409,7 +420,11 @@ class Relay:
                         if self._stopping.is_set():
                             break
                 self._head = max(self._head, sent)
+                if read == 0 and not opening.done():
+                    await opening  # listening from now on: read once more, then wait
+                    continue
                 if read == 0:
+                    listener = opening.result()
                     if window.inflight:  # caught up: wait for a confirm or for new events
                         await self._wait(listener, window.inflight[0][1])
                         await self._settle(window, wait=False)
