@@ -48,6 +48,7 @@ from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.redis_sink import RedisSink
 from satellites_es.testing import EmulatedElasticsearch, find_service_url, unique_name
 from satellites_es.vectors import VectorIndex
+from satellites_es.vectors.codec import encode_vector
 
 DIM = 384
 KEYS_PER_EVENT = 5  # N events over N/5 keys: every key is written 5 times
@@ -86,14 +87,14 @@ def _vector_events(n: int) -> tuple[list[DataEvent], np.ndarray]:
     rng = np.random.default_rng(3)
     raw = rng.standard_normal((n, DIM))
     raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-    rounded = np.round(raw, 6)  # float64 rounded: short JSON, and the exact values both sides use
-    rows = rounded.tolist()
+    matrix = raw.astype(np.float32)
+    # the vector travels in the compact f32 form (satellites_es.vectors.codec), as the demo's
     events = [
         DataEvent(type="embedding.upserted", resource="embeddings", key=f"v{i % keys}",
-                  source="bench", payload={"vector": rows[i], "n": i})
+                  source="bench", payload={"vector": encode_vector(matrix[i]), "n": i})
         for i in range(n)
     ]  # fmt: skip
-    return events, rounded.astype(np.float32)
+    return events, matrix
 
 
 def _document(event: DataEvent) -> Upsert:
@@ -299,8 +300,8 @@ async def _faiss(quick: bool, rounds: int) -> dict[str, Any]:
             await vectors.close()
     note = (
         f"d={DIM}, flat inner product; {n} events over {n // KEYS_PER_EVENT} keys, median of "
-        f"{rounds} rounds. project: rebuild() reads the log (the vector travels as JSON in the "
-        f"payload), handler, upsert_many per batch of {BATCH} (validation, float32 conversion, "
+        f"{rounds} rounds. project: rebuild() reads the log (the vector travels base64 float32 in "
+        f"the payload), handler, upsert_many per batch of {BATCH} (validation, float32 conversion, "
         f"add + remove of the replaced label, positions) in a worker thread. raw: "
         f"IndexIDMap2(IndexFlatIP).add_with_ids of the same float32 vectors in batches of "
         f"{BATCH}, one per event, no replacement, no log read. Reading the log alone: "

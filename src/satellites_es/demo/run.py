@@ -34,6 +34,7 @@ from ..events import DataEvent
 from ..facade import DataLayer
 from ..projections import Projection, rebuild
 from ..projections.service import ProjectionService, build_sink, load_projections
+from ..vectors.codec import encode_vector
 from .corpus import Author, Document, sample_corpus
 from .embedder import HashingEmbedder
 from .stack import DemoStack
@@ -137,7 +138,7 @@ async def _append_corpus(
         events.append(DataEvent(type="document.upserted", resource="documents", key=d.id,
                                 source="demo", payload=doc))  # fmt: skip
         events.append(DataEvent(type="embedding.upserted", resource="embeddings", key=d.id,
-                                source="demo", payload={"vector": [round(float(x), 6) for x in v],
+                                source="demo", payload={"vector": encode_vector(v),
                                 "title": d.title, "topic": d.topic, "model": "hashing-384"}))  # fmt: skip
     head = 0
     for start in range(0, len(events), BATCH):

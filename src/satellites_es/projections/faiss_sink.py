@@ -8,7 +8,8 @@ stays deleted. The flip is a namespace alias: ``data.vectors.query(name, ...)`` 
 version. The checkpoint of a local sink is the position in its own snapshot, not a row in
 Postgres: a serving process loads its snapshot, then replays the log from that position.
 
-An :class:`Upsert` document for this sink is ``{"vector": [...], "metadata": {...}}``.
+An :class:`Upsert` document for this sink is ``{"vector": ..., "metadata": {...}}``, the vector
+a list of numbers or, much faster to replay, ``encode_vector(v)`` (:mod:`satellites_es.vectors.codec`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from ..errors import ProjectionError, VectorIndexError
 from ..vectors import VectorIndex
+from ..vectors.codec import decode_vector
 from .model import Change, Delete, Projection, Upsert
 from .sinks import SinkDump
 
@@ -61,7 +63,9 @@ class FaissSink:
     async def _flush(self, name: str, run: list[Upsert]) -> int:
         if not run:
             return 0
-        items = [(c.key, c.document["vector"], c.document.get("metadata")) for c in run]
+        items = [
+            (c.key, decode_vector(c.document["vector"]), c.document.get("metadata")) for c in run
+        ]
         return await self.vectors.upsert_many(name, items, positions=[c.position for c in run])
 
     async def _delete(self, name: str, change: Delete) -> int:

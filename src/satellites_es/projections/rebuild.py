@@ -91,6 +91,7 @@ async def rebuild(
         if await store.head() - result.position < FLIP_THRESHOLD:
             break
     final = await projector.catch_up(progress=progress)
+    await projector.flush()  # a local sink's snapshot, so a restart does not replay from zero
     await sink.activate(projection, version)
     previous = await checkpoints.set_active(projection.name, version)
     logger.info("flipped %s to version %d (previous %s)", projection.name, version, previous)

@@ -196,14 +196,15 @@ SELECT out_position, out_id, out_version, out_duplicate
 FROM {schema}.append_event_v1($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9);
 
 -- name: read
-SELECT position, id, resource, key, version, type, source, payload::text AS payload, "timestamp"
+-- (the jsonb column itself: asyncpg receives its text; a ::text cast is twice as slow to fetch)
+SELECT position, id, resource, key, version, type, source, payload, "timestamp"
 FROM {schema}.events
 WHERE position > $1 AND position <= $2
 ORDER BY position
 LIMIT $3;
 
 -- name: read_stream
-SELECT position, id, resource, key, version, type, source, payload::text AS payload, "timestamp"
+SELECT position, id, resource, key, version, type, source, payload, "timestamp"
 FROM {schema}.events
 WHERE resource = $1 AND key = $2 AND version > $3
 ORDER BY version;
