@@ -64,7 +64,10 @@ def check_vectors(
 ) -> Float32Array:
     """Return a C-contiguous float32 ``(n, dimension)`` copy, unit length when ``normalise``."""
     try:
-        array = np.array(vectors, dtype=np.float32, copy=True)
+        # a list is copied by the conversion anyway; an ndarray must be copied (we normalise)
+        array = np.array(
+            vectors, dtype=np.float32, copy=True if isinstance(vectors, np.ndarray) else None
+        )
     except (TypeError, ValueError) as exc:
         raise InvalidVectorError(f"vectors are not numeric arrays: {exc}") from exc
     if array.ndim == 1:
@@ -73,7 +76,7 @@ def check_vectors(
         raise InvalidVectorError(
             f"expected vectors of dimension {dimension}, got shape {array.shape}"
         )
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         raise InvalidVectorError("vectors must not contain NaN or infinity")
     if normalise:
         norms = np.linalg.norm(array, axis=1, keepdims=True)
@@ -81,6 +84,15 @@ def check_vectors(
             raise InvalidVectorError("a zero vector (or one too large) has no cosine direction")
         array /= norms
     return np.ascontiguousarray(array)
+
+
+def _all_finite(array: Float32Array) -> bool:
+    """A NaN or infinity makes the sum non-finite; a finite sum proves there is none. Only when
+    the sum is not finite (or overflowed) do we pay for the element-wise check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.add.reduce(array, axis=None)):
+            return True
+    return bool(np.isfinite(array).all())
 
 
 def check_metadata(

@@ -1,0 +1,213 @@
+"""Vector benchmark: VectorIndex against raw FAISS on the same data, in the same run.
+
+* ``add_throughput``: vectors/s of ``upsert_many`` (string ids, validation, id map) in batches of
+  10,000 against ``IndexIDMap2(IndexFlatIP).add_with_ids`` of the same batches as ready-made
+  matrices. ``add_throughput_from_items``: the same project figure against a raw caller starting
+  from the same ``(id, vector, metadata)`` items (stack the rows, number the ids, add).
+* ``query_latency``: p50 ms of one ``query`` at a time (top 10) against ``index.search`` of one
+  vector on an index holding the same vectors.
+* ``coalesced_query_throughput``: queries/s of 64 concurrent callers each issuing single
+  ``query`` calls (coalesced into batched searches) against raw FAISS answering the same queries
+  one ``search`` at a time, as a caller without coalescing would.
+
+Both sides use the ``ip`` metric on a flat index so FAISS does the same work (cosine would add the
+project's normalisation). Full size: 100k x 384 (``--quick``: 20k x 384, named in the note).
+Rounds alternate between the two sides so that drift on a shared machine hits both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from satellites_es.config import FaissConfig
+from satellites_es.vectors import VectorIndex
+
+DIM = 384
+BATCH = 10_000
+CONCURRENCY = 64
+TOP_K = 10
+
+
+def _figure(project: float, raw: float, unit: str, goal: str, **extra: Any) -> dict[str, Any]:
+    ratio = project / raw if raw else 1.0
+    return {"project": project, "raw": raw, "ratio": ratio, "unit": unit, "goal": goal, **extra}
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+Batch = list[tuple[str, np.ndarray, None]]
+
+
+def _batches(data: np.ndarray) -> list[Batch]:
+    """The caller's view: (string id, vector, metadata) items, 10,000 to a batch."""
+    return [
+        [(f"doc-{i}", data[i], None) for i in range(start, min(start + BATCH, len(data)))]
+        for start in range(0, len(data), BATCH)
+    ]
+
+
+def _raw_add(data: np.ndarray) -> tuple[Any, float]:
+    """add_with_ids of ready-made float32 matrices and int64 ids: FAISS's own speed."""
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    started = time.perf_counter()
+    for start in range(0, len(data), BATCH):
+        chunk = data[start : start + BATCH]
+        index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+    return index, len(data) / (time.perf_counter() - started)
+
+
+def _raw_add_items(batches: list[Batch]) -> float:
+    """The least a raw caller does with the same items: stack the rows, number the ids."""
+    index, labels, n = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM)), {}, 0
+    started = time.perf_counter()
+    for batch in batches:
+        matrix = np.array([v for _, v, _ in batch], dtype=np.float32)
+        ids = np.arange(n, n + len(batch), dtype=np.int64)
+        labels.update(zip((i for i, _, _ in batch), ids.tolist(), strict=True))
+        index.add_with_ids(matrix, ids)
+        n += len(batch)
+    return n / (time.perf_counter() - started)
+
+
+async def _project_add(vi: VectorIndex, name: str, batches: list[Batch]) -> float:
+    await vi.create_namespace(name, dimension=DIM, metric="ip", index_kind="flat")
+    started = time.perf_counter()
+    for batch in batches:
+        await vi.upsert_many(name, batch)
+    return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+async def _add_figures(
+    vi: VectorIndex, data: np.ndarray, rounds: int
+) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    batches = _batches(data)
+    project, raw, raw_items, index = [], [], [], None
+    for r in range(rounds):
+        index, rate = _raw_add(data)
+        raw.append(rate)
+        raw_items.append(_raw_add_items(batches))
+        project.append(await _project_add(vi, f"bench-{r}", batches))
+        if r:
+            await vi.drop_namespace(f"bench-{r}")
+    p50 = statistics.median
+    note = "upsert_many of (str id, row, None) items in batches of 10,000; "
+    return (
+        index,
+        _figure(p50(project), p50(raw), "vectors/s", ">= 0.8x", note=note + "raw: add_with_ids"),
+        _figure(
+            p50(project),
+            p50(raw_items),
+            "vectors/s",
+            ">= 0.8x",
+            note=note + "raw: stack the same items, dict of ids, add_with_ids",
+        ),
+    )
+
+
+async def _latency_figure(vi: VectorIndex, raw_index: Any, queries: np.ndarray) -> dict[str, Any]:
+    project, raw = [], []
+    for q in queries:
+        started = time.perf_counter()
+        raw_index.search(q.reshape(1, -1), TOP_K)
+        raw.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        await vi.query("bench-0", q, TOP_K)
+        project.append(time.perf_counter() - started)
+    p50 = statistics.median
+    return _figure(p50(project) * 1000, p50(raw) * 1000, "ms", "<= 1.3x", note="p50, top 10")
+
+
+async def _coalesced_rate(vi: VectorIndex, queries: np.ndarray) -> float:
+    per_caller = len(queries) // CONCURRENCY
+
+    async def caller(c: int) -> None:
+        for q in queries[c * per_caller : (c + 1) * per_caller]:
+            await vi.query("bench-0", q, TOP_K)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(c) for c in range(CONCURRENCY)))
+    return per_caller * CONCURRENCY / (time.perf_counter() - started)
+
+
+def _one_at_a_time_rate(raw_index: Any, queries: np.ndarray) -> float:
+    started = time.perf_counter()
+    for q in queries:
+        raw_index.search(q.reshape(1, -1), TOP_K)
+    return len(queries) / (time.perf_counter() - started)
+
+
+def _batched_rate(raw_index: Any, queries: np.ndarray) -> float:
+    """Raw FAISS searching the 64 queries as one batch: the best coalescing could reach."""
+    started = time.perf_counter()
+    for start in range(0, len(queries), CONCURRENCY):
+        raw_index.search(queries[start : start + CONCURRENCY], TOP_K)
+    return len(queries) / (time.perf_counter() - started)
+
+
+async def _throughput_figure(
+    vi: VectorIndex, raw_index: Any, queries: np.ndarray, rounds: int
+) -> dict[str, Any]:
+    project, raw, batched = [], [], []
+    before = vi.stats()["namespaces"]["bench-0"]
+    for _ in range(rounds):
+        raw.append(_one_at_a_time_rate(raw_index, queries[: CONCURRENCY * 2]))
+        batched.append(_batched_rate(raw_index, queries))
+        project.append(await _coalesced_rate(vi, queries))
+    after = vi.stats()["namespaces"]["bench-0"]
+    searches = after["faiss_searches"] - before["faiss_searches"]
+    batch = (after["coalesced_queries"] - before["coalesced_queries"]) / max(1, searches)
+    return _figure(
+        statistics.median(project),
+        statistics.median(raw),
+        "queries/s",
+        ">= 8x",
+        raw_batched=statistics.median(batched),
+        note=(
+            f"{CONCURRENCY} concurrent callers; mean coalesced batch {batch:.1f}; "
+            f"raw_batched = raw FAISS on batches of {CONCURRENCY}, the ceiling"
+        ),
+    )
+
+
+async def run(quick: bool) -> dict[str, dict[str, Any]]:
+    n = 20_000 if quick else 100_000
+    size = f"{n // 1000}k x {DIM} flat ip" + (" (quick)" if quick else "")
+    data, queries = _data(n, 1), _data(CONCURRENCY * (4 if quick else 8), 2)
+    with tempfile.TemporaryDirectory(prefix="bench-vectors-") as tmp:
+        config = FaissConfig(index_path=Path(tmp), dimension=DIM, metric="ip", threads=2)
+        async with VectorIndex(config) as vi:
+            raw_index, add, add_items = await _add_figures(vi, data, rounds=2 if quick else 3)
+            latency = await _latency_figure(vi, raw_index, queries[: 20 if quick else 50])
+            coalesced = await _throughput_figure(vi, raw_index, queries, rounds=2 if quick else 3)
+    figures = {
+        "add_throughput": add,
+        "add_throughput_from_items": add_items,
+        "query_latency": latency,
+        "coalesced_query_throughput": coalesced,
+    }
+    for figure in figures.values():
+        figure["note"] = f"{size}; " + figure.get("note", "")
+    return figures
+
+
+def _print(figures: dict[str, dict[str, Any]]) -> None:
+    for name, f in figures.items():
+        print(
+            f"vectors {name}: project={f['project']:,.3f} raw={f['raw']:,.3f} "
+            f"ratio={f['ratio']:.2f} {f['unit']} (goal {f['goal']}) [{f['note']}]"
+        )
+
+
+if __name__ == "__main__":
+    _print(asyncio.run(run("--quick" in sys.argv[1:])))
