@@ -102,6 +102,11 @@ class _Window:
         self.confirmed = 0
 
     @property
+    def low(self) -> int:
+        """Once full, the window is refilled when this few are left unconfirmed."""
+        return self.size // 2
+
+    @property
     def full(self) -> bool:
         return len(self.inflight) >= self.size
 
@@ -410,8 +415,8 @@ class Relay:
                 async with contextlib.aclosing(self._batches(after=sent)) as batches:
                     async for batch in batches:
                         for event in batch:
-                            if window.full:
-                                await self._settle(window, wait=True)
+                            while window.full:  # refill in chunks, not one by one
+                                await self._settle(window, wait=True, until=window.low)
                             window.add(event, publisher.send(event))
                         window.batches.append(batch)
                         sent = batch[-1].position or sent
@@ -435,12 +440,16 @@ class Relay:
         finally:
             await window.drop()
 
-    async def _settle(self, window: _Window, *, wait: bool) -> None:
-        """Take the confirmed prefix of the window (waiting for its oldest entry if ``wait``),
-        then move the cursor over the batches it completes."""
+    async def _settle(self, window: _Window, *, wait: bool, until: int | None = None) -> None:
+        """Take the confirmed prefix of the window (waiting for its oldest entry if ``wait``,
+        and then on until at most ``until`` are unconfirmed), then move the cursor over the
+        batches it completes."""
         inflight = window.inflight
         if wait and inflight:
             await asyncio.wait({inflight[0][1]})
+            if until is not None:
+                while len(inflight) > until and not inflight[until][1].done():
+                    await asyncio.wait({inflight[until][1]})
         done = 0
         while inflight and inflight[0][1].done():
             event, confirm = inflight.popleft()
