@@ -1,0 +1,1083 @@
+"""Soak test: steady producers, random faults, then every sink compared with the log key by key.
+
+``python bench/soak.py --minutes N [--rate 200] [--keys 500] [--seed S]`` (or ``--seconds``).
+
+What runs, all in a namespace of its own (a fresh Postgres schema, Redis key prefix, RabbitMQ
+exchange, Elasticsearch index prefix and FAISS directory, handed to the subprocesses as
+``SATELLITES_*`` variables and removed afterwards):
+
+* producers in this process append entity, document and embedding events (about 10% deletes)
+  at ``--rate`` events/s over ``--keys`` keys per resource, retrying a failed append with the
+  same event ids (the log stores an id once);
+* two ``satellites-es relay`` processes (one leads, one stands by);
+* two ``satellites-es project -p entities -p documents`` processes (competing on the same
+  position-conditional sinks) and one ``satellites-es project -p embeddings`` (FAISS);
+* an audit subscriber in this process, group ``soak-audit`` on the RabbitMQ bus, which records
+  every delivered position in a Redis set and bumps a counter only when the SADD was new (one
+  Lua call): the counter is non-idempotent, so a position counted twice would show.
+
+Faults, at random intervals until the time is up: SIGKILL of a relay (often the leader) or of a
+projector process; ``pg_terminate_backend`` of the soak's Postgres sessions (by the
+application name given in ``SATELLITES_POSTGRES_APPLICATION_NAME``, or every session of one
+process found by its client ports, or the relay leader's lock session); ``rabbitmqctl
+stop_app`` / ``start_app`` at most once per ``--rabbit-every`` seconds (a ``finally`` makes sure
+the app is started and answering). A process that exits, killed or crashed, is restarted.
+
+Then the faults stop, the soak waits for the relay (cursor == head), the projections
+(checkpoints == head, the FAISS process's own position == head) and the audit subscriber to
+catch up, stops the processes gracefully (FAISS saves its snapshot), and compares:
+
+* expected = the log folded per key in position order through
+  ``projections.PROJECTIONS[name].change_for(event)``;
+* actual = ``sink.dump(projection, active_version)`` for Redis and Elasticsearch, and the FAISS
+  snapshot the embeddings process saved, loaded here into a ``VectorIndex`` (deleted vectors are
+  absent there, not tombstones).
+
+``lost`` = log positions never delivered to the audit subscriber + sink keys missing or extra;
+``mismatched`` = keys present on both sides whose document differs; ``duplicated_effects`` = the
+mismatched keys that hold an *older* state of the key (a late or repeated write won) + audit
+counter increments beyond the distinct positions. The last line is
+``lost=… duplicated_effects=… mismatched=…``; the exit code is 0 only when all three are 0.
+Every loop is bounded in count and time; all traffic is on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import aio_pika  # noqa: E402
+import asyncpg  # noqa: E402
+import psutil  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+
+from satellites_es.bus.partition import dlq_name, queue_name  # noqa: E402
+from satellites_es.bus.rabbitmq import RabbitMQEventBus  # noqa: E402
+from satellites_es.config import (  # noqa: E402
+    DataLayerConfig,
+    EventLogConfig,
+    FaissConfig,
+    PostgresConfig,
+)
+from satellites_es.events import DataEvent  # noqa: E402
+from satellites_es.migrate import upgrade  # noqa: E402
+from satellites_es.projections import Checkpoints, Delete, Upsert  # noqa: E402
+from satellites_es.store import EventStore  # noqa: E402
+from satellites_es.testing import (  # noqa: E402
+    EmulatedElasticsearch,
+    find_service_url,
+    free_port,
+    unique_name,
+)
+
+AUDIT_GROUP = "soak-audit"
+PARTITIONS = 4
+RESOURCES = (("entities", 0.45), ("documents", 0.35), ("embeddings", 0.20))
+SINGULAR = {"entities": "entity", "documents": "document", "embeddings": "embedding"}
+DELETE_SHARE = 0.10
+TOPICS = ("ml", "db", "ops", "search", "web")
+WORDS = ("vector", "index", "relay", "log", "queue", "shard", "cache", "model", "event", "key")
+DIMENSION = 384
+
+# One Lua call per delivery: the set records the position, the counter is bumped only when the
+# SADD was new (a non-idempotent effect guarded by an idempotent one), deliveries count all.
+AUDIT_LUA = """
+redis.call('INCR', KEYS[3])
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+return 0
+"""
+
+
+def log(message: str) -> None:
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- the namespace -------------------------------------------------------------------------------
+
+
+@dataclass
+class Namespace:
+    run_id: str
+    postgres_url: str
+    redis_url: str
+    amqp_url: str
+    es_url: str
+    workdir: Path
+
+    @property
+    def schema(self) -> str:
+        return self.run_id
+
+    @property
+    def app_name(self) -> str:
+        return self.run_id
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"{self.run_id}:"
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.run_id}.events"
+
+    @property
+    def es_prefix(self) -> str:
+        return f"{self.run_id}-"
+
+    @property
+    def faiss_dir(self) -> Path:
+        return self.workdir / "faiss"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SATELLITES_POSTGRES_URL": self.postgres_url,
+            "SATELLITES_POSTGRES_SCHEMA": self.schema,
+            "SATELLITES_POSTGRES_APPLICATION_NAME": self.app_name,
+            "SATELLITES_POSTGRES_MIN_CONNECTIONS": "1",
+            "SATELLITES_POSTGRES_MAX_CONNECTIONS": "4",
+            "SATELLITES_REDIS_URL": self.redis_url,
+            "SATELLITES_REDIS_KEY_PREFIX": self.redis_prefix,
+            "SATELLITES_RABBITMQ_URL": self.amqp_url,
+            "SATELLITES_RABBITMQ_EXCHANGE": self.exchange,
+            "SATELLITES_RABBITMQ_PARTITIONS": str(PARTITIONS),
+            "SATELLITES_ELASTICSEARCH_URL": self.es_url,
+            "SATELLITES_ELASTICSEARCH_ENABLED": "true",
+            "SATELLITES_ELASTICSEARCH_INDEX_PREFIX": self.es_prefix,
+            "SATELLITES_FAISS_INDEX_PATH": str(self.faiss_dir),
+            "SATELLITES_FAISS_DIMENSION": str(DIMENSION),
+            "SATELLITES_FAISS_ENABLED": "false",
+            "SATELLITES_RELAY_STANDBY_INTERVAL": "0.5",
+            "SATELLITES_RELAY_POLL_INTERVAL": "0.5",
+            "SATELLITES_CONNECT_TIMEOUT": "10",
+            "SATELLITES_STOP_TIMEOUT": "10",
+            "SATELLITES_LOG_LEVEL": "WARNING",
+        }
+
+    def config(self, app_suffix: str = "") -> DataLayerConfig:
+        env = self.env()
+        env["SATELLITES_POSTGRES_APPLICATION_NAME"] = self.app_name + app_suffix
+        return DataLayerConfig.from_env(env)
+
+
+# -- the processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    role: str  # "relay" | "projector"
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    http_port: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    killed_by_us: bool = False
+    starts: int = 0
+    crashes: list[str] = field(default_factory=list)
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "satellites_es.cli", *self.args]
+        if self.http_port is not None:
+            cmd += ["--http-port", str(self.http_port)]
+        full = {k: v for k, v in os.environ.items() if not k.startswith("SATELLITES_")}
+        full.update(self.env)
+        out = self.log_path.open("ab")
+        out.write(f"\n=== start {self.starts + 1} at {time.strftime('%H:%M:%S')}\n".encode())
+        out.flush()
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        out.close()
+        self.killed_by_us = False
+        self.starts += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.alive and self.proc is not None else None
+
+    def kill(self) -> bool:
+        if not self.alive or self.proc is None:
+            return False
+        self.killed_by_us = True
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        return True
+
+    def tail(self, lines: int = 6) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def pg_client_ports(self, pg_port: int) -> set[int]:
+        pid = self.pid
+        if pid is None:
+            return set()
+        try:
+            conns = psutil.Process(pid).net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            return set()
+        return {c.laddr.port for c in conns if c.raddr and c.raddr.port == pg_port}
+
+
+class Supervisor:
+    """Restarts any child that exits (killed by a fault or crashed), bounded in count."""
+
+    MAX_STARTS = 400
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self.running = True
+        self.restarts = 0
+        self.crash_count = 0
+        self.graceful_exit_codes: dict[str, int | None] = {}
+
+    async def run(self) -> None:
+        while self.running:
+            for child in self.children:
+                if child.proc is None or child.alive:
+                    continue
+                code = child.proc.returncode
+                if not child.killed_by_us:
+                    self.crash_count += 1
+                    note = f"{child.name} exited {code}: {child.tail(3)}"
+                    child.crashes.append(note)
+                    if len(child.crashes) <= 3:
+                        log(f"crash: {note[:400]}")
+                if child.starts >= self.MAX_STARTS:
+                    raise RuntimeError(f"{child.name} restarted {child.starts} times; giving up")
+                await asyncio.sleep(0.3)
+                if self.running:
+                    child.start()
+                    self.restarts += 1
+            await asyncio.sleep(0.3)
+
+    async def stop_all(self, timeout: float = 30.0) -> None:
+        self.running = False
+        for child in self.children:
+            if child.alive and child.proc is not None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            if child.proc is None:
+                continue
+            for _ in range(int(timeout * 10) + 1):
+                if child.proc.poll() is not None or time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(0.1)
+            if child.proc.poll() is None:
+                child.proc.kill()
+                child.proc.wait(10)
+                self.graceful_exit_codes[child.name] = None
+            else:
+                self.graceful_exit_codes[child.name] = child.proc.returncode
+
+
+# -- producers -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ProducerStats:
+    appended: int = 0
+    duplicates: int = 0
+    append_errors: int = 0
+    abandoned: int = 0
+    transactional: int = 0
+    errors_seen: Counter[str] = field(default_factory=Counter)
+
+
+def make_event(rng: random.Random, keys: int, seq: str) -> DataEvent:
+    r = rng.random()
+    acc = 0.0
+    resource = RESOURCES[-1][0]
+    for name, share in RESOURCES:
+        acc += share
+        if r < acc:
+            resource = name
+            break
+    key = f"k{rng.randrange(keys):05d}"
+    singular = SINGULAR[resource]
+    if rng.random() < DELETE_SHARE:
+        return DataEvent(type=f"{singular}.deleted", resource=resource, key=key,
+                         payload={"seq": seq}, source="soak")  # fmt: skip
+    if resource == "entities":
+        payload: dict[str, Any] = {
+            "name": f"entity {seq}", "seq": seq, "score": rng.randrange(1_000_000) / 1000,
+            "tags": rng.sample(WORDS, rng.randrange(0, 4)),
+        }  # fmt: skip
+    elif resource == "documents":
+        payload = {
+            "title": f"title {seq}",
+            "body": " ".join(rng.choice(WORDS) for _ in range(rng.randrange(5, 40))),
+            "author_id": None if rng.random() < 0.1 else f"a{rng.randrange(50)}",
+            "topic": rng.choice(TOPICS),
+        }
+    else:
+        payload = {
+            "vector": [round(rng.gauss(0.0, 1.0), 4) for _ in range(DIMENSION)],
+            "title": f"embedding {seq}", "topic": rng.choice(TOPICS), "model": f"m-{seq}",
+        }  # fmt: skip
+    return DataEvent(type=f"{singular}.upserted", resource=resource, key=key, payload=payload,
+                     source="soak")  # fmt: skip
+
+
+async def producer(
+    index: int, store: EventStore, pool: asyncpg.Pool, rate: float, keys: int, seed: int,
+    stop_at: float, stats: ProducerStats,
+) -> None:  # fmt: skip
+    rng = random.Random(f"{seed}-producer-{index}")
+    n = 0
+    next_at = time.monotonic()
+    while time.monotonic() < stop_at:
+        size = rng.randrange(1, 5)  # mean 2.5 events per append
+        batch = [make_event(rng, keys, f"{index}.{n + i}") for i in range(size)]
+        n += size
+        in_tx = rng.random() < 0.2
+        for attempt in range(60):
+            try:
+                if in_tx:
+                    async with asyncio.timeout(30), pool.acquire() as conn, conn.transaction():
+                        result = await store.append(batch, conn=conn)
+                    stats.transactional += 1
+                else:
+                    async with asyncio.timeout(30):
+                        result = await store.append(batch)
+                stats.appended += len(result.events)
+                stats.duplicates += len(result.duplicates)
+                break
+            except Exception as exc:  # a terminated session, a timeout: retry with the same ids
+                stats.append_errors += 1
+                stats.errors_seen[type(exc).__name__] += 1
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        else:
+            stats.abandoned += len(batch)
+        next_at += size / rate
+        delay = next_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -2.0:  # far behind (a fault held us up): do not burst to catch up
+            next_at = time.monotonic()
+
+
+# -- the audit subscriber ------------------------------------------------------------------------
+
+
+class Audit:
+    def __init__(self, ns: Namespace, redis: aioredis.Redis) -> None:
+        self.subscriber_name = AUDIT_GROUP
+        self.redis = redis
+        self.set_key = f"{ns.redis_prefix}audit:positions"
+        self.counter_key = f"{ns.redis_prefix}audit:counter"
+        self.deliveries_key = f"{ns.redis_prefix}audit:deliveries"
+        self._script = redis.register_script(AUDIT_LUA)
+        self.last_new: dict[tuple[str, str], int] = {}
+        self.order_violations = 0
+        self.handler_errors = 0
+
+    async def __call__(self, event: DataEvent) -> None:
+        if event.position is None:
+            return
+        new = await self._script(
+            keys=[self.set_key, self.counter_key, self.deliveries_key], args=[event.position]
+        )
+        if int(new):
+            stream = (event.resource, event.key)
+            if event.position < self.last_new.get(stream, 0):
+                self.order_violations += 1  # a never-seen position behind a newer one of its key
+            self.last_new[stream] = max(event.position, self.last_new.get(stream, 0))
+
+    async def counts(self) -> tuple[int, int, int]:
+        distinct = int(await self.redis.scard(self.set_key))
+        counter = int(await self.redis.get(self.counter_key) or 0)
+        deliveries = int(await self.redis.get(self.deliveries_key) or 0)
+        return distinct, counter, deliveries
+
+    async def positions(self) -> set[int]:
+        out: set[int] = set()
+        async for member in self.redis.sscan_iter(self.set_key, count=5000):
+            out.add(int(member))
+        return out
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultStats:
+    counts: Counter[str] = field(default_factory=Counter)
+    terminated_backends: int = 0
+    rabbit_downtime: float = 0.0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+
+LEADER_SQL = """
+SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+  AND l.classid::bigint = (hashtext('satellites.relay')::bigint & 4294967295)
+  AND l.objid::bigint = (hashtext($1)::bigint & 4294967295)
+"""
+
+
+def rabbitmqctl(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)  # fmt: skip
+
+
+async def ensure_rabbit_started(amqp_url: str, timeout: float = 120.0) -> bool:
+    """start_app (a no-op when running), then wait until the broker accepts an AMQP login."""
+    if shutil.which("rabbitmqctl"):
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            await asyncio.to_thread(rabbitmqctl, "start_app")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            conn = await aio_pika.connect(amqp_url, timeout=5)
+            await conn.close()
+            return True
+        except Exception:
+            await asyncio.sleep(0.5)
+    return False
+
+
+class Faults:
+    def __init__(
+        self, ns: Namespace, children: list[Child], pg_port: int, rng: random.Random,
+        rabbit_every: float, stats: FaultStats,
+    ) -> None:  # fmt: skip
+        self.ns, self.children, self.pg_port, self.rng = ns, children, pg_port, rng
+        self.rabbit_every = rabbit_every
+        self.stats = stats
+        self.rabbit_ok = shutil.which("rabbitmqctl") is not None and os.geteuid() == 0
+        self.last_rabbit = time.monotonic() - rabbit_every + 15.0  # the first after ~15 s
+        self.conn: asyncpg.Connection | None = None
+
+    async def _sql(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(
+                self.ns.postgres_url, server_settings={"application_name": "soak-control"}
+            )
+        return self.conn
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            await self.conn.close()
+
+    async def run(self, stop_at: float, min_gap: float, max_gap: float) -> None:
+        for _ in range(100_000):
+            wait = self.rng.uniform(min_gap, max_gap)
+            if time.monotonic() + wait >= stop_at:
+                return
+            await asyncio.sleep(wait)
+            choices: list[tuple[str, float]] = [
+                ("kill_relay", 3.0), ("kill_projector", 3.0), ("pg_terminate", 3.0),
+            ]
+            rabbit_due = time.monotonic() - self.last_rabbit >= self.rabbit_every
+            if self.rabbit_ok and rabbit_due and stop_at - time.monotonic() > 10:
+                choices.append(("rabbit_restart", 6.0))
+            kind = self.rng.choices([c for c, _ in choices], [w for _, w in choices])[0]
+            try:
+                await getattr(self, kind)()
+            except Exception as exc:  # a fault that could not be injected is counted, not fatal
+                self.stats.skipped[f"{kind}:{type(exc).__name__}"] += 1
+
+    async def leader_port(self) -> int | None:
+        conn = await self._sql()
+        row = await conn.fetchrow(LEADER_SQL, f"{self.ns.schema}.default")
+        return None if row is None else int(row["client_port"])
+
+    def owner_of(self, port: int) -> Child | None:
+        for child in self.children:
+            if port in child.pg_client_ports(self.pg_port):
+                return child
+        return None
+
+    async def kill_relay(self) -> None:
+        relays = [c for c in self.children if c.role == "relay" and c.alive]
+        leader = None
+        port = await self.leader_port()
+        if port is not None:
+            leader = self.owner_of(port)
+        if leader is not None and self.rng.random() < 0.7:
+            target, kind = leader, "relay_leader_kills"
+        elif relays:
+            target, kind = self.rng.choice(relays), "relay_kills"
+        else:
+            self.stats.skipped["kill_relay:none_alive"] += 1
+            return
+        if target.kill():
+            self.stats.counts[kind] += 1
+
+    async def kill_projector(self) -> None:
+        projectors = [c for c in self.children if c.role == "projector" and c.alive]
+        if not projectors:
+            self.stats.skipped["kill_projector:none_alive"] += 1
+            return
+        target = self.rng.choice(projectors)
+        if target.kill():
+            key = "faiss_projector_kills" if "embeddings" in target.args else "projector_kills"
+            self.stats.counts[key] += 1
+
+    async def pg_terminate(self) -> None:
+        conn = await self._sql()
+        mode = self.rng.choice(("application_name", "one_process", "relay_lease"))
+        if mode == "application_name":
+            rows = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+                "WHERE application_name = $1 AND pid <> pg_backend_pid()",
+                self.ns.app_name,
+            )
+        else:
+            if mode == "relay_lease":
+                port = await self.leader_port()
+                ports = [] if port is None else [port]
+            else:
+                alive = [c for c in self.children if c.alive]
+                ports = list(self.rng.choice(alive).pg_client_ports(self.pg_port)) if alive else []
+            if not ports:
+                self.stats.skipped[f"pg_terminate:{mode}:no_session"] += 1
+                return
+            rows = await conn.fetch(
+                "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity "
+                "WHERE client_port = ANY($1::int[]) AND client_addr = '127.0.0.1' "
+                "AND pid <> pg_backend_pid()",
+                ports,
+            )
+        self.stats.counts[f"pg_terminate_{mode}"] += 1
+        self.stats.terminated_backends += sum(1 for r in rows if r["ok"])
+
+    async def rabbit_restart(self) -> None:
+        self.last_rabbit = time.monotonic()
+        started = time.monotonic()
+        try:
+            stopped = await asyncio.to_thread(rabbitmqctl, "stop_app")
+            if stopped.returncode != 0:
+                self.stats.skipped["rabbit_restart:stop_app_failed"] += 1
+                return
+            self.stats.counts["rabbit_restarts"] += 1
+            await asyncio.sleep(self.rng.uniform(2.0, 6.0))
+        finally:
+            if not await ensure_rabbit_started(self.ns.amqp_url):
+                raise RuntimeError("RabbitMQ did not come back after start_app")
+            self.stats.rabbit_downtime += time.monotonic() - started
+            self.last_rabbit = time.monotonic()
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+@dataclass
+class KeyState:
+    document: Mapping[str, Any] | None = None  # None: deleted (a tombstone)
+    position: int = 0
+    history: list[Mapping[str, Any] | None] = field(default_factory=list)  # older states
+
+
+@dataclass
+class Verdict:
+    lost: int = 0
+    duplicated_effects: int = 0
+    mismatched: int = 0
+    details: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    examples: list[str] = field(default_factory=list)
+
+    def note(self, projection: str, what: str, example: str) -> None:
+        self.details[projection][what] += 1
+        if len(self.examples) < 12:
+            self.examples.append(f"{projection}: {what}: {example}")
+
+
+def fold(events: list[DataEvent], projections: Mapping[str, Any]) -> dict[str, dict[str, KeyState]]:
+    expected: dict[str, dict[str, KeyState]] = {name: {} for name in projections}
+    for event in events:  # position order
+        for name, projection in projections.items():
+            change = projection.change_for(event)
+            if change is None:
+                continue
+            state = expected[name].setdefault(change.key, KeyState())
+            if state.position:
+                state.history.append(state.document)
+            state.document = change.document if isinstance(change, Upsert) else None
+            state.position = change.position
+            assert isinstance(change, Upsert | Delete)
+    return expected
+
+
+def _same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, vectors: bool) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if not vectors:
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    if a.get("metadata") != b.get("metadata"):
+        return False
+    va, vb = a.get("vector") or [], b.get("vector") or []
+    return len(va) == len(vb) and all(abs(x - y) <= 1e-4 for x, y in zip(va, vb, strict=True))
+
+
+def _unit(document: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """An expected FAISS document as the index stores it: the vector at unit length."""
+    if document is None:
+        return None
+    vector = list(document["vector"])
+    norm = math.sqrt(sum(x * x for x in vector)) or 1.0
+    return {"vector": [x / norm for x in vector], "metadata": dict(document["metadata"] or {})}
+
+
+def compare(
+    name: str, expected: dict[str, KeyState], actual: Mapping[str, Mapping[str, Any] | None],
+    verdict: Verdict, *, vectors: bool = False,
+) -> None:  # fmt: skip
+    if vectors:  # FAISS keeps no tombstones: a deleted id is simply absent
+        expected = {k: s for k, s in expected.items() if s.document is not None}
+    for key, state in expected.items():
+        if key not in actual:
+            verdict.lost += 1
+            verdict.note(name, "missing", key)
+            continue
+        want = _unit(state.document) if vectors else state.document
+        got = actual[key]
+        if _same(want, got, vectors):
+            continue
+        verdict.mismatched += 1
+        older = [_unit(h) if vectors else h for h in state.history]
+        if any(_same(h, got, vectors) for h in older):
+            verdict.duplicated_effects += 1
+            verdict.note(name, "older_state_won", f"{key} (last position {state.position})")
+        else:
+            verdict.note(name, "differs", f"{key}: want {str(want)[:80]} got {str(got)[:80]}")
+    for key in actual.keys() - expected.keys():
+        verdict.lost += 1
+        verdict.note(name, "extra", key)
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def make_children(ns: Namespace) -> list[Child]:
+    base = ns.env()
+    logs = ns.workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    children = [
+        Child(f"relay-{i}", "relay", ["relay"], base, logs / f"relay-{i}.log") for i in (1, 2)
+    ]
+    children += [
+        Child(f"project-{i}", "projector", ["project", "-p", "entities", "-p", "documents"], base,
+              logs / f"project-{i}.log")
+        for i in (1, 2)
+    ]  # fmt: skip
+    faiss_env = {**base, "SATELLITES_FAISS_ENABLED": "true"}
+    children.append(
+        Child("project-embeddings", "projector", ["project", "-p", "embeddings"], faiss_env,
+              logs / "project-embeddings.log", http_port=free_port())
+    )  # fmt: skip
+    return children
+
+
+def _http_json(url: str) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+    except urllib.error.HTTPError as exc:
+        return dict(json.loads(exc.read()))
+
+
+async def faiss_position(child: Child) -> int:
+    if not child.alive or child.http_port is None:
+        return -1
+    try:
+        body = await asyncio.to_thread(_http_json, f"http://127.0.0.1:{child.http_port}/health")
+        return int(body["projections"]["embeddings"]["position"] or -1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+@dataclass
+class Progress:
+    head: int = 0
+    events: int = 0
+    relay_cursor: int = 0
+    checkpoints: dict[str, int] = field(default_factory=dict)
+    faiss: int = -1
+    audit_distinct: int = 0
+
+    @property
+    def caught_up(self) -> bool:
+        return (
+            self.relay_cursor >= self.head
+            and all(v >= self.head for v in self.checkpoints.values())
+            and self.faiss >= self.head
+            and self.audit_distinct >= self.events
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"head={self.head} relay_cursor={self.relay_cursor} checkpoints={self.checkpoints} "
+            f"faiss={self.faiss} audit={self.audit_distinct}/{self.events}"
+        )
+
+
+async def progress(
+    pool: asyncpg.Pool, ns: Namespace, checkpoints: Checkpoints, faiss_child: Child, audit: Audit
+) -> Progress:
+    s = f'"{ns.schema}"'
+    p = Progress()
+    p.head = int(await pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {s}.events"))
+    p.events = int(await pool.fetchval(f"SELECT count(*) FROM {s}.events"))
+    p.relay_cursor = int(
+        await pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {s}.relay_cursors") or 0
+    )
+    for name in ("entities", "documents", "embeddings"):
+        row = await checkpoints.active(name)
+        p.checkpoints[name] = -1 if row is None else await checkpoints.get(name, row[0])
+    p.faiss = await faiss_position(faiss_child)
+    p.audit_distinct = (await audit.counts())[0]
+    return p
+
+
+async def read_log(store: EventStore) -> list[DataEvent]:
+    events: list[DataEvent] = []
+    async for batch in store.read(after=0, batch_size=5000):
+        events += batch
+    return events
+
+
+async def dump_sinks(
+    ns: Namespace, checkpoints: Checkpoints, projections: Mapping[str, Any]
+) -> tuple[dict[str, Mapping[str, Mapping[str, Any] | None]], int]:
+    """Every sink's active version as ``{projection: {key: document}}``, and the position the
+    FAISS snapshot holds."""
+    from elasticsearch import AsyncElasticsearch
+
+    from satellites_es.projections.es_sink import ElasticsearchSink
+    from satellites_es.projections.faiss_sink import FaissSink
+    from satellites_es.projections.redis_sink import RedisSink
+    from satellites_es.vectors import VectorIndex
+
+    async def version(name: str) -> int:
+        row = await checkpoints.active(name)
+        return projections[name].version if row is None else row[0]
+
+    out: dict[str, Mapping[str, Mapping[str, Any] | None]] = {}
+    redis = aioredis.Redis.from_url(ns.redis_url)
+    try:
+        sink = RedisSink(redis, ns.redis_prefix)
+        out["entities"] = await sink.dump(projections["entities"], await version("entities"))
+    finally:
+        await redis.aclose()
+    es = AsyncElasticsearch(ns.es_url, request_timeout=60)
+    try:
+        es_sink = ElasticsearchSink(es, ns.es_prefix)
+        out["documents"] = await es_sink.dump(
+            projections["documents"], await version("documents")
+        )
+    finally:
+        await es.close()
+    index = VectorIndex(FaissConfig(index_path=ns.faiss_dir, dimension=DIMENSION))
+    await index.open()
+    try:
+        v = await version("embeddings")
+        out["embeddings"] = await FaissSink(index).dump(projections["embeddings"], v)
+        snapshot = index.applied_position(projections["embeddings"].target(v)) or 0
+    finally:
+        await index.close()
+    return out, snapshot
+
+
+async def cleanup(ns: Namespace, es_external: bool) -> list[str]:
+    problems: list[str] = []
+    try:
+        conn = await asyncpg.connect(ns.postgres_url)
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name LIKE $1 AND pid <> pg_backend_pid()",
+                f"{ns.app_name}%",
+            )
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{ns.schema}" CASCADE')
+        finally:
+            await conn.close()
+    except Exception as exc:
+        problems.append(f"postgres: {exc!r}")
+    try:
+        redis = aioredis.Redis.from_url(ns.redis_url)
+        try:
+            batch: list[Any] = []
+            async for k in redis.scan_iter(match=f"{ns.redis_prefix}*", count=2000):
+                batch.append(k)
+                if len(batch) >= 1000:
+                    await redis.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await redis.unlink(*batch)
+        finally:
+            await redis.aclose()
+    except Exception as exc:
+        problems.append(f"redis: {exc!r}")
+    try:
+        conn_mq = await aio_pika.connect(ns.amqp_url, timeout=10)
+        async with conn_mq:
+            channel = await conn_mq.channel()
+            names = [queue_name(ns.exchange, AUDIT_GROUP, i) for i in range(PARTITIONS)]
+            for name in [*names, dlq_name(ns.exchange, AUDIT_GROUP)]:
+                await channel.queue_delete(name)
+            await channel.exchange_delete(ns.exchange)
+    except Exception as exc:
+        problems.append(f"rabbitmq: {exc!r}")
+    if es_external:
+        from elasticsearch import AsyncElasticsearch
+
+        es = AsyncElasticsearch(ns.es_url)
+        try:
+            found = await es.indices.get(index=f"{ns.es_prefix}*", allow_no_indices=True)
+            for index in found.body:
+                await es.indices.delete(index=index, ignore_unavailable=True)
+        except Exception as exc:
+            problems.append(f"elasticsearch: {exc!r}")
+        finally:
+            await es.close()
+    return problems
+
+
+async def soak(args: argparse.Namespace) -> int:
+    duration = args.seconds if args.seconds is not None else args.minutes * 60.0
+    seed = args.seed if args.seed is not None else random.randrange(1 << 30)
+    rng = random.Random(seed)
+    workdir = Path(tempfile.mkdtemp(prefix="satellites-soak-"))
+    (workdir / "logs").mkdir()
+    # The in-process bus (audit subscriber) logs its reconnects: to a file, not the console.
+    logging.basicConfig(filename=workdir / "logs" / "soak.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    es_external = bool(os.environ.get("SATELLITES_ES_URL"))
+    emulator: EmulatedElasticsearch | None = None
+    if es_external:
+        es_url = os.environ["SATELLITES_ES_URL"]
+    else:
+        emulator = EmulatedElasticsearch(data_dir=workdir / "es")
+        es_url = emulator.start()
+    ns = Namespace(
+        run_id=unique_name("soak"), postgres_url=find_service_url("postgres"),
+        redis_url=find_service_url("redis"), amqp_url=find_service_url("rabbitmq"),
+        es_url=es_url, workdir=workdir,
+    )  # fmt: skip
+    for url in (ns.postgres_url, ns.redis_url, ns.amqp_url, ns.es_url):
+        host = url.split("@")[-1].split("//")[-1].split(":")[0].split("/")[0]
+        if host not in ("127.0.0.1", "localhost"):
+            raise SystemExit(f"soak: every service must be on 127.0.0.1, not {host}")
+    log(f"run {ns.run_id}: {duration:.0f}s at {args.rate}/s over {args.keys} keys, seed {seed}; "
+        f"Elasticsearch {'at ' + es_url if es_external else 'emulated (noida-db)'}; "
+        f"work dir {workdir}")  # fmt: skip
+    pg_port = PostgresConfig(**PostgresConfig._from_url(ns.postgres_url)).port
+    config = ns.config()
+    await upgrade(config.postgres)
+
+    from projections import PROJECTIONS
+
+    pool = await asyncpg.create_pool(
+        ns.postgres_url, min_size=2, max_size=8,
+        server_settings={"application_name": ns.app_name},
+    )  # fmt: skip
+    verify_pool = await asyncpg.create_pool(
+        ns.postgres_url, min_size=1, max_size=2,
+        server_settings={"application_name": ns.app_name + "_verify"},
+    )  # fmt: skip
+    store = EventStore(pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
+    verify_store = EventStore(verify_pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
+    checkpoints = Checkpoints(verify_pool, ns.schema)
+    redis = aioredis.Redis.from_url(ns.redis_url)
+    audit = Audit(ns, redis)
+    bus = RabbitMQEventBus(config.rabbitmq, group=AUDIT_GROUP)
+    bus.subscribe_all(audit)
+    children = make_children(ns)
+    supervisor = Supervisor(children)
+    fstats = FaultStats()
+    faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
+    pstats = ProducerStats()
+    tasks: list[asyncio.Task[Any]] = []
+    exit_code = 1
+    verdict = Verdict()
+    try:
+        await bus.start()
+        await bus.wait_ready()
+        for child in children:
+            child.start()
+        sup_task = asyncio.create_task(supervisor.run(), name="supervisor")
+        started = time.monotonic()
+        stop_at = started + duration
+        producers = max(1, min(16, math.ceil(args.rate / 25)))
+        tasks = [
+            asyncio.create_task(producer(i, store, pool, args.rate / producers, args.keys,
+                                         seed, stop_at, pstats))
+            for i in range(producers)
+        ]  # fmt: skip
+        fault_task = asyncio.create_task(
+            faults.run(stop_at - args.quiet, args.fault_min, args.fault_max)
+        )
+        last_report = started
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1.0)
+            for t in (sup_task, fault_task, *tasks):
+                if t.done() and t.exception() is not None:
+                    raise RuntimeError(f"{t.get_name()} failed") from t.exception()
+            if time.monotonic() - last_report >= args.report_every:
+                last_report = time.monotonic()
+                log(f"t={last_report - started:.0f}s appended={pstats.appended} "
+                    f"faults={dict(fstats.counts)} crashes={supervisor.crash_count}")  # fmt: skip
+        await asyncio.gather(*tasks)
+        await fault_task
+        produce_seconds = time.monotonic() - started
+        await ensure_rabbit_started(ns.amqp_url)
+        log(f"faults stopped after {produce_seconds:.0f}s; waiting for the catch-up")
+        catchup_started = time.monotonic()
+        deadline = catchup_started + args.catchup_timeout
+        p = Progress()
+        for _ in range(100_000):
+            if time.monotonic() >= deadline:
+                break
+            p = await progress(verify_pool, ns, checkpoints, children[-1], audit)
+            if p.caught_up:
+                break
+            await asyncio.sleep(1.0)
+        catchup_seconds = time.monotonic() - catchup_started
+        log(f"{'caught up' if p.caught_up else 'NOT caught up'} in {catchup_seconds:.1f}s: {p}")
+        await supervisor.stop_all()
+        sup_task.cancel()
+        await asyncio.gather(sup_task, return_exceptions=True)
+        await asyncio.sleep(1.0)  # in-flight bus deliveries
+        await bus.stop()
+
+        # -- compare ------------------------------------------------------------------------
+        events = await read_log(verify_store)
+        positions = [e.position for e in events if e.position is not None]
+        delivered = await audit.positions()
+        distinct, counter, deliveries = await audit.counts()
+        undelivered = [q for q in positions if q not in delivered]
+        verdict.lost += len(undelivered)
+        if undelivered:
+            verdict.note("bus", "undelivered", f"{len(undelivered)}, e.g. {undelivered[:5]}")
+        if counter != distinct:
+            verdict.duplicated_effects += abs(counter - distinct)
+            verdict.note("bus", "counter_vs_distinct", f"counter={counter} distinct={distinct}")
+        expected = fold(events, PROJECTIONS)
+        actual, snapshot_position = await dump_sinks(ns, checkpoints, PROJECTIONS)
+        compare("entities", expected["entities"], actual["entities"], verdict)
+        compare("documents", expected["documents"], actual["documents"], verdict)
+        compare("embeddings", expected["embeddings"], actual["embeddings"], verdict, vectors=True)
+        head = positions[-1] if positions else 0
+
+        # -- report -------------------------------------------------------------------------
+        kills = {k: v for k, v in sorted(fstats.counts.items())}
+        rates = len(events) / produce_seconds if produce_seconds else 0.0
+        sizes = {n: len(actual[n]) for n in ("entities", "documents", "embeddings")}
+        print(f"events={len(events)} head={head} rate={rates:.1f}/s over {produce_seconds:.0f}s "
+              f"(target {args.rate}/s) keys={args.keys} seed={seed}")  # fmt: skip
+        print(f"producers: appends_retried={pstats.append_errors} "
+              f"duplicates_absorbed={pstats.duplicates} abandoned={pstats.abandoned} "
+              f"transactional_appends={pstats.transactional} "
+              f"errors={dict(pstats.errors_seen.most_common(4))}")  # fmt: skip
+        print(f"faults: {kills} terminated_backends={fstats.terminated_backends} "
+              f"rabbit_downtime={fstats.rabbit_downtime:.1f}s "
+              f"fault_rate={sum(fstats.counts.values()) / max(produce_seconds, 1) * 60:.1f}/min "
+              f"not_injected={dict(fstats.skipped)}")  # fmt: skip
+        print(f"processes: restarts={supervisor.restarts} unexpected_exits={supervisor.crash_count}"
+              f" graceful_stop_codes={supervisor.graceful_exit_codes}")  # fmt: skip
+        print(f"bus: deliveries={deliveries} distinct={distinct} "
+              f"redelivered={deliveries - distinct} order_violations={audit.order_violations}")
+        print(f"catch-up: {catchup_seconds:.1f}s caught_up={p.caught_up} relay_lag="
+              f"{max(0, p.head - p.relay_cursor)} faiss_snapshot_position={snapshot_position}")
+        print(f"sinks: keys={sizes} expected_keys="
+              f"{ {n: len(v) for n, v in expected.items()} }")  # fmt: skip
+        for example in verdict.examples:
+            print(f"  problem: {example}")
+        last_vector = max((s.position for s in expected["embeddings"].values()), default=0)
+        if snapshot_position < last_vector:
+            verdict.note("embeddings", "snapshot_behind", f"{snapshot_position} < {last_vector}")
+            print(f"  problem: the FAISS snapshot holds position {snapshot_position}, "
+                  f"the last embedding event is at {last_vector}")
+        ok = verdict.lost == 0 and verdict.duplicated_effects == 0 and verdict.mismatched == 0
+        exit_code = 0 if ok and p.caught_up else 1
+        if not ok or not p.caught_up:
+            for child in children:
+                if child.crashes:
+                    print(f"  {child.name}: {len(child.crashes)} unexpected exit(s); last: "
+                          f"{child.crashes[-1][:300]}")  # fmt: skip
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if supervisor.running:
+            await supervisor.stop_all(timeout=10)
+        with contextlib.suppress(Exception):
+            await bus.stop()
+        if faults.rabbit_ok and not await ensure_rabbit_started(ns.amqp_url):
+            print("WARNING: RabbitMQ is not answering after the soak", file=sys.stderr)
+        await faults.close()
+        await redis.aclose()
+        await pool.close()
+        await verify_pool.close()
+        problems = await cleanup(ns, es_external)
+        if problems:
+            print(f"cleanup problems: {problems}", file=sys.stderr)
+        if emulator is not None:
+            emulator.stop()
+        if exit_code == 0 and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"logs kept in {workdir / 'logs'}", file=sys.stderr)
+    print(f"lost={verdict.lost} duplicated_effects={verdict.duplicated_effects} "
+          f"mismatched={verdict.mismatched}", flush=True)  # fmt: skip
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="How long to produce.")
+    parser.add_argument("--seconds", type=float, default=None, help="Overrides --minutes.")
+    parser.add_argument("--rate", type=float, default=200.0, help="Events per second.")
+    parser.add_argument("--keys", type=int, default=500, help="Keys per resource.")
+    parser.add_argument("--seed", type=int, default=None, help="Random seed (printed).")
+    parser.add_argument("--fault-min", type=float, default=2.0, help="Least seconds between faults.")
+    parser.add_argument("--fault-max", type=float, default=6.0, help="Most seconds between faults.")
+    parser.add_argument("--rabbit-every", type=float, default=120.0,
+                        help="At most one RabbitMQ restart per this many seconds.")  # fmt: skip
+    parser.add_argument("--quiet", type=float, default=5.0,
+                        help="No new fault in the last seconds of production.")  # fmt: skip
+    parser.add_argument("--catchup-timeout", type=float, default=240.0)
+    parser.add_argument("--report-every", type=float, default=30.0)
+    parser.add_argument("--keep", action="store_true", help="Keep the work dir and logs.")
+    args = parser.parse_args(argv)
+    if args.rate <= 0 or args.keys < 1:
+        parser.error("--rate and --keys must be positive")
+    return asyncio.run(soak(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
