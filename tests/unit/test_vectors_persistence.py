@@ -220,7 +220,7 @@ SAVER = textwrap.dedent(
     from satellites_es.config import FaissConfig
     from satellites_es.vectors import VectorIndex
 
-    N, DIM = 20_000, 32
+    N, DIM = 10_000, 32
     base = np.random.default_rng(7).normal(size=(N, DIM)).astype(np.float32)
 
     async def main() -> None:
@@ -255,15 +255,15 @@ def _run_saver_and_kill(root: Path, rng: random.Random) -> int:
 
 async def test_sigkill_during_save_leaves_a_loadable_snapshot(root: Path) -> None:
     rng = random.Random()
-    base = np.random.default_rng(7).normal(size=(20_000, 32)).astype(np.float32)
-    for _ in range(4):
+    base = np.random.default_rng(7).normal(size=(10_000, 32)).astype(np.float32)
+    for _ in range(3):
         last_reported = _run_saver_and_kill(root, rng)
         vi = VectorIndex(FaissConfig(index_path=root, dimension=32, metric="l2"))
         await vi.open()
         try:
             r = vi.applied_position("big")
             assert r is not None and r >= last_reported  # reported saves are durable
-            assert await vi.count("big") == 20_000
+            assert await vi.count("big") == 10_000
             hits = await vi.query_many("big", base[:50] + r, 1)
             assert [h[0].id for h in hits] == [f"v{i}" for i in range(50)]
             assert all(h[0].score < 1e-3 and h[0].metadata == {"round": r} for h in hits)
@@ -274,6 +274,6 @@ async def test_sigkill_during_save_leaves_a_loadable_snapshot(root: Path) -> Non
 
 async def _assert_one_round(vi: VectorIndex, r: int) -> None:
     """Every vector's metadata comes from the same round: one complete snapshot, not a mix."""
-    for i in range(0, 20_000, 997):
+    for i in range(0, 10_000, 499):
         stored = await vi.get("big", f"v{i}")
         assert stored is not None and stored[1] == {"round": r}
