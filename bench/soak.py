@@ -186,6 +186,16 @@ class Namespace:
 # -- the processes -------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL it when the soak dies, however it dies (Linux
+    PR_SET_PDEATHSIG), so a killed soak leaves no relay or projector behind. Children are
+    started from the event loop's thread only: the signal follows the thread that forked."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 @dataclass
 class Child:
     name: str
@@ -210,7 +220,7 @@ class Child:
         out.flush()
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         out.close()
         self.killed_by_us = False
@@ -499,7 +509,9 @@ class Faults:
                 return
             await asyncio.sleep(wait)
             choices: list[tuple[str, float]] = [
-                ("kill_relay", 3.0), ("kill_projector", 3.0), ("pg_terminate", 3.0),
+                ("kill_relay", 3.0),
+                ("kill_projector", 3.0),
+                ("pg_terminate", 3.0),
             ]
             rabbit_due = time.monotonic() - self.last_rabbit >= self.rabbit_every
             if self.rabbit_ok and rabbit_due and stop_at - time.monotonic() > 10:
@@ -796,9 +808,7 @@ async def dump_sinks(
     es = AsyncElasticsearch(ns.es_url, request_timeout=60)
     try:
         es_sink = ElasticsearchSink(es, ns.es_prefix)
-        out["documents"] = await es_sink.dump(
-            projections["documents"], await version("documents")
-        )
+        out["documents"] = await es_sink.dump(projections["documents"], await version("documents"))
     finally:
         await es.close()
     index = VectorIndex(FaissConfig(index_path=ns.faiss_dir, dimension=DIMENSION))
@@ -930,28 +940,31 @@ async def soak(args: argparse.Namespace) -> int:
         for child in children:
             child.start()
         sup_task = asyncio.create_task(supervisor.run(), name="supervisor")
+        tasks.append(sup_task)
         started = time.monotonic()
         stop_at = started + duration
         producers = max(1, min(16, math.ceil(args.rate / 25)))
-        tasks = [
+        tasks += [
             asyncio.create_task(producer(i, store, pool, args.rate / producers, args.keys,
                                          seed, stop_at, pstats))
             for i in range(producers)
         ]  # fmt: skip
         fault_task = asyncio.create_task(
-            faults.run(stop_at - args.quiet, args.fault_min, args.fault_max)
+            faults.run(stop_at - args.quiet, args.fault_min, args.fault_max), name="faults"
         )
+        tasks.append(fault_task)
+        producer_tasks = tasks[1:-1]
         last_report = started
         while time.monotonic() < stop_at:
             await asyncio.sleep(1.0)
-            for t in (sup_task, fault_task, *tasks):
+            for t in tasks:
                 if t.done() and t.exception() is not None:
                     raise RuntimeError(f"{t.get_name()} failed") from t.exception()
             if time.monotonic() - last_report >= args.report_every:
                 last_report = time.monotonic()
                 log(f"t={last_report - started:.0f}s appended={pstats.appended} "
                     f"faults={dict(fstats.counts)} crashes={supervisor.crash_count}")  # fmt: skip
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*producer_tasks)
         await fault_task
         produce_seconds = time.monotonic() - started
         await ensure_rabbit_started(ns.amqp_url)
@@ -1009,10 +1022,14 @@ async def soak(args: argparse.Namespace) -> int:
               f"not_injected={dict(fstats.skipped)}")  # fmt: skip
         print(f"processes: restarts={supervisor.restarts} unexpected_exits={supervisor.crash_count}"
               f" graceful_stop_codes={supervisor.graceful_exit_codes}")  # fmt: skip
-        print(f"bus: deliveries={deliveries} distinct={distinct} "
-              f"redelivered={deliveries - distinct} order_violations={audit.order_violations}")
-        print(f"catch-up: {catchup_seconds:.1f}s caught_up={p.caught_up} relay_lag="
-              f"{max(0, p.head - p.relay_cursor)} faiss_snapshot_position={snapshot_position}")
+        print(
+            f"bus: deliveries={deliveries} distinct={distinct} "
+            f"redelivered={deliveries - distinct} order_violations={audit.order_violations}"
+        )
+        print(
+            f"catch-up: {catchup_seconds:.1f}s caught_up={p.caught_up} relay_lag="
+            f"{max(0, p.head - p.relay_cursor)} faiss_snapshot_position={snapshot_position}"
+        )
         print(f"sinks: keys={sizes} expected_keys="
               f"{ {n: len(v) for n, v in expected.items()} }")  # fmt: skip
         for example in verdict.examples:
@@ -1020,8 +1037,10 @@ async def soak(args: argparse.Namespace) -> int:
         last_vector = max((s.position for s in expected["embeddings"].values()), default=0)
         if snapshot_position < last_vector:
             verdict.note("embeddings", "snapshot_behind", f"{snapshot_position} < {last_vector}")
-            print(f"  problem: the FAISS snapshot holds position {snapshot_position}, "
-                  f"the last embedding event is at {last_vector}")
+            print(
+                f"  problem: the FAISS snapshot holds position {snapshot_position}, "
+                f"the last embedding event is at {last_vector}"
+            )
         ok = verdict.lost == 0 and verdict.duplicated_effects == 0 and verdict.mismatched == 0
         exit_code = 0 if ok and p.caught_up else 1
         if not ok or not p.caught_up:
@@ -1064,7 +1083,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="Events per second.")
     parser.add_argument("--keys", type=int, default=500, help="Keys per resource.")
     parser.add_argument("--seed", type=int, default=None, help="Random seed (printed).")
-    parser.add_argument("--fault-min", type=float, default=2.0, help="Least seconds between faults.")
+    parser.add_argument(
+        "--fault-min", type=float, default=2.0, help="Least seconds between faults."
+    )
     parser.add_argument("--fault-max", type=float, default=6.0, help="Most seconds between faults.")
     parser.add_argument("--rabbit-every", type=float, default=120.0,
                         help="At most one RabbitMQ restart per this many seconds.")  # fmt: skip
@@ -1076,7 +1097,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.keys < 1:
         parser.error("--rate and --keys must be positive")
-    return asyncio.run(soak(args))
+    return asyncio.run(_cancellable(soak(args)))
+
+
+async def _cancellable(work: Any) -> int:
+    """Run ``work``; SIGTERM or SIGINT cancels it, so its ``finally`` stops the children,
+    restarts RabbitMQ if it was stopped, and removes the namespace."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return int(await task)
+    except asyncio.CancelledError:
+        print("soak: interrupted; cleaned up", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ sink compared with the log key by key and every position checked as delivered by
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,25 @@ def test_short_soak_loses_nothing_duplicates_nothing_and_matches_the_log() -> No
     for var in ("SATELLITES_POSTGRES_URL", "SATELLITES_REDIS_URL", "SATELLITES_RABBITMQ_URL"):
         if os.environ.get(var):
             env[var] = os.environ[var]
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "90", "--rate", "150",
          "--keys", "200", "--seed", "8", "--catchup-timeout", "180"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=840,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    lines = proc.stdout.strip().splitlines()
-    report = "\n".join(lines[-15:]) + "\n--- stderr ---\n" + proc.stderr[-3000:]
+    try:
+        out, err = proc.communicate(timeout=780)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the soak cleans up: children, RabbitMQ, namespace
+        out, err = proc.communicate(timeout=90)
+        raise AssertionError(
+            f"the soak did not finish in time:\n{out[-3000:]}\n{err[-3000:]}"
+        ) from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    lines = out.strip().splitlines()
+    report = "\n".join(lines[-15:]) + "\n--- stderr ---\n" + err[-3000:]
     assert proc.returncode == 0, report
     assert lines and lines[-1] == FINAL, report
     faults = next(line for line in lines if line.startswith("faults: "))
