@@ -277,3 +277,18 @@ async def _assert_one_round(vi: VectorIndex, r: int) -> None:
     for i in range(0, 10_000, 499):
         stored = await vi.get("big", f"v{i}")
         assert stored is not None and stored[1] == {"round": r}
+
+
+def _plant_foreign_dirs(root: Path) -> None:
+    for name in ("bad name", ".hidden"):
+        (root / name).mkdir(parents=True)
+        (root / name / CURRENT).write_text("snapshot-000000001 " + "0" * 64 + "\n")
+
+
+async def test_directories_we_could_not_have_written_are_ignored(root: Path) -> None:
+    _plant_foreign_dirs(root)
+    vi = await _reopen(root)
+    try:
+        assert await vi.namespaces() == []
+    finally:
+        await vi.close()

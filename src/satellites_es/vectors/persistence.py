@@ -43,10 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptIndexError, NamespaceNotFoundError
+from ..errors import CorruptIndexError, InvalidNamespaceError, NamespaceNotFoundError
 from ._faiss import faiss
 from .models import NamespaceSpec
 from .namespace import NamespaceState
+from .validation import check_namespace
 
 __all__ = [
     "CURRENT",
@@ -113,8 +114,17 @@ def snapshot_namespaces(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if not p.name.startswith(".") and (p / CURRENT).is_file()
+        p.name for p in root.iterdir() if _is_safe_name(p.name) and (p / CURRENT).is_file()
     )
+
+
+def _is_safe_name(name: str) -> bool:
+    """Directories that could not have been created by us (``.tmp-*``, odd names) are skipped."""
+    try:
+        check_namespace(name)
+    except InvalidNamespaceError:
+        return False
+    return True
 
 
 def _manifest(
