@@ -46,9 +46,7 @@ class Recorder:
         return [e.id for e in self.events]
 
 
-async def delete_topology(
-    url: str, exchange: str, groups: Iterable[str], partitions: int
-) -> None:
+async def delete_topology(url: str, exchange: str, groups: Iterable[str], partitions: int) -> None:
     """Delete a test's exchange and its groups' queues (best effort)."""
     conn = await aio_pika.connect(url)
     async with conn:

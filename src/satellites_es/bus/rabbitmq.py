@@ -135,9 +135,7 @@ class RabbitMQEventBus:
         self._state = BusState.STARTING
         self._connection = await self._connect()
         try:
-            channel = await self._connection.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
+            channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
             self._channel = channel
             await channel.declare_exchange(
                 self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
