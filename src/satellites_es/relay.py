@@ -51,6 +51,7 @@ from .errors import BackendUnavailableError, PersistenceError, PublishError
 from .events import DataEvent, EventBus
 from .sql import quote_schema
 from .store import EventStore
+from .tracing import span
 
 __all__ = ["Relay", "RelayState"]
 
@@ -527,8 +528,9 @@ class Relay:
         if position is None or position <= self._cursor:
             return
         conn = self._lease()
-        async with self._conn_lock:
-            await conn.execute(self._sql["advance"], self.name, position)
+        with span("relay.advance", relay=self.name, published=position - self._cursor):
+            async with self._conn_lock:
+                await conn.execute(self._sql["advance"], self.name, position)
         self._cursor = position
 
     def _lease(self) -> asyncpg.Connection[asyncpg.Record]:
