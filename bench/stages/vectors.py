@@ -203,8 +203,9 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
 
 def _print(figures: dict[str, dict[str, Any]]) -> None:
     for name, f in figures.items():
+        ceiling = f" raw_batched={f['raw_batched']:,.3f}" if "raw_batched" in f else ""
         print(
-            f"vectors {name}: project={f['project']:,.3f} raw={f['raw']:,.3f} "
+            f"vectors {name}: project={f['project']:,.3f} raw={f['raw']:,.3f}{ceiling} "
             f"ratio={f['ratio']:.2f} {f['unit']} (goal {f['goal']}) [{f['note']}]"
         )
 
