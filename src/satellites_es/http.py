@@ -30,6 +30,11 @@ class HealthServer:
         self.host, self.port = host, port
         self.metrics = metrics or Metrics()
         self._runner: web.AppRunner | None = None
+        if data.config.faiss.enabled:
+            data.vectors.on_query = self._observe_query
+
+    def _observe_query(self, namespace: str, seconds: float) -> None:
+        self.metrics.vector_query_seconds.labels(namespace).observe(seconds)
 
     async def start(self) -> None:
         app = web.Application()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from opentelemetry import trace
@@ -12,6 +13,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from satellites_es import logs, tracing
+from satellites_es.config import FaissConfig
+from satellites_es.metrics import Metrics
+from satellites_es.vectors import VectorIndex
 
 
 def test_spans_go_to_the_configured_provider() -> None:
@@ -52,3 +56,18 @@ def test_logs_render_as_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert record["event"] == "published 42 events"
     assert record["level"] == "info" and record["logger"] == "satellites_es.relay"
     assert "timestamp" in record
+
+
+async def test_vector_query_latency_reaches_the_histogram(tmp_path: Path) -> None:
+    metrics = Metrics()
+    seen: list[tuple[str, float]] = []
+    async with VectorIndex(FaissConfig(index_path=tmp_path, dimension=4)) as index:
+        index.on_query = lambda ns, s: (
+            seen.append((ns, s)),
+            metrics.vector_query_seconds.labels(ns).observe(s),
+        )
+        await index.upsert("docs", "a", [1.0, 0.0, 0.0, 0.0])
+        await index.query("docs", [1.0, 0.0, 0.0, 0.0], top_k=1)
+    assert seen and seen[0][0] == "docs" and seen[0][1] >= 0
+    text = metrics.render().decode()
+    assert 'satellites_vector_query_seconds_count{namespace="docs"} 1.0' in text

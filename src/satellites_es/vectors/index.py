@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class VectorIndex:
         self._config = config
         self._root = Path(config.index_path)
         self._slots: dict[str, _Slot] = {}
+        #: Called with (namespace, seconds) after each query: the latency metric's hook.
+        self.on_query: Callable[[str, float], None] | None = None
         #: Read-side names for namespaces: a projection's name -> its active version's namespace.
         self._aliases: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
@@ -224,7 +227,11 @@ class VectorIndex:
         """The ``top_k`` best matches, best first (see :class:`VectorMatch` for scores)."""
         slot = self._slot(namespace)
         row = self._check_query(slot, vector, top_k, filter)
-        return await slot.coalescer.query(row, top_k, filter)
+        started = time.perf_counter()
+        matches = await slot.coalescer.query(row, top_k, filter)
+        if self.on_query is not None:
+            self.on_query(namespace, time.perf_counter() - started)
+        return matches
 
     async def query_many(
         self,
