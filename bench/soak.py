@@ -12,14 +12,17 @@ exchange, Elasticsearch index prefix and FAISS directory, handed to the subproce
 * two ``satellites-es relay`` processes (one leads, one stands by);
 * two ``satellites-es project -p entities -p documents`` processes (competing on the same
   position-conditional sinks) and one ``satellites-es project -p embeddings`` (FAISS);
-* an audit subscriber in this process, group ``soak-audit`` on the RabbitMQ bus, which records
-  every delivered position in a Redis set and bumps a counter only when the SADD was new (one
-  Lua call): the counter is non-idempotent, so a position counted twice would show.
+* an auditor process (``bench/soak_audit.py``), group ``soak-audit`` on the RabbitMQ bus, which
+  records every delivered position in a Redis set and bumps a counter only when the SADD was new
+  (one Lua call): the counter is non-idempotent, so a position counted twice would show; it also
+  counts first deliveries that arrive behind a later event of their key (per-key order).
 
-Faults, at random intervals until the time is up: SIGKILL of a relay (often the leader) or of a
-projector process; ``pg_terminate_backend`` of the soak's Postgres sessions (by the
+Faults, at random intervals until the time is up: SIGKILL of a relay (often the leader), of a
+projector process or of the auditor; ``pg_terminate_backend`` of the soak's Postgres sessions (by the
 application name given in ``SATELLITES_POSTGRES_APPLICATION_NAME``, or every session of one
-process found by its client ports, or the relay leader's lock session); ``rabbitmqctl
+process found by its client ports, or the relay leader's lock session: the relay's lock session
+and the NOTIFY listeners connect without the application name, so only the client-port modes
+reach them); ``rabbitmqctl
 stop_app`` / ``start_app`` at most once per ``--rabbit-every`` seconds (a ``finally`` makes sure
 the app is started and answering). A process that exits, killed or crashed, is restarted.
 
@@ -72,6 +75,8 @@ import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from bench.soak_audit import GROUP as AUDIT_GROUP  # noqa: E402
+from bench.soak_audit import AuditHandler, audit_keys  # noqa: E402
 from satellites_es.bus.partition import dlq_name, queue_name  # noqa: E402
 from satellites_es.bus.rabbitmq import RabbitMQEventBus  # noqa: E402
 from satellites_es.config import (  # noqa: E402
@@ -91,7 +96,6 @@ from satellites_es.testing import (  # noqa: E402
     unique_name,
 )
 
-AUDIT_GROUP = "soak-audit"
 PARTITIONS = 4
 RESOURCES = (("entities", 0.45), ("documents", 0.35), ("embeddings", 0.20))
 SINGULAR = {"entities": "entity", "documents": "document", "embeddings": "embedding"}
@@ -99,17 +103,6 @@ DELETE_SHARE = 0.10
 TOPICS = ("ml", "db", "ops", "search", "web")
 WORDS = ("vector", "index", "relay", "log", "queue", "shard", "cache", "model", "event", "key")
 DIMENSION = 384
-
-# One Lua call per delivery: the set records the position, the counter is bumped only when the
-# SADD was new (a non-idempotent effect guarded by an idempotent one), deliveries count all.
-AUDIT_LUA = """
-redis.call('INCR', KEYS[3])
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('INCR', KEYS[2])
-  return 1
-end
-return 0
-"""
 
 
 def log(message: str) -> None:
@@ -204,13 +197,15 @@ class Child:
     env: dict[str, str]
     log_path: Path
     http_port: int | None = None
+    script: Path | None = None  # run this script instead of the ``satellites-es`` command
     proc: subprocess.Popen[bytes] | None = None
     killed_by_us: bool = False
     starts: int = 0
     crashes: list[str] = field(default_factory=list)
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "satellites_es.cli", *self.args]
+        head = [str(self.script)] if self.script else ["-m", "satellites_es.cli"]
+        cmd = [sys.executable, *head, *self.args]
         if self.http_port is not None:
             cmd += ["--http-port", str(self.http_port)]
         full = {k: v for k, v in os.environ.items() if not k.startswith("SATELLITES_")}
@@ -403,38 +398,23 @@ async def producer(
 
 
 class Audit:
+    """Reads what the auditor process (``bench/soak_audit.py``) recorded in Redis."""
+
     def __init__(self, ns: Namespace, redis: aioredis.Redis) -> None:
-        self.subscriber_name = AUDIT_GROUP
         self.redis = redis
-        self.set_key = f"{ns.redis_prefix}audit:positions"
-        self.counter_key = f"{ns.redis_prefix}audit:counter"
-        self.deliveries_key = f"{ns.redis_prefix}audit:deliveries"
-        self._script = redis.register_script(AUDIT_LUA)
-        self.last_new: dict[tuple[str, str], int] = {}
-        self.order_violations = 0
-        self.handler_errors = 0
+        self.keys = audit_keys(ns.redis_prefix)
 
-    async def __call__(self, event: DataEvent) -> None:
-        if event.position is None:
-            return
-        new = await self._script(
-            keys=[self.set_key, self.counter_key, self.deliveries_key], args=[event.position]
-        )
-        if int(new):
-            stream = (event.resource, event.key)
-            if event.position < self.last_new.get(stream, 0):
-                self.order_violations += 1  # a never-seen position behind a newer one of its key
-            self.last_new[stream] = max(event.position, self.last_new.get(stream, 0))
-
-    async def counts(self) -> tuple[int, int, int]:
-        distinct = int(await self.redis.scard(self.set_key))
-        counter = int(await self.redis.get(self.counter_key) or 0)
-        deliveries = int(await self.redis.get(self.deliveries_key) or 0)
-        return distinct, counter, deliveries
+    async def counts(self) -> tuple[int, int, int, int]:
+        """(distinct positions, guarded counter, deliveries, order violations)."""
+        k = self.keys
+        distinct = int(await self.redis.scard(k["positions"]))
+        values = await self.redis.mget(k["counter"], k["deliveries"], k["order_violations"])
+        counter, deliveries, violations = (int(v or 0) for v in values)
+        return distinct, counter, deliveries, violations
 
     async def positions(self) -> set[int]:
         out: set[int] = set()
-        async for member in self.redis.sscan_iter(self.set_key, count=5000):
+        async for member in self.redis.sscan_iter(self.keys["positions"], count=5000):
             out.add(int(member))
         return out
 
@@ -511,6 +491,7 @@ class Faults:
             choices: list[tuple[str, float]] = [
                 ("kill_relay", 3.0),
                 ("kill_projector", 3.0),
+                ("kill_audit", 1.0),
                 ("pg_terminate", 3.0),
             ]
             rabbit_due = time.monotonic() - self.last_rabbit >= self.rabbit_every
@@ -559,6 +540,11 @@ class Faults:
             key = "faiss_projector_kills" if "embeddings" in target.args else "projector_kills"
             self.stats.counts[key] += 1
 
+    async def kill_audit(self) -> None:
+        for child in self.children:
+            if child.role == "audit" and child.kill():
+                self.stats.counts["audit_subscriber_kills"] += 1
+
     async def pg_terminate(self) -> None:
         conn = await self._sql()
         mode = self.rng.choice(("application_name", "one_process", "relay_lease"))
@@ -573,7 +559,7 @@ class Faults:
                 port = await self.leader_port()
                 ports = [] if port is None else [port]
             else:
-                alive = [c for c in self.children if c.alive]
+                alive = [c for c in self.children if c.alive and c.role != "audit"]
                 ports = list(self.rng.choice(alive).pg_client_ports(self.pg_port)) if alive else []
             if not ports:
                 self.stats.skipped[f"pg_terminate:{mode}:no_session"] += 1
@@ -706,6 +692,11 @@ def make_children(ns: Namespace) -> list[Child]:
               logs / f"project-{i}.log")
         for i in (1, 2)
     ]  # fmt: skip
+    children.append(
+        Child(
+            "audit", "audit", [], base, logs / "audit.log", script=ROOT / "bench" / "soak_audit.py"
+        )
+    )
     faiss_env = {**base, "SATELLITES_FAISS_ENABLED": "true"}
     children.append(
         Child("project-embeddings", "projector", ["project", "-p", "embeddings"], faiss_env,
@@ -822,6 +813,39 @@ async def dump_sinks(
     return out, snapshot
 
 
+async def sabotage(
+    ns: Namespace, redis: aioredis.Redis, audit: Audit, entities: dict[str, KeyState],
+    positions: list[int],
+) -> None:  # fmt: skip
+    """``--sabotage``: damage the results on purpose, to show the checks are not vacuous. One
+    entity gets an older state back (mismatched + duplicated_effects), one loses its key and one
+    position its audit record (lost 2): expect ``lost=2 duplicated_effects=1 mismatched=1``."""
+    older = [k for k, st in entities.items() if st.document is not None and st.history
+             and st.history[-1] is not None]  # fmt: skip
+    others = [k for k in entities if k not in older[:1]]
+    if not older or not others or not positions:
+        raise RuntimeError("--sabotage needs a longer run (no entity with an older state)")
+    hkey = f"{ns.redis_prefix}entities_v1:{older[0]}"
+    state = json.dumps(entities[older[0]].history[-1], separators=(",", ":"))
+    await redis.hset(hkey, "d", state)
+    await redis.delete(f"{ns.redis_prefix}entities_v1:{others[0]}")
+    await redis.srem(audit.keys["positions"], positions[len(positions) // 2])
+
+
+async def declare_audit_queues(
+    config: DataLayerConfig, redis: aioredis.Redis, ns: Namespace
+) -> None:
+    """Declare and bind the audit group's durable queues once, before any relay publishes (a
+    publish no queue is bound for is refused), so events wait there while the auditor is down."""
+    bus = RabbitMQEventBus(config.rabbitmq, group=AUDIT_GROUP)
+    bus.subscribe_all(AuditHandler(redis, ns.redis_prefix))
+    await bus.start()
+    try:
+        await bus.wait_ready()
+    finally:
+        await bus.stop()
+
+
 async def cleanup(ns: Namespace, es_external: bool) -> list[str]:
     problems: list[str] = []
     try:
@@ -883,7 +907,7 @@ async def soak(args: argparse.Namespace) -> int:
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="satellites-soak-"))
     (workdir / "logs").mkdir()
-    # The in-process bus (audit subscriber) logs its reconnects: to a file, not the console.
+    # This process's own library logging (aio-pika reconnects): to a file, not the console.
     logging.basicConfig(filename=workdir / "logs" / "soak.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     es_external = bool(os.environ.get("SATELLITES_ES_URL"))
@@ -924,9 +948,8 @@ async def soak(args: argparse.Namespace) -> int:
     checkpoints = Checkpoints(verify_pool, ns.schema)
     redis = aioredis.Redis.from_url(ns.redis_url)
     audit = Audit(ns, redis)
-    bus = RabbitMQEventBus(config.rabbitmq, group=AUDIT_GROUP)
-    bus.subscribe_all(audit)
     children = make_children(ns)
+    faiss_child = next(c for c in children if c.http_port is not None)
     supervisor = Supervisor(children)
     fstats = FaultStats()
     faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
@@ -935,8 +958,7 @@ async def soak(args: argparse.Namespace) -> int:
     exit_code = 1
     verdict = Verdict()
     try:
-        await bus.start()
-        await bus.wait_ready()
+        await declare_audit_queues(config, redis, ns)
         for child in children:
             child.start()
         sup_task = asyncio.create_task(supervisor.run(), name="supervisor")
@@ -975,7 +997,7 @@ async def soak(args: argparse.Namespace) -> int:
         for _ in range(100_000):
             if time.monotonic() >= deadline:
                 break
-            p = await progress(verify_pool, ns, checkpoints, children[-1], audit)
+            p = await progress(verify_pool, ns, checkpoints, faiss_child, audit)
             if p.caught_up:
                 break
             await asyncio.sleep(1.0)
@@ -984,14 +1006,16 @@ async def soak(args: argparse.Namespace) -> int:
         await supervisor.stop_all()
         sup_task.cancel()
         await asyncio.gather(sup_task, return_exceptions=True)
-        await asyncio.sleep(1.0)  # in-flight bus deliveries
-        await bus.stop()
 
         # -- compare ------------------------------------------------------------------------
         events = await read_log(verify_store)
         positions = [e.position for e in events if e.position is not None]
         delivered = await audit.positions()
-        distinct, counter, deliveries = await audit.counts()
+        distinct, counter, deliveries, order_violations = await audit.counts()
+        expected = fold(events, PROJECTIONS)
+        if args.sabotage:
+            await sabotage(ns, redis, audit, expected["entities"], positions)
+            delivered = await audit.positions()  # the counter check keeps the counts before
         undelivered = [q for q in positions if q not in delivered]
         verdict.lost += len(undelivered)
         if undelivered:
@@ -999,7 +1023,6 @@ async def soak(args: argparse.Namespace) -> int:
         if counter != distinct:
             verdict.duplicated_effects += abs(counter - distinct)
             verdict.note("bus", "counter_vs_distinct", f"counter={counter} distinct={distinct}")
-        expected = fold(events, PROJECTIONS)
         actual, snapshot_position = await dump_sinks(ns, checkpoints, PROJECTIONS)
         compare("entities", expected["entities"], actual["entities"], verdict)
         compare("documents", expected["documents"], actual["documents"], verdict)
@@ -1024,7 +1047,7 @@ async def soak(args: argparse.Namespace) -> int:
               f" graceful_stop_codes={supervisor.graceful_exit_codes}")  # fmt: skip
         print(
             f"bus: deliveries={deliveries} distinct={distinct} "
-            f"redelivered={deliveries - distinct} order_violations={audit.order_violations}"
+            f"redelivered={deliveries - distinct} order_violations={order_violations}"
         )
         print(
             f"catch-up: {catchup_seconds:.1f}s caught_up={p.caught_up} relay_lag="
@@ -1054,8 +1077,6 @@ async def soak(args: argparse.Namespace) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         if supervisor.running:
             await supervisor.stop_all(timeout=10)
-        with contextlib.suppress(Exception):
-            await bus.stop()
         if faults.rabbit_ok and not await ensure_rabbit_started(ns.amqp_url):
             print("WARNING: RabbitMQ is not answering after the soak", file=sys.stderr)
         await faults.close()
@@ -1094,6 +1115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--catchup-timeout", type=float, default=240.0)
     parser.add_argument("--report-every", type=float, default=30.0)
     parser.add_argument("--keep", action="store_true", help="Keep the work dir and logs.")
+    parser.add_argument("--sabotage", action="store_true",
+                        help="Damage the results on purpose before the comparison (checks the "
+                             "checker): expect lost=2 duplicated_effects=1 mismatched=1.")  # fmt: skip
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.keys < 1:
         parser.error("--rate and --keys must be positive")
