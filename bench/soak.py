@@ -265,7 +265,37 @@ class Supervisor:
         self.running = True
         self.restarts = 0
         self.crash_count = 0
+        self.dead_relays = 0
+        self.dead_relay_notes: list[str] = []
         self.graceful_exit_codes: dict[str, int | None] = {}
+
+    async def probe_relays(self) -> None:
+        """A liveness probe, as Kubernetes would run one: a relay process whose relay task has
+        died (its /health says ``relay stopped: ...``) but which is still running is killed
+        here, and restarted by :meth:`run`. Counted as ``dead_relays``."""
+        for _ in range(1_000_000):
+            if not self.running:
+                return
+            for child in self.children:
+                if child.role != "relay" or not child.alive or child.http_port is None:
+                    continue
+                url = f"http://127.0.0.1:{child.http_port}/health"
+                try:
+                    body = await asyncio.to_thread(_http_json, url)
+                except (OSError, ValueError):
+                    continue  # starting up, or just killed
+                relay = (body.get("backends") or {}).get("relay") or {}
+                error = str(relay.get("error") or "")
+                if (
+                    relay.get("status") == "down"
+                    and error.startswith("relay stopped")
+                    and (self.running and child.kill())
+                ):
+                    self.dead_relays += 1
+                    self.dead_relay_notes.append(f"{child.name}: {error[:200]}")
+                    if self.dead_relays <= 3:
+                        log(f"dead relay in a live process: {child.name}: {error[:200]}")
+            await asyncio.sleep(2.0)
 
     async def run(self) -> None:
         while self.running:
@@ -685,7 +715,10 @@ def make_children(ns: Namespace) -> list[Child]:
     logs = ns.workdir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     children = [
-        Child(f"relay-{i}", "relay", ["relay"], base, logs / f"relay-{i}.log") for i in (1, 2)
+        Child(
+            f"relay-{i}", "relay", ["relay"], base, logs / f"relay-{i}.log", http_port=free_port()
+        )
+        for i in (1, 2)
     ]
     children += [
         Child(f"project-{i}", "projector", ["project", "-p", "entities", "-p", "documents"], base,
@@ -949,7 +982,7 @@ async def soak(args: argparse.Namespace) -> int:
     redis = aioredis.Redis.from_url(ns.redis_url)
     audit = Audit(ns, redis)
     children = make_children(ns)
-    faiss_child = next(c for c in children if c.http_port is not None)
+    faiss_child = next(c for c in children if c.name == "project-embeddings")
     supervisor = Supervisor(children)
     fstats = FaultStats()
     faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
@@ -962,11 +995,11 @@ async def soak(args: argparse.Namespace) -> int:
         for child in children:
             child.start()
         sup_task = asyncio.create_task(supervisor.run(), name="supervisor")
-        tasks.append(sup_task)
+        probe_task = asyncio.create_task(supervisor.probe_relays(), name="relay-probe")
         started = time.monotonic()
         stop_at = started + duration
         producers = max(1, min(16, math.ceil(args.rate / 25)))
-        tasks += [
+        producer_tasks = [
             asyncio.create_task(producer(i, store, pool, args.rate / producers, args.keys,
                                          seed, stop_at, pstats))
             for i in range(producers)
@@ -974,8 +1007,7 @@ async def soak(args: argparse.Namespace) -> int:
         fault_task = asyncio.create_task(
             faults.run(stop_at - args.quiet, args.fault_min, args.fault_max), name="faults"
         )
-        tasks.append(fault_task)
-        producer_tasks = tasks[1:-1]
+        tasks += [sup_task, probe_task, fault_task, *producer_tasks]
         last_report = started
         while time.monotonic() < stop_at:
             await asyncio.sleep(1.0)
@@ -1004,8 +1036,9 @@ async def soak(args: argparse.Namespace) -> int:
         catchup_seconds = time.monotonic() - catchup_started
         log(f"{'caught up' if p.caught_up else 'NOT caught up'} in {catchup_seconds:.1f}s: {p}")
         await supervisor.stop_all()
-        sup_task.cancel()
-        await asyncio.gather(sup_task, return_exceptions=True)
+        for t in (sup_task, probe_task):
+            t.cancel()
+        await asyncio.gather(sup_task, probe_task, return_exceptions=True)
 
         # -- compare ------------------------------------------------------------------------
         events = await read_log(verify_store)
@@ -1044,6 +1077,7 @@ async def soak(args: argparse.Namespace) -> int:
               f"fault_rate={sum(fstats.counts.values()) / max(produce_seconds, 1) * 60:.1f}/min "
               f"not_injected={dict(fstats.skipped)}")  # fmt: skip
         print(f"processes: restarts={supervisor.restarts} unexpected_exits={supervisor.crash_count}"
+              f" dead_relays_in_live_processes={supervisor.dead_relays}"
               f" graceful_stop_codes={supervisor.graceful_exit_codes}")  # fmt: skip
         print(
             f"bus: deliveries={deliveries} distinct={distinct} "
