@@ -17,6 +17,7 @@ from .config import (
 )
 from .errors import (
     BackendUnavailableError,
+    BackgroundTaskError,
     ConcurrencyError,
     ConfigurationError,
     CorruptIndexError,
@@ -42,6 +43,7 @@ __all__ = [
     "AppendResult",
     "BackendHealth",
     "BackendUnavailableError",
+    "BackgroundTaskError",
     "ConcurrencyError",
     "ConfigurationError",
     "CorruptIndexError",

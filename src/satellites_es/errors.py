@@ -14,6 +14,7 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     │   └── ConcurrencyError          an append's expected version did not match the stream
     ├── PublishError                  a message was not confirmed: nacked, unroutable, timed out
     ├── ProjectionError               a projection could not apply, rebuild or flip
+    ├── BackgroundTaskError           a task a service depends on (the relay) died
     └── VectorIndexError              the FAISS wrapper refused or failed an operation
         ├── InvalidVectorError (ValueError)      wrong dimension, NaN or infinity
         ├── InvalidNamespaceError (ValueError)   a namespace name that is not a safe identifier
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailableError",
+    "BackgroundTaskError",
     "ConcurrencyError",
     "ConfigurationError",
     "CorruptIndexError",
@@ -92,6 +94,10 @@ class PublishError(SatellitesError):
 
 class ProjectionError(SatellitesError):
     """A projection could not apply an event, rebuild, or flip."""
+
+
+class BackgroundTaskError(SatellitesError):
+    """A background task a service depends on (the relay) died; the service stops with it."""
 
 
 class VectorIndexError(SatellitesError):

@@ -222,6 +222,13 @@ class DataLayer:
         if not task.cancelled() and task.exception() is not None:
             logger.error("the relay stopped: %s", task.exception(), exc_info=task.exception())
 
+    def background_error(self) -> BaseException | None:
+        """The error that ended a background task (the relay), if one did."""
+        task = self._relay_task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     async def _stop_relay(self) -> None:
         if self._relay is not None:
             await self._relay.stop(timeout=self.config.stop_timeout)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .config import DataLayerConfig
-from .errors import ProjectionError
+from .errors import BackgroundTaskError, ProjectionError
 from .facade import DataLayer
 from .projections import Projection
 from .projections.service import ProjectionService, load_projections
@@ -69,7 +69,7 @@ async def run_service(
             await service.start()
             http = await _start_http(data, service, options)
             try:
-                await _until_stopped(stop, service)
+                await _until_stopped(stop, data, service)
             finally:
                 logger.info("stopping: projectors, then the relay and the connections")
                 if http is not None:
@@ -77,12 +77,19 @@ async def run_service(
                 await service.stop(timeout=config.stop_timeout)
 
 
-async def _until_stopped(stop: asyncio.Event, service: ProjectionService) -> None:
+async def _until_stopped(stop: asyncio.Event, data: DataLayer, service: ProjectionService) -> None:
+    """Wait for a stop; a dead relay or projector stops the service with its error instead of
+    leaving a process that looks alive but no longer publishes or projects."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):
                 await stop.wait()
         service.raise_if_failed()
+        error = data.background_error()
+        if error is not None:
+            raise BackgroundTaskError(
+                f"the relay stopped: {type(error).__name__}: {error}"
+            ) from error
 
 
 async def _start_http(
