@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -66,6 +66,24 @@ def _userinfo(user: str | None, password: str | None) -> str:
     return f"{quote(user, safe='')}@"
 
 
+def _url_fields(url: str, default_port: int, *, user: str, path: str) -> dict[str, Any]:
+    """Connection fields from a service URL; ``?host=/dir`` (and ``&port=``) is a Unix socket,
+    as libpq and asyncpg read it."""
+    p = urlsplit(url)
+    query = parse_qs(p.query)
+    out: dict[str, Any] = {
+        "host": query.get("host", [p.hostname or "localhost"])[0],
+        "port": query.get("port", [p.port or default_port])[0],
+    }
+    if p.path.startswith("/") and len(p.path) > 1:
+        out[path] = unquote(p.path[1:])
+    if p.username:
+        out[user] = unquote(p.username)
+    if p.password:
+        out["password"] = unquote(p.password)
+    return out
+
+
 @dataclass(frozen=True)
 class RedisConfig:
     enabled: bool = True
@@ -85,15 +103,7 @@ class RedisConfig:
 
     @classmethod
     def _from_url(cls, url: str) -> dict[str, Any]:
-        p = urlsplit(url)
-        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 6379}
-        if p.path.strip("/"):
-            out["db"] = p.path.strip("/")
-        if p.username:
-            out["username"] = unquote(p.username)
-        if p.password:
-            out["password"] = unquote(p.password)
-        return out
+        return _url_fields(url, 6379, user="username", path="db")
 
 
 @dataclass(frozen=True)
@@ -145,15 +155,7 @@ class PostgresConfig:
 
     @classmethod
     def _from_url(cls, url: str) -> dict[str, Any]:
-        p = urlsplit(url)
-        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 5432}
-        if p.path.strip("/"):
-            out["database"] = unquote(p.path.strip("/"))
-        if p.username:
-            out["user"] = unquote(p.username)
-        if p.password:
-            out["password"] = unquote(p.password)
-        return out
+        return _url_fields(url, 5432, user="user", path="database")
 
 
 @dataclass(frozen=True)
@@ -188,15 +190,7 @@ class RabbitMQConfig:
 
     @classmethod
     def _from_url(cls, url: str) -> dict[str, Any]:
-        p = urlsplit(url)
-        out: dict[str, Any] = {"host": p.hostname or "localhost", "port": p.port or 5672}
-        if p.path.startswith("/") and len(p.path) > 1:
-            out["vhost"] = unquote(p.path[1:])
-        if p.username:
-            out["user"] = unquote(p.username)
-        if p.password:
-            out["password"] = unquote(p.password)
-        return out
+        return _url_fields(url, 5672, user="user", path="vhost")
 
 
 @dataclass(frozen=True)

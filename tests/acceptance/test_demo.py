@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
+
+import asyncpg
+
+from satellites_es.testing import find_service_url
 
 from .conftest import run_cli
 
@@ -45,6 +50,20 @@ def test_demo_on_embedded_defaults_as_a_new_user(tmp_path: Path) -> None:
     for line in ("postgres", "redis", "elasticsearch"):
         assert re.search(rf"{line}\s*│ embedded", result.stdout), result.stdout
     assert re.search(r"rabbitmq\s*│ in-process", result.stdout)
+    # and the layer really ran on them: the embedded servers' versions, not this machine's
+    local_pg = asyncio.run(_server_version(find_service_url("postgres")))
+    embedded_pg = re.search(r"Backends: .*postgres ([\d.]+)", result.stdout)
+    assert embedded_pg and embedded_pg.group(1) != local_pg, result.stdout
+    assert (tmp_path / "postgres" / "PG_VERSION").exists()
+    assert (tmp_path / "valkey").is_dir()
+
+
+async def _server_version(url: str) -> str:
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await conn.close()
 
 
 def test_demo_failure_is_a_clear_non_zero_exit(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -105,3 +105,15 @@ def test_sections_validate_when_built_from_code() -> None:
         PostgresConfig(min_connections=5, max_connections=2)
     with pytest.raises(ConfigurationError, match="partitions"):
         RabbitMQConfig(partitions=0)
+
+
+def test_a_socket_url_means_a_unix_socket() -> None:
+    c = DataLayerConfig.from_env(
+        {"SATELLITES_POSTGRES_URL": "postgresql://postgres@/satellites?host=/run/pg&port=5433"}
+    )
+    assert (c.postgres.host, c.postgres.port, c.postgres.database) == (
+        "/run/pg",
+        5433,
+        "satellites",
+    )
+    assert c.postgres.dsn == "postgresql://postgres@/satellites?host=/run/pg&port=5433"

@@ -70,6 +70,7 @@ async def run_demo(
         _show_services(out, stack)
         await _reset(config, data_dir)
         async with DataLayer(config) as data:
+            await _show_versions(out, data)
             await _pipeline(out, data, report, documents)
     finally:
         await stack.__aexit__(None, None, None)
@@ -254,6 +255,16 @@ async def _clear_es(data: DataLayer) -> None:
         found = await data.elasticsearch.indices.get(index=f"{prefix}*", allow_no_indices=True)
         for name in found.body:
             await data.elasticsearch.indices.delete(index=name)
+
+
+async def _show_versions(out: Console, data: DataLayer) -> None:
+    health = await data.health()
+    versions = [
+        f"{name} {h.details['version']}"
+        for name, h in health.details.items()
+        if h.status == "ok" and "version" in h.details
+    ]
+    out.print("Backends: " + ", ".join(versions))
 
 
 def _show_services(out: Console, stack: DemoStack) -> None:
