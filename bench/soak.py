@@ -179,14 +179,54 @@ class Namespace:
 # -- the processes -------------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
+def _stop_emulator(
+    emulator: EmulatedElasticsearch | None, watchdog: subprocess.Popen[bytes] | None
+) -> None:
+    if watchdog is not None and watchdog.poll() is None:
+        watchdog.kill()  # first, so it can never signal a process group id reused later
+        watchdog.wait(10)
+    if emulator is not None:
+        emulator.stop()
+
+
+_WATCHDOG = """
+import os, shutil, signal, sys
+def gone(*_):
+    try:
+        os.killpg(int(sys.argv[1]), signal.SIGKILL)
+    except OSError:
+        pass
+    shutil.rmtree(sys.argv[2], ignore_errors=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, gone)
+while True:
+    signal.pause()
+"""
+
+
+def _watchdog(emulator: EmulatedElasticsearch, workdir: Path) -> subprocess.Popen[bytes] | None:
+    """The Elasticsearch emulator runs in a session of its own (``satellites_es.testing``):
+    if the soak is SIGKILLed, a watchdog that gets SIGTERM when the soak dies (PDEATHSIG)
+    kills the emulator's process group and removes the work dir. After a normal end the
+    watchdog is SIGKILLed first (:func:`_stop_emulator`)."""
+    proc = emulator._proc
+    if proc is None:
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(proc.pid), str(workdir)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: _die_with_parent(signal.SIGTERM), start_new_session=True,
+    )  # fmt: skip
+
+
+def _die_with_parent(sig: int = signal.SIGKILL) -> None:
     """In the child, before exec: SIGKILL it when the soak dies, however it dies (Linux
     PR_SET_PDEATHSIG), so a killed soak leaves no relay or projector behind. Children are
     started from the event loop's thread only: the signal follows the thread that forked."""
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig))  # 1 = PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -945,51 +985,61 @@ async def soak(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     es_external = bool(os.environ.get("SATELLITES_ES_URL"))
     emulator: EmulatedElasticsearch | None = None
-    if es_external:
-        es_url = os.environ["SATELLITES_ES_URL"]
-    else:
-        emulator = EmulatedElasticsearch(data_dir=workdir / "es")
-        es_url = emulator.start()
-    ns = Namespace(
-        run_id=unique_name("soak"), postgres_url=find_service_url("postgres"),
-        redis_url=find_service_url("redis"), amqp_url=find_service_url("rabbitmq"),
-        es_url=es_url, workdir=workdir,
-    )  # fmt: skip
-    for url in (ns.postgres_url, ns.redis_url, ns.amqp_url, ns.es_url):
-        host = url.split("@")[-1].split("//")[-1].split(":")[0].split("/")[0]
-        if host not in ("127.0.0.1", "localhost"):
-            raise SystemExit(f"soak: every service must be on 127.0.0.1, not {host}")
-    log(f"run {ns.run_id}: {duration:.0f}s at {args.rate}/s over {args.keys} keys, seed {seed}; "
-        f"Elasticsearch {'at ' + es_url if es_external else 'emulated (noida-db)'}; "
-        f"work dir {workdir}")  # fmt: skip
-    pg_port = PostgresConfig(**PostgresConfig._from_url(ns.postgres_url)).port
-    config = ns.config()
-    await upgrade(config.postgres)
+    watchdog: subprocess.Popen[bytes] | None = None
+    ns: Namespace | None = None
+    try:  # the setup: a failure here still stops the emulator and removes what it made
+        if es_external:
+            es_url = os.environ["SATELLITES_ES_URL"]
+        else:
+            emulator = EmulatedElasticsearch(data_dir=workdir / "es")
+            es_url = emulator.start()
+            watchdog = _watchdog(emulator, workdir)
+        ns = Namespace(
+            run_id=unique_name("soak"), postgres_url=find_service_url("postgres"),
+            redis_url=find_service_url("redis"), amqp_url=find_service_url("rabbitmq"),
+            es_url=es_url, workdir=workdir,
+        )  # fmt: skip
+        for url in (ns.postgres_url, ns.redis_url, ns.amqp_url, ns.es_url):
+            host = url.split("@")[-1].split("//")[-1].split(":")[0].split("/")[0]
+            if host not in ("127.0.0.1", "localhost"):
+                raise SystemExit(f"soak: every service must be on 127.0.0.1, not {host}")
+        log(f"run {ns.run_id}: {duration:.0f}s at {args.rate}/s over {args.keys} keys, seed {seed}; "
+            f"Elasticsearch {'at ' + es_url if es_external else 'emulated (noida-db)'}; "
+            f"work dir {workdir}")  # fmt: skip
+        pg_port = PostgresConfig(**PostgresConfig._from_url(ns.postgres_url)).port
+        config = ns.config()
+        await upgrade(config.postgres)
 
-    from projections import PROJECTIONS
+        from projections import PROJECTIONS
 
-    pool = await asyncpg.create_pool(
-        ns.postgres_url, min_size=2, max_size=8,
-        server_settings={"application_name": ns.app_name},
-    )  # fmt: skip
-    verify_pool = await asyncpg.create_pool(
-        ns.postgres_url, min_size=1, max_size=2,
-        server_settings={"application_name": ns.app_name + "_verify"},
-    )  # fmt: skip
-    store = EventStore(pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
-    verify_store = EventStore(verify_pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
-    checkpoints = Checkpoints(verify_pool, ns.schema)
-    redis = aioredis.Redis.from_url(ns.redis_url)
-    audit = Audit(ns, redis)
-    children = make_children(ns)
-    faiss_child = next(c for c in children if c.name == "project-embeddings")
-    supervisor = Supervisor(children)
-    fstats = FaultStats()
-    faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
-    pstats = ProducerStats()
-    tasks: list[asyncio.Task[Any]] = []
-    exit_code = 1
-    verdict = Verdict()
+        pool = await asyncpg.create_pool(
+            ns.postgres_url, min_size=2, max_size=8,
+            server_settings={"application_name": ns.app_name},
+        )  # fmt: skip
+        verify_pool = await asyncpg.create_pool(
+            ns.postgres_url, min_size=1, max_size=2,
+            server_settings={"application_name": ns.app_name + "_verify"},
+        )  # fmt: skip
+        store = EventStore(pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
+        verify_store = EventStore(verify_pool, schema=ns.schema, config=EventLogConfig(), dsn=None)
+        checkpoints = Checkpoints(verify_pool, ns.schema)
+        redis = aioredis.Redis.from_url(ns.redis_url)
+        audit = Audit(ns, redis)
+        children = make_children(ns)
+        faiss_child = next(c for c in children if c.name == "project-embeddings")
+        supervisor = Supervisor(children)
+        fstats = FaultStats()
+        faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
+        pstats = ProducerStats()
+        tasks: list[asyncio.Task[Any]] = []
+        exit_code = 1
+        verdict = Verdict()
+    except BaseException:
+        if ns is not None:
+            await cleanup(ns, es_external)
+        _stop_emulator(emulator, watchdog)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     try:
         await declare_audit_queues(config, redis, ns)
         for child in children:
@@ -1120,8 +1170,7 @@ async def soak(args: argparse.Namespace) -> int:
         problems = await cleanup(ns, es_external)
         if problems:
             print(f"cleanup problems: {problems}", file=sys.stderr)
-        if emulator is not None:
-            emulator.stop()
+        _stop_emulator(emulator, watchdog)
         if exit_code == 0 and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

@@ -39,9 +39,13 @@ def test_short_soak_loses_nothing_duplicates_nothing_and_matches_the_log() -> No
             f"the soak did not finish in time:\n{out[-3000:]}\n{err[-3000:]}"
         ) from None
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        if proc.poll() is None:  # e.g. pytest-timeout fired: let the soak clean up first
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
     lines = out.strip().splitlines()
     report = "\n".join(lines[-15:]) + "\n--- stderr ---\n" + err[-3000:]
     assert proc.returncode == 0, report
