@@ -134,6 +134,15 @@ class PostgresConfig:
         """The DSN with the password: hand it to a driver, never to a log (see ``safe_dsn``).
 
         A ``host`` that is a directory (``/run/postgresql``) means a Unix socket there."""
+        return (
+            self._url()
+            + f"{'&' if self.host.startswith('/') else '?'}application_name="
+            + quote(self.application_name, safe="")
+        )
+
+    def _url(self) -> str:
+        # The application name rides in the DSN, so every connection (pool, NOTIFY listener,
+        # relay lock session) carries it: operators find them all in pg_stat_activity.
         if self.host.startswith("/"):
             port = "" if self.port == 5432 else f"&port={self.port}"
             return (
@@ -151,7 +160,7 @@ class PostgresConfig:
 
     @property
     def sqlalchemy_url(self) -> str:
-        return self.dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+        return self._url().replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @classmethod
     def _from_url(cls, url: str) -> dict[str, Any]:

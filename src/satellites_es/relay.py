@@ -64,6 +64,8 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     PersistenceError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # a terminated lock session can leave the connection mid-operation (found by the soak)
+    asyncpg.InternalClientError,
     aio_pika.exceptions.AMQPError,
     OSError,  # ConnectionError, and TimeoutError since Python 3.11
 )

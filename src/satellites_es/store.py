@@ -70,7 +70,8 @@ _TEXT_FIELDS = ("id", "type", "resource", "key", "source")
 # An escaped NUL in JSON (an odd number of backslashes before u0000): jsonb cannot store it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+#: Every driver error that means 'the database or the connection failed' (translated at the edge).
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
               OSError, TimeoutError)  # fmt: skip
 
 
@@ -255,7 +256,7 @@ class LogListener:
     async def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
-            with contextlib.suppress(*_DB_ERRORS):
+            with contextlib.suppress(*DB_ERRORS):
                 await conn.close(timeout=5)
 
     async def _listen(self) -> None:
@@ -272,7 +273,7 @@ class LogListener:
         await self.close()
         try:
             await self._listen()
-        except _DB_ERRORS as exc:
+        except DB_ERRORS as exc:
             logger.warning("event log listener on %s cannot reconnect: %s", self.channel, exc)
             await asyncio.sleep(pause)
             return False
@@ -434,7 +435,7 @@ def _translated(
     """Turn a driver error into ours: a version conflict, or a PersistenceError."""
     try:
         yield
-    except _DB_ERRORS as exc:
+    except DB_ERRORS as exc:
         conflict = _conflict(exc, first, expected)
         if conflict is not None:
             raise conflict from exc

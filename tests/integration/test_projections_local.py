@@ -71,3 +71,48 @@ async def test_follow_active_serves_queries_and_read_your_writes(
         finally:
             stop.set()
             await asyncio.wait_for(follower, timeout=10)
+
+
+async def test_follower_survives_terminated_postgres_sessions(
+    migrated: Any, redis_url: str, redis_prefix: str, test_id: str, pool: asyncpg.Pool
+) -> None:
+    """pg_terminate_backend of every session the follower holds: it retries and catches up."""
+    import dataclasses
+
+    import redis.asyncio as aioredis
+
+    from satellites_es.config import EventLogConfig
+    from satellites_es.projections.redis_sink import RedisSink
+
+    own = dataclasses.replace(migrated, application_name=test_id)
+    own_pool = await asyncpg.create_pool(own.dsn, min_size=1, max_size=4)
+    client = aioredis.Redis.from_url(redis_url)
+    store = EventStore(own_pool, schema=own.schema, config=EventLogConfig(), dsn=own.dsn)
+    checkpoints = Checkpoints(own_pool, own.schema)
+    p = make_projection("redis")
+    stop = asyncio.Event()
+    follower = asyncio.create_task(
+        follow_active(p, RedisSink(client, redis_prefix), store, checkpoints, stop=stop)
+    )
+    watcher = Checkpoints(pool, migrated.schema)  # on sessions the fault does not touch
+    try:
+        first = await EventStore(pool, schema=own.schema, config=EventLogConfig()).append(
+            [item(f"k{i}", 1) for i in range(20)]
+        )
+        await watcher.wait_for("items", first.last_position, timeout=10)
+        killed = await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = $1",
+            test_id,
+        )
+        assert killed >= 2  # the pool's sessions and the NOTIFY listener
+        second = await EventStore(pool, schema=own.schema, config=EventLogConfig()).append(
+            [item(f"k{i}", 2) for i in range(20)]
+        )
+        await watcher.wait_for("items", second.last_position, timeout=20)
+        assert not follower.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(follower, timeout=15)
+        await own_pool.close()
+        await client.aclose()

@@ -116,4 +116,6 @@ def test_a_socket_url_means_a_unix_socket() -> None:
         5433,
         "satellites",
     )
-    assert c.postgres.dsn == "postgresql://postgres@/satellites?host=/run/pg&port=5433"
+    assert c.postgres.dsn == (
+        "postgresql://postgres@/satellites?host=/run/pg&port=5433&application_name=satellites-es"
+    )

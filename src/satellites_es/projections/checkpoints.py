@@ -13,6 +13,7 @@ import time
 import asyncpg
 
 from ..errors import PersistenceError, ProjectionError
+from ..store import DB_ERRORS
 
 __all__ = ["Checkpoints"]
 
@@ -46,7 +47,7 @@ class Checkpoints:
         )
         try:
             rows = await self.pool.fetch(sql, projection)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc
         return [int(r["version"]) for r in rows]
 
@@ -61,7 +62,7 @@ class Checkpoints:
         )
         try:
             row = await self.pool.fetchrow(sql, projection)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise PersistenceError(f"projection versions: {exc}") from exc
         return None if row is None else (int(row[0]), row[1])
 
@@ -109,11 +110,11 @@ class Checkpoints:
     async def _fetchval(self, sql: str, *args: object) -> object:
         try:
             return await self.pool.fetchval(sql, *args)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc
 
     async def _execute(self, sql: str, *args: object) -> None:
         try:
             await self.pool.execute(sql, *args)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc

@@ -17,10 +17,12 @@ sinks are conditional), only wasteful.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import PersistenceError, ProjectionError
 from ..store import EventStore
 from ..tracing import span
 from .checkpoints import Checkpoints
@@ -118,6 +120,11 @@ class Projector:
             await self._advanced.wait_for(lambda: self.position >= position)
 
 
+#: What a follower retries with backoff: the store or a sink failed, not the projection's code.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (PersistenceError, ProjectionError, OSError)
+MAX_BACKOFF = 5.0
+
+
 async def follow_active(
     projection: Projection,
     sink: Sink,
@@ -127,25 +134,60 @@ async def follow_active(
     stop: asyncio.Event,
     poll_interval: float = 1.0,
     on_projector: Callable[[Projector], None] | None = None,
+    max_failures: int = 30,
 ) -> None:
     """Keep the *active* version of ``projection`` up to date until ``stop`` is set.
 
     Woken by the log's NOTIFY, with a poll as a fallback. When a rebuild elsewhere flips the
-    projection, the next pass follows the new version from its own checkpoint.
+    projection, the next pass follows the new version from its own checkpoint. A failing store
+    or sink (a terminated session, Redis restarting) is retried with backoff up to 5 s; after
+    ``max_failures`` failures in a row the error is raised, so the service stops and says why.
     """
-    from .rebuild import ensure_active
-
-    projector: Projector | None = None
+    state: dict[str, Projector] = {}
+    failures = 0
     async with store.listener() as listener:
         while not stop.is_set():
-            version = await ensure_active(projection, sink, checkpoints)
-            if await sink.active_version(projection) != version:
-                await sink.activate(projection, version)  # Postgres is the truth; catch up to it
-            if projector is None or projector.version != version:
-                projector = Projector(projection, sink, store, checkpoints, version=version)
-                if on_projector is not None:
-                    on_projector(projector)
-            await projector.catch_up()
+            try:
+                await _follow_once(projection, sink, store, checkpoints, state, on_projector)
+                failures = 0
+            except TRANSIENT_ERRORS as exc:
+                failures += 1
+                if failures >= max_failures:
+                    raise
+                delay = min(MAX_BACKOFF, 0.1 * 2**failures)
+                logger.warning("projection %s: %s (failure %d, retrying in %.1fs)",
+                               projection.name, exc, failures, delay)  # fmt: skip
+                await _sleep_or_stop(stop, delay)
+                continue
             await listener.wait(poll_interval)
-        if projector is not None:
-            await projector.flush()
+        if "current" in state:
+            await state["current"].flush()
+
+
+async def _follow_once(
+    projection: Projection,
+    sink: Sink,
+    store: EventStore,
+    checkpoints: Checkpoints,
+    state: dict[str, Projector],
+    on_projector: Callable[[Projector], None] | None,
+) -> None:
+    from .rebuild import ensure_active
+
+    version = await ensure_active(projection, sink, checkpoints)
+    if await sink.active_version(projection) != version:
+        await sink.activate(projection, version)  # Postgres is the truth; catch up to it
+    projector = state.get("current")
+    if projector is None or projector.version != version:
+        projector = state["current"] = Projector(
+            projection, sink, store, checkpoints, version=version
+        )
+        if on_projector is not None:
+            on_projector(projector)
+    await projector.catch_up()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, delay: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await stop.wait()
