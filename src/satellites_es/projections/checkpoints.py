@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 
@@ -45,10 +46,7 @@ class Checkpoints:
             f"SELECT version FROM {self.schema}.projection_checkpoints "
             "WHERE projection=$1 ORDER BY version"
         )
-        try:
-            rows = await self.pool.fetch(sql, projection)
-        except DB_ERRORS as exc:
-            raise PersistenceError(f"checkpoints: {exc}") from exc
+        rows = await self._query("fetch", sql, projection)
         return [int(r["version"]) for r in rows]
 
     async def forget(self, projection: str, version: int) -> None:
@@ -60,10 +58,7 @@ class Checkpoints:
             f"SELECT active_version, previous_version FROM {self.schema}.projection_versions "
             "WHERE projection=$1"
         )
-        try:
-            row = await self.pool.fetchrow(sql, projection)
-        except DB_ERRORS as exc:
-            raise PersistenceError(f"projection versions: {exc}") from exc
+        row = await self._query("fetchrow", sql, projection)
         return None if row is None else (int(row[0]), row[1])
 
     async def set_active(self, projection: str, version: int) -> int | None:
@@ -108,13 +103,14 @@ class Checkpoints:
             delay = min(delay * 2, 0.2)
 
     async def _fetchval(self, sql: str, *args: object) -> object:
-        try:
-            return await self.pool.fetchval(sql, *args)
-        except DB_ERRORS as exc:
-            raise PersistenceError(f"checkpoints: {exc}") from exc
+        return await self._query("fetchval", sql, *args)
 
     async def _execute(self, sql: str, *args: object) -> None:
+        await self._query("execute", sql, *args)
+
+    async def _query(self, method: str, sql: str, *args: object) -> Any:
+        """One pool call, with every driver error translated at this edge."""
         try:
-            await self.pool.execute(sql, *args)
+            return await getattr(self.pool, method)(sql, *args)
         except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc
