@@ -30,6 +30,7 @@ from .errors import (
     ProjectionError,
     PublishError,
     SatellitesError,
+    UnroutableError,
     VectorIndexError,
 )
 from .events import DataEvent, EventBus, EventHandler, InProcessEventBus
@@ -74,6 +75,7 @@ __all__ = [
     "RedisConfig",
     "RelayConfig",
     "SatellitesError",
+    "UnroutableError",
     "Upsert",
     "VectorIndex",
     "VectorIndexError",

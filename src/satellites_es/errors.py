@@ -13,6 +13,7 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     ├── PersistenceError              the event log could not read or write
     │   └── ConcurrencyError          an append's expected version did not match the stream
     ├── PublishError                  a message was not confirmed: nacked, unroutable, timed out
+    │   └── UnroutableError           no queue is bound for it: no subscriber group wants it
     ├── ProjectionError               a projection could not apply, rebuild or flip
     ├── BackgroundTaskError           a task a service depends on (the relay) died
     └── VectorIndexError              the FAISS wrapper refused or failed an operation
@@ -39,6 +40,7 @@ __all__ = [
     "ProjectionError",
     "PublishError",
     "SatellitesError",
+    "UnroutableError",
     "VectorIndexError",
 ]
 
@@ -90,6 +92,10 @@ class ConcurrencyError(PersistenceError):
 
 class PublishError(SatellitesError):
     """A message could not be published with a confirm (nacked, unroutable, timed out)."""
+
+
+class UnroutableError(PublishError):
+    """The broker returned a mandatory message: no queue is bound for it (nobody subscribed)."""
 
 
 class ProjectionError(SatellitesError):

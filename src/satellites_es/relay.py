@@ -47,7 +47,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from .bus.rabbitmq import PublishBatchError
 from .config import RelayConfig
-from .errors import BackendUnavailableError, PersistenceError, PublishError
+from .errors import BackendUnavailableError, PersistenceError, PublishError, UnroutableError
 from .events import DataEvent, EventBus
 from .sql import quote_schema
 from .store import EventStore
@@ -161,6 +161,7 @@ class Relay:
         self._head = 0
         self._oldest: datetime | None = None
         self._published = 0
+        self._unroutable = 0
         self._failures = 0
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
         self._conn_lock = asyncio.Lock()
@@ -205,6 +206,7 @@ class Relay:
             "name": self.name, "state": self._state.value, "cursor": cursor,
             "head": self._head, "lag": max(0, self._head - cursor),
             "oldest_unpublished_age": max(0.0, age), "published": self._published,
+            "unroutable": self._unroutable,
         }  # fmt: skip
 
     async def _read_cursor(self) -> int:
@@ -456,7 +458,13 @@ class Relay:
         done = 0
         while inflight and inflight[0][1].done():
             event, confirm = inflight.popleft()
-            confirm.result()  # raises PublishError: the window is dropped by the caller
+            try:
+                confirm.result()  # raises PublishError: the window is dropped by the caller
+            except UnroutableError:
+                # No subscriber group has a queue for this type: nobody on the bus wants it.
+                # It stays in the log (projections read it there), and the relay moves on;
+                # stalling here would stop every later event behind a type nobody consumes.
+                self._unroutable += 1
             window.confirmed = event.position or window.confirmed
             done += 1
         if not done:

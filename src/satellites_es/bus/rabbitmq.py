@@ -51,7 +51,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
-from ..errors import BackendUnavailableError, LifecycleError, PublishError
+from ..errors import BackendUnavailableError, LifecycleError, PublishError, UnroutableError
 from ..events import DataEvent, EventHandler, handler_name
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
@@ -378,7 +378,7 @@ class RabbitMQEventBus:
                     properties=message.properties, mandatory=True, wait=False,
                 )  # type: ignore[call-arg]  # fmt: skip
         except aiormq.exceptions.PublishError as exc:
-            raise PublishError(f"{what} is unroutable: no queue is bound for it") from exc
+            raise UnroutableError(f"{what} is unroutable: no queue is bound for it") from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishError(f"{what} was nacked by the broker") from exc
         except TimeoutError as exc:
