@@ -64,16 +64,14 @@ async def run_demo(
     out = console or Console()
     report = DemoReport()
     stack = DemoStack(env, data_dir, embedded=embedded)
-    with report.timed("services"):
-        config = await stack.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as exits:
+        with report.timed("services"):
+            config = await exits.enter_async_context(stack)
         _show_services(out, stack)
         await _reset(config, data_dir)
         async with DataLayer(config) as data:
             await _show_versions(out, data)
             await _pipeline(out, data, report, documents)
-    finally:
-        await stack.__aexit__(None, None, None)
     _show_timings(out, report)
     return report
 
