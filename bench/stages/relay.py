@@ -142,15 +142,20 @@ async def _relay_rate(store: EventStore, pool: asyncpg.Pool, pg: PostgresConfig,
     return n / elapsed
 
 
-async def _raw_publish_rate(exchange: Any, n: int) -> float:
-    bodies = [e.to_json().encode() for e in _events(n, "raw")]
-    started = time.perf_counter()
-    for i in range(0, n, WINDOW):
+async def _publish_windowed(exchange: Any, bodies: list[bytes]) -> None:
+    """Raw aio-pika: persistent, mandatory publishes with WINDOW confirms outstanding."""
+    for i in range(0, len(bodies), WINDOW):
         await asyncio.gather(*(
             exchange.publish(aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                              routing_key="p0.document.indexed", mandatory=True)
             for b in bodies[i:i + WINDOW]
         ))  # fmt: skip
+
+
+async def _raw_publish_rate(exchange: Any, n: int) -> float:
+    bodies = [e.to_json().encode() for e in _events(n, "raw")]
+    started = time.perf_counter()
+    await _publish_windowed(exchange, bodies)
     return n / (time.perf_counter() - started)
 
 
@@ -308,12 +313,7 @@ async def _raw_consume_rate(rabbit: RabbitMQConfig, n: int) -> float:
     conn, exchange, sink = await _raw_channel(rabbit)
     await sink.purge()
     bodies = [e.to_json().encode() for e in _events(n, "rawsub")]
-    for i in range(0, n, WINDOW):
-        await asyncio.gather(*(
-            exchange.publish(aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                             routing_key="p0.document.indexed", mandatory=True)
-            for b in bodies[i:i + WINDOW]
-        ))  # fmt: skip
+    await _publish_windowed(exchange, bodies)
     await conn.close()
     handled = 0
     done = asyncio.Event()

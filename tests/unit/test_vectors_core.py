@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +14,6 @@ from satellites_es.vectors import VectorIndex, VectorMatch
 from satellites_es.vectors.namespace import COMPACT_MIN
 
 DIM = 16
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
-    vi = VectorIndex(FaissConfig(index_path=tmp_path / "faiss", dimension=DIM))
-    await vi.open()
-    yield vi
-    await vi.close()
 
 
 def _data(n: int, seed: int = 0) -> np.ndarray:

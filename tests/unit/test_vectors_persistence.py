@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +33,6 @@ def _config(root: Path) -> FaissConfig:
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     return tmp_path / "faiss"
-
-
-@pytest.fixture
-async def index(root: Path) -> AsyncIterator[VectorIndex]:
-    vi = VectorIndex(_config(root))
-    await vi.open()
-    yield vi
-    await vi.close()
 
 
 async def _reopen(root: Path) -> VectorIndex:

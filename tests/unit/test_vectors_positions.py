@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ V2, V3 = [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]
 
 def _config(tmp_path: Path) -> FaissConfig:
     return FaissConfig(index_path=tmp_path / "faiss", dimension=DIM)
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
-    vi = VectorIndex(_config(tmp_path))
-    await vi.open()
-    yield vi
-    await vi.close()
 
 
 async def _meta(index: VectorIndex, vector_id: str) -> object:

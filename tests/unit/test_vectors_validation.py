@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from satellites_es.config import FaissConfig
 from satellites_es.errors import (
     InvalidNamespaceError,
     InvalidVectorError,
@@ -22,14 +20,6 @@ DIM = 8
 GOOD = [0.5] * DIM
 
 BAD_NAMES = ["..", ".", "a/b", "/abs", "a\x00b", "x" * 300, "it's", 'q"', "a;b", "", " a", "-a"]
-
-
-@pytest.fixture
-async def index(tmp_path: Path) -> AsyncIterator[VectorIndex]:
-    vi = VectorIndex(FaissConfig(index_path=tmp_path / "faiss", dimension=DIM))
-    await vi.open()
-    yield vi
-    await vi.close()
 
 
 async def _nothing_written(index: VectorIndex, tmp_path: Path) -> None:

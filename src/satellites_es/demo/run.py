@@ -97,7 +97,7 @@ async def _pipeline(out: Console, data: DataLayer, report: DemoReport, documents
         await _searches(out, data, embedder, projections)
         await _read_your_writes(out, data, service)
         await _rebuild(out, data, projections["embeddings"], report)
-        await _wait_delivered(data, report, delivered)
+        await _wait_delivered(delivered)
         out.print(f"The bus delivered {report.delivered} events to a subscriber.")
     finally:
         await service.stop()
@@ -116,7 +116,7 @@ def _count_deliveries(data: DataLayer, report: DemoReport) -> asyncio.Event:
     return done
 
 
-async def _wait_delivered(data: DataLayer, report: DemoReport, done: asyncio.Event) -> None:
+async def _wait_delivered(done: asyncio.Event) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(60):
             await done.wait()
