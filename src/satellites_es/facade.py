@@ -222,6 +222,20 @@ class DataLayer:
         if not task.cancelled() and task.exception() is not None:
             logger.error("the relay stopped: %s", task.exception(), exc_info=task.exception())
 
+    async def subscriptions_ready(self) -> None:
+        """Wait until every subscription made since :meth:`start` is bound on the bus.
+
+        ``subscribe``/``subscribe_all`` are synchronous (the seed's protocol); on RabbitMQ a
+        subscription made after start is declared and bound by a background task, and the broker
+        routes an event only to queues bound when it is published. Subscribe before ``start()``,
+        or await this before producing events the new subscriber must see.
+        """
+        if self._state is not LayerState.RUNNING:
+            raise LifecycleError(f"DataLayer is {self._state.value}: start() it first")
+        wait_ready = getattr(self._bus, "wait_ready", None)
+        if wait_ready is not None:  # the in-process bus binds nothing: ready at once
+            await wait_ready()
+
     def background_error(self) -> BaseException | None:
         """The error that ended a background task (the relay), if one did."""
         task = self._relay_task

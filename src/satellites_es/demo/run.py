@@ -81,6 +81,7 @@ async def _pipeline(out: Console, data: DataLayer, report: DemoReport, documents
     embedder = HashingEmbedder(384)
     out.print(f"[bold]Embedder:[/] {embedder.name}")
     delivered = _count_deliveries(data, report)
+    await data.subscriptions_ready()  # bound before the relay publishes the first event
     service = ProjectionService(data, list(projections.values()), poll_interval=0.2)
     await service.start()
     try:
