@@ -50,6 +50,12 @@ def _check_hits(query: np.ndarray, hits: list[VectorMatch], flt: dict[str, Any] 
         assert hit.score == pytest.approx(float(q @ (v / np.linalg.norm(v))), abs=1e-4)
 
 
+def _same_hits(got: list[VectorMatch], want: list[VectorMatch]) -> None:
+    """Equal hits; a batch scored by BLAS may differ from a single FAISS scan in the last bit."""
+    assert [(h.id, h.metadata) for h in got] == [(h.id, h.metadata) for h in want]
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=1e-5)
+
+
 async def _writer(index: VectorIndex, stop: asyncio.Event, seed: int) -> int:
     rng, gen, writes = random.Random(seed), 1, 0
     while not stop.is_set():
@@ -97,7 +103,8 @@ async def test_concurrent_single_queries_are_coalesced(index: VectorIndex) -> No
     results = await asyncio.gather(*(index.query("ns", q, 10) for q in queries))
     searches = index.stats()["namespaces"]["ns"]["faiss_searches"] - before
     assert searches <= 2, searches
-    assert results == expected  # each caller got its own row
+    for got, want in zip(results, expected, strict=True):  # each caller got its own row
+        _same_hits(got, want)
 
 
 async def test_coalesced_queries_with_different_top_k_and_filters(index: VectorIndex) -> None:
@@ -107,7 +114,7 @@ async def test_coalesced_queries_with_different_top_k_and_filters(index: VectorI
     results = await asyncio.gather(*(index.query("ns", q, k, filter=f) for q, k, f in calls))
     assert index.stats()["namespaces"]["ns"]["faiss_searches"] - before <= 4
     for (q, k, f), hits in zip(calls, results, strict=True):
-        assert hits == (await index.query_many("ns", [q], k, filter=f))[0]
+        _same_hits(hits, (await index.query_many("ns", [q], k, filter=f))[0])
         assert len(hits) == k
         _check_hits(q, hits, f)
 

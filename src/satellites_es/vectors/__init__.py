@@ -2,6 +2,7 @@
 
 Modules: ``index`` (the async API, locks and workers), ``namespace`` (one FAISS index with its id
 map, metadata and delete strategy per index kind), ``coalesce`` (batching of concurrent queries),
+``exact`` (batched flat searches on numpy's BLAS),
 ``persistence`` (atomic, verified snapshots), ``filters`` (metadata equality), ``validation``.
 """
 

@@ -20,7 +20,10 @@ class VectorMatch:
 
     ``score`` by metric: ``cosine`` is the cosine similarity in [-1, 1], higher is better;
     ``ip`` is the raw inner product, higher is better; ``l2`` is the *squared* Euclidean distance,
-    lower is better (what FAISS computes; take the square root yourself if needed).
+    lower is better (what FAISS computes; take the square root yourself if needed). A query
+    answered in a batch (coalesced, or ``query_many``) is scored by a matrix product and may differ
+    from the same query alone in the last bits of float32 (relative 1e-6), so at most the order
+    of hits whose scores tie to that precision can differ.
     """
 
     id: str
