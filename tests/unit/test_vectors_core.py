@@ -186,3 +186,41 @@ async def test_lifecycle_errors(tmp_path: Path) -> None:
     await vi.close()
     with pytest.raises(LifecycleError):
         await vi.query("ns", _data(1)[0])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+async def test_upsert_arrays_equals_upsert_many(index: VectorIndex, metric: Any) -> None:
+    data, queries = _data(300), _data(9, seed=4)
+    original = data.copy()
+    ids = [f"v{i}" for i in range(300)]
+    metas = [{"i": i} for i in range(300)]
+    await index.create_namespace("arrays", metric=metric)
+    await index.create_namespace("items", metric=metric)
+    assert await index.upsert_arrays("arrays", ids, data, metas, positions=np.arange(300)) == 300
+    await index.upsert_many("items", list(zip(ids, data, metas, strict=True)))
+    np.testing.assert_array_equal(data, original)  # cosine normalised a copy, not the caller's
+    assert await index.count("arrays") == 300
+    for a, b in zip(await index.query_many("arrays", queries, 5),
+                    await index.query_many("items", queries, 5), strict=True):  # fmt: skip
+        assert [(h.id, h.metadata) for h in a] == [(h.id, h.metadata) for h in b]
+    stored = await index.get("arrays", "v3")
+    assert stored is not None and stored[1] == {"i": 3}
+    # stale positions skip, as in upsert_many
+    assert await index.upsert_arrays("arrays", ["v3"], data[:1], positions=[2]) == 0
+
+
+async def test_upsert_arrays_refuses_mismatched_input(index: VectorIndex) -> None:
+    data = _data(4)
+    await index.upsert_arrays("ns", ["a", "b", "c", "d"], data)
+    bad: list[tuple[Any, Any, Any]] = [
+        (["a", "b"], data, None),  # 2 ids, 4 rows
+        (["a", "b", "c", "d"], data, [{}]),  # 1 metadata, 4 rows
+        (["a", "b", "c", "d"], data[:, :3], None),  # wrong dimension
+        (["a", "b", "c", ""], data, None),  # empty id
+        (["w", "x", "y", "z"], np.where(np.eye(4, DIM) > 0, np.nan, data), None),  # NaN
+        (["w", "x", "y", "z"], data, [{"f": object()}, None, None, None]),  # not JSON
+    ]
+    for ids, vectors, metas in bad:
+        with pytest.raises(VectorIndexError):
+            await index.upsert_arrays("ns", ids, vectors, metas)
+    assert await index.ids("ns") == ["a", "b", "c", "d"]  # nothing written

@@ -186,14 +186,57 @@ class VectorIndex:
         positions: Sequence[int] | None = None,
     ) -> int:
         """Insert or replace vectors; returns how many items applied (stale positions skip)."""
+        spec = self._write_spec(namespace)
+        ids, vectors, metas = self._check_items(items, spec)
+        return await self._upsert(spec, ids, vectors, metas, positions)
+
+    async def upsert_arrays(
+        self,
+        namespace: str,
+        ids: Sequence[str],
+        vectors: npt.ArrayLike,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
+        *,
+        positions: Sequence[int] | None = None,
+    ) -> int:
+        """``upsert_many`` for a caller holding a matrix (a model's output): ``ids[i]`` names
+        row ``i`` of ``vectors``; ``metadata`` has one mapping or None per row, or is None.
+
+        A C-contiguous float32 matrix is not copied under ``ip`` and ``l2`` (FAISS copies it
+        into its own storage): leave it unchanged until the call returns.
+        """
+        spec = self._write_spec(namespace)
+        checked_ids = check_ids(list(ids))
+        matrix = check_vectors(vectors, spec.dimension, normalise=_cos(spec), copy=False)
+        if len(matrix) != len(checked_ids):
+            raise InvalidVectorError(f"{len(checked_ids)} ids for {len(matrix)} vectors")
+        if metadata is None:
+            metas: list[dict[str, Any] | None] = [None] * len(checked_ids)
+        elif len(metadata) != len(checked_ids):
+            raise InvalidVectorError(f"{len(metadata)} metadata for {len(checked_ids)} ids")
+        else:
+            metas = check_metadata(metadata)
+        return await self._upsert(spec, checked_ids, matrix, metas, positions)
+
+    def _write_spec(self, namespace: str) -> NamespaceSpec:
+        """The spec a write to ``namespace`` uses: its own, or the defaults of a new one."""
         self._check_open()
         check_namespace(namespace)
         slot = self._slots.get(namespace)
-        spec = slot.ns.spec if slot is not None else self._spec(namespace, None, None, None, {})
-        ids, vectors, metas = self._check_items(items, spec)
+        return slot.ns.spec if slot is not None else self._spec(namespace, None, None, None, {})
+
+    async def _upsert(
+        self,
+        spec: NamespaceSpec,
+        ids: list[str],
+        vectors: npt.NDArray[np.float32],
+        metas: list[dict[str, Any] | None],
+        positions: Sequence[int] | None,
+    ) -> int:
         checked_positions = _check_positions(positions, len(ids))
         if not ids:
             return 0
+        namespace = spec.name
         slot = self._slots.get(namespace) or self._install(Namespace(spec))
         async with slot.lock.write():
             ns = self._live(slot)
@@ -433,7 +476,7 @@ def _cos(spec: NamespaceSpec) -> bool:
 def _check_positions(positions: Sequence[int] | None, n: int) -> list[int] | None:
     if positions is None:
         return None
-    checked = list(positions)
+    checked = positions.tolist() if isinstance(positions, np.ndarray) else list(positions)
     if len(checked) != n:
         raise InvalidVectorError(f"{len(checked)} positions for {n} items")
     if any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in checked):

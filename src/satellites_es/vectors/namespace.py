@@ -262,8 +262,8 @@ class Namespace:
         with faiss_errors("add vectors"):
             self._index.add_with_ids(vectors, labels)
         self._next_label += len(ids)
-        old = [label for label in map(self._label_of.get, ids) if label is not None]
-        self._forget(old)
+        known = self._label_of.keys() & ids  # C-speed; usually empty (new ids)
+        self._forget([self._label_of[vector_id] for vector_id in known])
         label_list = labels.tolist()
         self._entries.update(zip(label_list, zip(ids, metas, strict=True), strict=True))
         self._label_of.update(zip(ids, label_list, strict=True))

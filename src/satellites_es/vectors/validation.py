@@ -60,13 +60,23 @@ def check_ids(ids: Sequence[object]) -> list[str]:
 
 
 def check_vectors(
-    vectors: Sequence[Sequence[float]] | npt.ArrayLike, dimension: int, *, normalise: bool
+    vectors: Sequence[Sequence[float]] | npt.ArrayLike,
+    dimension: int,
+    *,
+    normalise: bool,
+    copy: bool = True,
 ) -> Float32Array:
-    """Return a C-contiguous float32 ``(n, dimension)`` copy, unit length when ``normalise``."""
+    """Return a C-contiguous float32 ``(n, dimension)`` copy, unit length when ``normalise``.
+
+    With ``copy=False`` a C-contiguous float32 ndarray that needs no normalising is returned
+    as it is (the caller's own buffer); the caller's array is never modified either way.
+    """
     try:
-        # a list is copied by the conversion anyway; an ndarray must be copied (we normalise)
+        # a list is copied by the conversion anyway; an ndarray only when asked to
         array = np.array(
-            vectors, dtype=np.float32, copy=True if isinstance(vectors, np.ndarray) else None
+            vectors,
+            dtype=np.float32,
+            copy=True if copy and isinstance(vectors, np.ndarray) else None,
         )
     except (TypeError, ValueError) as exc:
         raise InvalidVectorError(f"vectors are not numeric arrays: {exc}") from exc
@@ -82,7 +92,10 @@ def check_vectors(
         norms = np.linalg.norm(array, axis=1, keepdims=True)
         if (norms == 0).any() or not np.isfinite(norms).all():
             raise InvalidVectorError("a zero vector (or one too large) has no cosine direction")
-        array /= norms
+        if array is vectors or array.base is not None:  # the caller's buffer: out of place
+            array = array / norms
+        else:
+            array /= norms
     return np.ascontiguousarray(array)
 
 
