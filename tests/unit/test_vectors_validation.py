@@ -141,3 +141,36 @@ async def test_errors_share_the_vector_index_root(index: VectorIndex) -> None:
         await index.upsert("ns", "x", [1.0])
     with pytest.raises(KeyError):
         await index.count("missing")
+
+
+class _FailingAdd:
+    """Wraps a FAISS index whose add fails (out of memory, say); everything else passes."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def add_with_ids(self, vectors: Any, labels: Any) -> None:
+        raise RuntimeError("std::bad_alloc")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("n", [3, 1500])  # added alone / in the helper thread (OVERLAP_MIN)
+async def test_a_failed_faiss_add_leaves_the_namespace_as_it_was(
+    index: VectorIndex, n: int
+) -> None:
+    rng = np.random.default_rng(0)
+    await index.upsert_many("ns", [(f"v{i}", rng.normal(size=DIM), {"i": i}) for i in range(10)])
+    before_ids, before = await index.ids("ns"), await index.query("ns", GOOD, 10)
+    ns = index._slots["ns"].ns  # the namespace under test
+    ns._index = _FailingAdd(ns._index)
+    batch = [(f"v{i}", rng.normal(size=DIM), {"new": True}) for i in range(5, 5 + n)]  # 5 known
+    with pytest.raises(VectorIndexError, match="bad_alloc"):
+        await index.upsert_many("ns", batch)
+    ns._index = ns._index.inner
+    assert await index.ids("ns") == before_ids
+    assert await index.query("ns", GOOD, 10) == before
+    stored = await index.get("ns", "v7")
+    assert stored is not None and stored[1] == {"i": 7}
+    assert await index.query("ns", GOOD, 3, filter={"new": True}) == []

@@ -34,8 +34,10 @@ scan over the candidate labels, so a query returns ``top_k`` hits whenever that 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -56,6 +58,8 @@ logger = logging.getLogger(__name__)
 
 COMPACT_FRACTION = 0.25
 COMPACT_MIN = 64
+#: Batches at least this large are added to FAISS in a helper thread, beside the bookkeeping.
+OVERLAP_MIN = 1024
 
 Labels = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
@@ -257,16 +261,31 @@ class Namespace:
         return deleted
 
     def upsert(self, ids: Sequence[str], vectors: Matrix, metas: Sequence[Meta]) -> None:
-        """Store distinct ``ids`` (the caller dedupes), replacing any previous vector."""
+        """Store distinct ``ids`` (the caller dedupes), replacing any previous vector.
+
+        FAISS copies a large batch in a helper thread (it releases the GIL) while this thread
+        updates the id maps, so the bookkeeping costs no extra time; if the add fails, the maps
+        are put back as they were.
+        """
         labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
-        with faiss_errors("add vectors"):
-            self._index.add_with_ids(vectors, labels)
-        self._next_label += len(ids)
         known = self._label_of.keys() & ids  # C-speed; usually empty (new ids)
-        self._forget([self._label_of[vector_id] for vector_id in known])
+        replaced = {vector_id: self._label_of[vector_id] for vector_id in known}
+        adding = _started(self._index.add_with_ids, vectors, labels, alone=len(ids) < OVERLAP_MIN)
         label_list = labels.tolist()
         self._entries.update(zip(label_list, zip(ids, metas, strict=True), strict=True))
         self._label_of.update(zip(ids, label_list, strict=True))
+        try:
+            with faiss_errors("add vectors"):
+                adding()
+        except BaseException:
+            for label in label_list:
+                del self._entries[label]
+            for vector_id in ids:
+                del self._label_of[vector_id]
+            self._label_of.update(replaced)
+            raise
+        self._next_label += len(ids)
+        self._forget(list(replaced.values()))
         for label, meta in zip(label_list, metas, strict=True):
             if meta:
                 self._filters.add(label, meta)
@@ -418,6 +437,30 @@ class Namespace:
         self._index = index
         self._dead = set()
         self._dead_selector = None
+
+
+def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], object]:
+    """Start ``fn(*args)`` in a thread (unless ``alone``: then it runs when waited for); the
+    returned call waits for it and raises what it raised."""
+    if alone:
+        return functools.partial(fn, *args)
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # handed to the waiting thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="faiss-add", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    return wait
 
 
 def _frozen(meta: Meta) -> Mapping[str, Any] | None:
