@@ -2,7 +2,8 @@
 
 * ``relay_throughput``: events/s for the relay to publish N appended events (read from the log,
   published with a confirm window, cursor advanced) against raw aio-pika publishing the same
-  bodies, persistent and ``mandatory``, with the same number of confirms outstanding.
+  messages (body, headers, properties, routing key; bodies serialised before the clock starts),
+  persistent and ``mandatory``, with the same number of confirms outstanding.
 * ``e2e_latency_p50`` / ``e2e_latency_p99``: ms from ``store.append`` of one event to the
   subscriber's handler, at a steady 500 events/s (relay woken by NOTIFY), against raw aio-pika
   publish (with confirm) to consume at the same rate.
@@ -27,7 +28,7 @@ import aio_pika
 import asyncpg
 
 from satellites_es.bus import RabbitMQEventBus
-from satellites_es.bus.partition import dlq_name, queue_name
+from satellites_es.bus.partition import dlq_name, partition_for, queue_name, routing_key
 from satellites_es.config import (
     DataLayerConfig,
     EventLogConfig,
@@ -142,20 +143,40 @@ async def _relay_rate(store: EventStore, pool: asyncpg.Pool, pg: PostgresConfig,
     return n / elapsed
 
 
-async def _publish_windowed(exchange: Any, bodies: list[bytes]) -> None:
-    """Raw aio-pika: persistent, mandatory publishes with WINDOW confirms outstanding."""
-    for i in range(0, len(bodies), WINDOW):
+Outgoing = tuple[bytes, dict[str, Any], str, str]  # body, headers, message id, routing key
+
+
+def _outgoing(events: list[DataEvent], partitions: int) -> list[Outgoing]:
+    """What the relay sends for ``events``: the same body, headers and routing key."""
+    out = []
+    for position, e in enumerate(events, start=1):
+        e = dataclasses.replace(e, position=position, version=1)
+        partition = partition_for(e.resource, e.key, partitions)
+        headers = {"resource": e.resource, "key": e.key, "partition": partition,
+                   "position": e.position, "version": e.version}  # fmt: skip
+        out.append((e.to_json().encode(), headers, e.id, routing_key(e.type, partition)))
+    return out
+
+
+async def _publish_windowed(exchange: Any, messages: list[Outgoing]) -> None:
+    """Raw aio-pika: the same persistent, mandatory messages (body, headers, message id, type,
+    content type, routing key) with WINDOW confirms outstanding."""
+    for i in range(0, len(messages), WINDOW):
         await asyncio.gather(*(
-            exchange.publish(aio_pika.Message(b, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                             routing_key="p0.document.indexed", mandatory=True)
-            for b in bodies[i:i + WINDOW]
+            exchange.publish(
+                aio_pika.Message(body, headers=headers, delivery_mode=PERSISTENT,
+                                 message_id=message_id, content_type="application/json",
+                                 type="document.indexed"),
+                routing_key=key, mandatory=True,
+            )
+            for body, headers, message_id, key in messages[i:i + WINDOW]
         ))  # fmt: skip
 
 
-async def _raw_publish_rate(exchange: Any, n: int) -> float:
-    bodies = [e.to_json().encode() for e in _events(n, "raw")]
+async def _raw_publish_rate(exchange: Any, n: int, partitions: int) -> float:
+    messages = _outgoing(_events(n, "raw"), partitions)
     started = time.perf_counter()
-    await _publish_windowed(exchange, bodies)
+    await _publish_windowed(exchange, messages)
     return n / (time.perf_counter() - started)
 
 
@@ -170,7 +191,7 @@ async def _relay_throughput(
     try:
         for r in range(rounds):  # alternate, so drift on a shared machine hits both sides
             project.append(await _relay_rate(store, pool, pg, bus, n, f"relay{r}"))
-            raw.append(await _raw_publish_rate(exchange, n))
+            raw.append(await _raw_publish_rate(exchange, n, rabbit.partitions))
             await sink.purge()
     finally:
         await bus.stop()
@@ -312,8 +333,7 @@ async def _project_consume_rate(rabbit: RabbitMQConfig, n: int) -> float:
 async def _raw_consume_rate(rabbit: RabbitMQConfig, n: int) -> float:
     conn, exchange, sink = await _raw_channel(rabbit)
     await sink.purge()
-    bodies = [e.to_json().encode() for e in _events(n, "rawsub")]
-    await _publish_windowed(exchange, bodies)
+    await _publish_windowed(exchange, _outgoing(_events(n, "rawsub"), rabbit.partitions))
     await conn.close()
     handled = 0
     done = asyncio.Event()

@@ -46,6 +46,16 @@ EventHandler = Callable[["DataEvent"], Awaitable[None]]
 _REQUIRED = ("type", "resource", "key", "source")
 
 
+_json_str = json.encoder.encode_basestring_ascii  # what json.dumps does with a str
+
+
+def _json_int(value: int | None) -> str:
+    """An int or None as json.dumps writes it (anything else: json.dumps itself)."""
+    if value is None:
+        return "null"
+    return str(value) if type(value) is int else json.dumps(value)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -102,7 +112,16 @@ class DataEvent:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+        """``json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)``, byte for byte,
+        composed directly: the payload is encoded once (``to_dict`` round-trips it to detach
+        it), which halves the cost on the relay's hot path."""
+        s = _json_str
+        return (
+            f'{{"id":{s(self.id)},"key":{s(self.key)},"payload":{self.payload_json()},'
+            f'"position":{_json_int(self.position)},"resource":{s(self.resource)},'
+            f'"source":{s(self.source)},"timestamp":{s(self.timestamp.isoformat())},'
+            f'"type":{s(self.type)},"version":{_json_int(self.version)}}}'
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DataEvent:

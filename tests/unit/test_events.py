@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -31,6 +32,23 @@ def test_json_round_trip_is_exact() -> None:
     back = DataEvent.from_json(e.to_json())
     assert back == e
     assert back.to_json() == e.to_json()
+
+
+@pytest.mark.parametrize(
+    ("key", "payload", "version", "position"),
+    [
+        ("d1", {}, None, None),
+        ('quo"te\\ü€\n', {"z": [1, 2.5, None, True], "a": {"é": "\u2028"}}, 7, 12),
+        ("k", {"big": 2**70, "neg": -0.0, "e": 1e300}, 0, 0),
+    ],
+)
+def test_to_json_is_json_dumps_of_to_dict(
+    key: str, payload: dict[str, object], version: int | None, position: int | None
+) -> None:
+    """to_json composes the text itself (speed); it must equal the obvious definition."""
+    e = DataEvent(type="t.x", resource="r/1", key=key, payload=payload, source="s",
+                  version=version, position=position)  # fmt: skip
+    assert e.to_json() == json.dumps(e.to_dict(), separators=(",", ":"), sort_keys=True)
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ import logging
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import aio_pika
 import aiormq
@@ -62,6 +62,13 @@ __all__ = ["BusState", "ConfirmPublisher", "PublishBatchError", "RabbitMQEventBu
 logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 256
+_PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+
+
+class _Outgoing(NamedTuple):
+    body: bytes
+    properties: aiormq.spec.Basic.Properties
+    routing_key: str
 
 
 class BusState(enum.Enum):
@@ -346,7 +353,10 @@ class RabbitMQEventBus:
                 f"rabbitmq {self.config.safe_url}: no channel to publish on: {exc!r}"
             ) from exc
 
-    def _message(self, event: DataEvent) -> aio_pika.Message:
+    def _message(self, event: DataEvent) -> _Outgoing:
+        """Body, properties and routing key of ``event``. The AMQP properties are built
+        directly (what ``aio_pika.Message(...).properties`` yields, without its per-attribute
+        checks: a fifth of the relay's time per event went there)."""
         partition = partition_for(event.resource, event.key, self.config.partitions)
         headers: dict[str, Any] = {
             "resource": event.resource, "key": event.key, "partition": partition,
@@ -355,38 +365,40 @@ class RabbitMQEventBus:
             headers["position"] = event.position
         if event.version is not None:
             headers["version"] = event.version
-        return aio_pika.Message(
-            event.to_json().encode(),
-            headers=headers,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=event.id,
-            content_type="application/json",
-            type=event.type,
-        )
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json", headers=headers, delivery_mode=_PERSISTENT,
+            message_id=event.id, message_type=event.type,
+        )  # fmt: skip
+        return _Outgoing(event.to_json().encode(), properties, routing_key(event.type, partition))
 
-    async def _confirm(
-        self, channel: aiormq.abc.AbstractChannel, event: DataEvent, message: aio_pika.Message
-    ) -> None:
-        key = routing_key(event.type, cast(int, message.headers["partition"]))
-        what = f"event {event.id} ({event.type}) to {self.config.exchange}/{key}"
+    async def _confirm(self, channel: aiormq.abc.AbstractChannel, event: DataEvent,
+                       message: _Outgoing) -> None:  # fmt: skip
         try:
             async with asyncio.timeout(self.config.publish_timeout):
                 # wait=False: do not hold the channel lock until the socket drained (the
                 # frames are queued in order under the lock; the confirm is what we await)
                 result = await channel.basic_publish(
-                    message.body, exchange=self.config.exchange, routing_key=key,
+                    message.body, exchange=self.config.exchange, routing_key=message.routing_key,
                     properties=message.properties, mandatory=True, wait=False,
                 )  # type: ignore[call-arg]  # fmt: skip
         except aiormq.exceptions.PublishError as exc:
-            raise UnroutableError(f"{what} is unroutable: no queue is bound for it") from exc
+            raise UnroutableError(f"{self._what(event, message)} is unroutable: "
+                                  "no queue is bound for it") from exc  # fmt: skip
         except aiormq.exceptions.DeliveryError as exc:
-            raise PublishError(f"{what} was nacked by the broker") from exc
+            raise PublishError(f"{self._what(event, message)} was nacked by the broker") from exc
         except TimeoutError as exc:
-            raise PublishError(f"{what}: no confirm in {self.config.publish_timeout:g}s") from exc
+            raise PublishError(f"{self._what(event, message)}: no confirm in "
+                               f"{self.config.publish_timeout:g}s") from exc  # fmt: skip
         except RETRYABLE_ERRORS as exc:
-            raise PublishError(f"{what}: connection lost: {self._redact(repr(exc))}") from exc
+            raise PublishError(f"{self._what(event, message)}: connection lost: "
+                               f"{self._redact(repr(exc))}") from exc  # fmt: skip
         if not isinstance(result, aiormq.spec.Basic.Ack):
-            raise PublishError(f"{what} was not confirmed: {type(result).__name__}")
+            raise PublishError(f"{self._what(event, message)} was not confirmed: "
+                               f"{type(result).__name__}")  # fmt: skip
+
+    def _what(self, event: DataEvent, message: _Outgoing) -> str:
+        """How an error names the message (built only when there is an error)."""
+        return f"event {event.id} ({event.type}) to {self.config.exchange}/{message.routing_key}"
 
     # -- dead letters and health ------------------------------------------------------------
 
