@@ -116,6 +116,8 @@ def check_metadata(
     One ``json.dumps`` of the whole batch runs at C speed; only on failure do we look for the
     offending item to name it.
     """
+    if items.count(None) == len(items):  # no metadata at all: nothing to copy
+        return [None] * len(items)
     for position, item in enumerate(items):
         if item is not None and not isinstance(item, Mapping):
             raise InvalidVectorError(f"metadata #{position} must be a mapping or None")
