@@ -15,7 +15,7 @@ SQLAlchemy reads ``current_schema()`` when it first connects, and that is NULL w
 does not exist. Concurrent upgrades of one schema are serialised by an advisory lock.
 
 The migration scripts live in ``migrations/`` at the project root (``alembic.ini`` beside them
-for the ``alembic`` command line).
+for the ``alembic`` command line) and ship in the wheel (see :data:`MIGRATIONS_DIR`).
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ __all__ = ["MIGRATIONS_DIR", "downgrade", "ensure_database", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
-#: ``migrations/`` at the project root.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: The Alembic scripts: ``migrations/`` at the project root, reached through the package's
+#: ``_migrations`` symlink in a checkout and shipped as that directory in the wheel, so an
+#: installed ``satellites-es migrate`` finds them too.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "_migrations"
 
 #: Taken by ``migrations/env.py`` first: concurrent upgrades of one schema run one at a time.
 MIGRATION_LOCK_SQL = (
