@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aio_pika
@@ -216,14 +217,14 @@ class GroupConsumer:
             logger.error(
                 "group %s: could not dead-letter %s: %r", self.group, message.message_id, exc
             )
-            await _settle(message.reject(requeue=True))
+            await _settle(functools.partial(message.reject, requeue=True))
             return
         self.dead_lettered += 1
         logger.error(
             "group %s: event %s dead-lettered after %d attempt(s): %r",
             self.group, message.message_id, attempts, error,
         )  # fmt: skip
-        await _settle(message.ack())
+        await _settle(message.ack)
 
     def _error_headers(
         self, message: AbstractIncomingMessage, error: Exception, attempts: int
@@ -275,10 +276,11 @@ def _stale(message: AbstractIncomingMessage) -> bool:
         return True
 
 
-async def _settle(operation: Any) -> None:
-    """Ack or reject; on a lost channel the broker redelivers the message anyway."""
+async def _settle(operation: Callable[[], Awaitable[Any]]) -> None:
+    """Ack or reject; on a lost channel the broker redelivers the message anyway. Takes a
+    callable: even reaching a closed message's channel raises, and that is no error here."""
     try:
-        await operation
+        await operation()
     except RETRYABLE_ERRORS as exc:
         logger.debug("ack/reject lost with the channel: %r", exc)
 
@@ -290,7 +292,7 @@ async def _ack(message: AbstractIncomingMessage) -> None:
     tag = message.delivery_tag
     if tag is None:
         return
-    await _settle(message.channel.basic_ack(tag, wait=False))
+    await _settle(lambda: message.channel.basic_ack(tag, wait=False))
 
 
 def _log_worker_death(task: asyncio.Task[None]) -> None:
