@@ -30,6 +30,11 @@ raises :class:`InvalidEventError` for the whole batch before anything is sent. D
 translated here: :class:`ConcurrencyError` for a version conflict, :class:`PersistenceError`
 for the rest; no asyncpg exception leaves this module.
 
+**Reading.** :meth:`EventStore.read` pages by position; a replay (a projector) filters by
+event type in Postgres and reads one batch ahead. A stored row is turned into a ``DataEvent``
+without validating it again (it was validated on the way in): on a replay of 2 KB payloads that
+halved the Python cost of the read.
+
 **Following.** :meth:`EventStore.listener` LISTENs on a dedicated connection (asyncpg drops the
 listeners of a connection that goes back to a pool, asyncpg #189/#283), listens again after a
 reconnect, and wakes :meth:`LogListener.wait`. NOTIFY is only a hint: callers still poll.
@@ -42,7 +47,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -161,28 +166,77 @@ class EventStore:
         return self._sql["append_one"], args
 
     async def read(
-        self, after: int = 0, *, batch_size: int | None = None, until: int | None = None
+        self,
+        after: int = 0,
+        *,
+        batch_size: int | None = None,
+        until: int | None = None,
+        types: Collection[str] | None = None,
+        read_ahead: bool = False,
     ) -> AsyncIterator[list[DataEvent]]:
         """Events with ``after < position <= until``, in position order, a batch at a time.
 
         Keyset pagination (``position > last``), one short query per batch: memory stays
         constant and no connection is held between batches, however long the log.
+
+        ``types``: only events of these types (a projection reads what its handler takes).
+        The others are skipped by Postgres, before their payloads are read from disk (and out of
+        TOAST), converted to text and sent; a batch then holds up to ``batch_size`` matching
+        events, and a pass over a range with none of them yields nothing.
+
+        ``read_ahead``: fetch the next batch while the caller works on this one, so a replay
+        pays the server's part of the read (payload out of TOAST, jsonb to text; ~60% of a
+        plain read of 2 KB payloads) beside the caller's work instead of after it. One more
+        pool connection is busy meanwhile; close the iterator (``contextlib.aclosing``) when
+        leaving it early, so the pending fetch is cancelled at once.
         """
         size = batch_size or self._config.read_batch_size
         if size < 1:
             raise ValueError("batch_size must be at least 1")
         upper = _MAX_POSITION if until is None else until
-        cursor = after
-        while cursor < upper:
+        fetch = self._fetcher(size, upper, types)
+        if after >= upper or fetch is None:
+            return
+        pending: asyncio.Task[list[asyncpg.Record]] | None = None
+        try:
+            rows = await fetch(after)
+            while rows:
+                last: int = rows[-1][0]  # position
+                more = len(rows) == size and last < upper
+                if more and read_ahead:
+                    pending = asyncio.ensure_future(fetch(last))
+                yield _events(rows)  # empties rows: no reference kept while the caller works
+                if not more:
+                    return
+                if pending is None:
+                    rows = await fetch(last)
+                else:
+                    rows, pending = await pending, None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, PersistenceError):
+                    await pending
+
+    def _fetcher(
+        self, size: int, upper: int, types: Collection[str] | None
+    ) -> Callable[[int], Awaitable[list[asyncpg.Record]]] | None:
+        """One batch of rows after a cursor, filtered by type when asked; None when the filter
+        can match nothing."""
+        extra: tuple[list[str], ...] = ()
+        if types is None:
+            query = self._sql["read"]
+        else:
+            wanted = _checked_types(types)
+            if not wanted:
+                return None
+            query, extra = self._sql["read_types"], (wanted,)
+
+        async def fetch(cursor: int) -> list[asyncpg.Record]:
             with _translated("read"):
-                rows = await self._pool.fetch(self._sql["read"], cursor, upper, size)
-            if not rows:
-                return
-            batch = [_event(row) for row in rows]
-            yield batch
-            cursor = rows[-1]["position"]
-            if len(rows) < size:
-                return
+                return await self._pool.fetch(query, cursor, upper, size, *extra)
+
+        return fetch
 
     async def read_stream(
         self, resource: str, key: str, *, after_version: int = 0
@@ -190,7 +244,7 @@ class EventStore:
         """The events of one stream with ``version > after_version``, in version order."""
         with _translated("read_stream"):
             rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
-        return [_event(row) for row in rows]
+        return _events(rows)
 
     async def head(self) -> int:
         """The highest committed position (0 if the log is empty); everything up to it is
@@ -414,18 +468,40 @@ def _stored(event: DataEvent, position: int, version: int) -> DataEvent:
     return stored
 
 
+def _events(rows: list[asyncpg.Record]) -> list[DataEvent]:
+    """The events of ``rows``, emptying it. A replay creates millions of objects; one that
+    outlives a few thousand allocations is promoted to the oldest GC generation, whose
+    collections scan the whole heap, so nothing here lives longer than it is used."""
+    events = [_event(row) for row in rows]
+    rows.clear()
+    return events
+
+
 def _event(row: asyncpg.Record) -> DataEvent:
-    return DataEvent(
-        id=row["id"],
-        type=row["type"],
-        resource=row["resource"],
-        key=row["key"],
-        payload=json.loads(row["payload"]),
-        source=row["source"],
-        timestamp=row["timestamp"],
-        version=row["version"],
-        position=row["position"],
-    )
+    """A stored event. Its fields passed ``_checked`` on the way in and the columns are NOT
+    NULL, so only the payload's shape is checked again (a row written by hand could hold a JSON
+    array): ``DataEvent``'s own validation would double the Python cost of a replay's read."""
+    position, event_id, resource, key, version, type_, source, payload, timestamp = row
+    payload = json.loads(payload)
+    if type(payload) is not dict:
+        return DataEvent(type=type_, resource=resource, key=key, payload=payload, source=source,
+                         timestamp=timestamp, version=version, id=event_id, position=position)  # fmt: skip
+    event = object.__new__(DataEvent)
+    vars(event).update(type=type_, resource=resource, key=key, payload=payload, source=source,
+                       timestamp=timestamp, version=version, id=event_id, position=position)  # fmt: skip
+    return event
+
+
+def _checked_types(types: Collection[str]) -> list[str]:
+    """The event types of a filter as a list; :class:`InvalidEventError` for a bare string
+    (it would filter by its characters) or an entry that is not a non-empty string."""
+    if isinstance(types, str | bytes) or not isinstance(types, Collection):
+        raise InvalidEventError(f"types must be a collection of event types, got {types!r:.80}")
+    wanted = list(types)
+    for t in wanted:
+        if not isinstance(t, str) or not t or "\x00" in t:
+            raise InvalidEventError(f"an event type must be a non-empty string, got {t!r:.80}")
+    return wanted
 
 
 @contextlib.contextmanager

@@ -248,3 +248,25 @@ async def test_rebuild_killed_halfway_resumes_and_completes(
     assert result.resumed and result.version == 2
     assert result.events < await store.head()  # it did not start over
     assert await sink.dump(p, 2) == await fresh_replay(sink, store, checkpoints)
+
+
+async def test_other_event_types_are_not_read_and_the_checkpoint_reaches_the_head(
+    sink: Sink, store: EventStore, checkpoints: Checkpoints
+) -> None:
+    p = make_projection(sink.kind)
+
+    def viewed(key: str) -> DataEvent:  # a type the projection does not take
+        return DataEvent(type="item.viewed", resource="items", key=key, payload={}, source="test")
+
+    for r in range(3):
+        await append_items(store, keys=20, rounds=1, seed=r)
+        await store.append([viewed(f"k{k}") for k in range(30)])  # the last 30: none for us
+    head = await store.head()
+    seen: list[int] = []
+    result = await Projector(p, sink, store, checkpoints, batch_size=7).catch_up(
+        progress=lambda pr: seen.append(pr.position)
+    )
+    assert (result.position, result.events) == (head, 60)  # the 90 others were skipped
+    assert seen[-1] == head and seen == sorted(seen)
+    assert await checkpoints.get("items", 1) == head
+    assert await sink.dump(p, 1) == await fresh_replay(sink, store, checkpoints)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from typing import Any
 
@@ -111,3 +112,63 @@ async def test_payload_just_under_the_limit_is_stored(
     assert result.last_position == 1
     [stored] = [e async for b in store.read() for e in b]
     assert isinstance(stored, DataEvent) and stored.payload == event.payload
+
+
+async def test_type_filtered_read_returns_exactly_the_matching_events_in_order(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    kinds = ("user.created", "user.updated", "user.deleted")
+    await store.append([make_event(f"k{i % 4}", type=kinds[i % 3]) for i in range(50)])
+    every = [e async for b in store.read() for e in b]
+    wanted = {"user.created", "user.deleted"}
+    expected = [(e.position, e.id) for e in every if e.type in wanted]
+    for size in (1, 3, 7, 34, 100):  # across batch boundaries, and one batch
+        for read_ahead in (False, True):
+            batches = [
+                b async for b in store.read(batch_size=size, types=wanted, read_ahead=read_ahead)
+            ]
+            assert all(0 < len(b) <= size for b in batches)
+            assert [(e.position, e.id) for b in batches for e in b] == expected
+    got = [e async for b in store.read(after=10, until=40, types=["user.updated"]) for e in b]
+    assert [e.position for e in got] == [p for p in range(11, 41) if p % 3 == 2]
+    assert [b async for b in store.read(types=["nobody.sends.this"])] == []
+    assert [b async for b in store.read(types=[])] == []
+
+
+async def test_read_ahead_reads_the_same_batches(
+    store: EventStore, make_event: EventFactory
+) -> None:
+    await store.append([make_event(f"k{i % 5}") for i in range(23)])
+    for size in (1, 5, 23, 50):
+        plain = [[e.id for e in b] async for b in store.read(batch_size=size, until=21)]
+        ahead = [
+            [e.id for e in b] async for b in store.read(batch_size=size, until=21, read_ahead=True)
+        ]
+        assert ahead == plain and sum(map(len, plain)) == 21
+
+
+async def test_leaving_a_read_ahead_early_releases_its_connection(
+    store: EventStore, pool: asyncpg.Pool, make_event: EventFactory
+) -> None:
+    await store.append([make_event() for _ in range(30)])
+    for _ in range(3):
+        batches = store.read(batch_size=5, read_ahead=True)
+        async with contextlib.aclosing(batches):  # type: ignore[type-var]
+            async for _batch in batches:
+                break  # the next batch is being fetched: closing cancels it
+    assert pool.get_idle_size() == pool.get_size()  # nothing left holding a connection
+
+
+@pytest.mark.parametrize("types", ["user.updated", b"user.updated", [""], ["a", 3], 7, ["a\x00b"]])
+async def test_a_bad_type_filter_is_a_typed_error(store: EventStore, types: Any) -> None:
+    with pytest.raises(InvalidEventError):
+        [b async for b in store.read(types=types)]
+
+
+async def test_a_stored_payload_that_is_not_an_object_is_a_typed_error(
+    store: EventStore, pool: asyncpg.Pool, pg_schema: str, make_event: EventFactory
+) -> None:
+    await store.append(make_event())
+    await pool.execute(f"UPDATE \"{pg_schema}\".events SET payload = '[1, 2]'::jsonb")
+    with pytest.raises(InvalidEventError):
+        [b async for b in store.read()]

@@ -12,6 +12,11 @@ write and the checkpoint is harmless: the batch is read again and every sink dro
 position it already holds (exactly-once effect). The RabbitMQ bus carries the same stream to
 application subscribers across processes; several projectors on one projection are safe (the
 sinks are conditional), only wasteful.
+
+A pass reads only the projection's event types (Postgres skips the others before reading their
+payloads) and fetches the next batch while the sink writes this one (``EventStore.read``'s
+``read_ahead``). Its checkpoint still reaches the pass's target when the last events are of other
+types: the read covered them.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..errors import PersistenceError, ProjectionError
+from ..events import DataEvent
 from ..store import EventStore
 from ..tracing import span
 from .checkpoints import Checkpoints
@@ -38,7 +45,7 @@ logger = logging.getLogger(__name__)
 class Progress:
     position: int  # last position applied
     target: int  # the head this pass runs to
-    events: int  # events read in this pass
+    events: int  # events read in this pass (of the projection's types: the others are skipped)
     applied: int  # changes the sink accepted in this pass
 
 
@@ -83,17 +90,33 @@ class Projector:
         target = await self.store.head() if until is None else until
         events = applied = 0
         position = start
-        async for batch in self.store.read(after=start, batch_size=self.batch_size, until=target):
-            changes = [c for e in batch if (c := self.projection.change_for(e)) is not None]
-            if changes:
-                with span("projector.apply", projection=self.projection.name,
-                          version=self.version, events=len(batch), changes=len(changes)):  # fmt: skip
-                    applied += await self.sink.apply(self.projection, self.version, changes)
-            position = batch[-1].position or position
-            events += len(batch)
-            await self._maybe_flush(len(changes))
+        batches = self.store.read(
+            after=start,
+            batch_size=self.batch_size,
+            until=target,
+            types=self.projection.event_types,
+            read_ahead=True,
+        )
+        # closed on the way out, so a failing sink cancels the read-ahead fetch at once
+        async with contextlib.aclosing(cast(AsyncGenerator[list[DataEvent], None], batches)):
+            async for batch in batches:
+                read = len(batch)
+                position = batch[-1].position or position
+                changes = [c for e in batch if (c := self.projection.change_for(e)) is not None]
+                del batch  # not kept alive while the sink writes (see store._events)
+                if changes:
+                    with span("projector.apply", projection=self.projection.name,
+                              version=self.version, events=read, changes=len(changes)):  # fmt: skip
+                        applied += await self.sink.apply(self.projection, self.version, changes)
+                events += read
+                await self._maybe_flush(len(changes))
+                await self.checkpoints.save(self.projection.name, self.version, position)
+                await self._advance(position)
+                if progress is not None:
+                    progress(Progress(position, target, events, applied))
+        if target > position:  # the read covered (start, target]: its tail had no event for us
+            position = target
             await self.checkpoints.save(self.projection.name, self.version, position)
-            await self._advance(position)
             if progress is not None:
                 progress(Progress(position, target, events, applied))
         await self._advance(max(position, start))

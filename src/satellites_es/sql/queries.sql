@@ -203,6 +203,15 @@ WHERE position > $1 AND position <= $2
 ORDER BY position
 LIMIT $3;
 
+-- name: read_types
+-- read, keeping only the given types: the filter runs on the heap row before the payload is
+-- detoasted and converted, so a skipped event costs an index entry and a tuple, not its payload.
+SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+FROM {schema}.events
+WHERE position > $1 AND position <= $2 AND type = ANY($4::text[])
+ORDER BY position
+LIMIT $3;
+
 -- name: read_stream
 SELECT position, id, resource, key, version, type, source, payload, "timestamp"
 FROM {schema}.events
