@@ -172,3 +172,17 @@ async def test_a_stored_payload_that_is_not_an_object_is_a_typed_error(
     await pool.execute(f"UPDATE \"{pg_schema}\".events SET payload = '[1, 2]'::jsonb")
     with pytest.raises(InvalidEventError):
         [b async for b in store.read()]
+
+
+async def test_payloads_read_back_exactly(store: EventStore, make_event: EventFactory) -> None:
+    payload = {
+        "big": 2**70,
+        "neg": -(2**63) - 1,
+        "float": 0.1,
+        "tiny": 5e-324,
+        "text": 'é ✓ "quoted" \\ \u2028',
+        "nested": {"list": [1, None, True, {"x": []}]},
+    }
+    await store.append(make_event(payload=payload))
+    [stored] = [e async for b in store.read() for e in b]
+    assert stored.payload == payload and type(stored.payload["big"]) is int
