@@ -100,15 +100,13 @@ class Projector:
         # closed on the way out, so a failing sink cancels the read-ahead fetch at once
         async with contextlib.aclosing(cast(AsyncGenerator[list[DataEvent], None], batches)):
             async for batch in batches:
-                read = len(batch)
-                position = batch[-1].position or position
                 changes = [c for e in batch if (c := self.projection.change_for(e)) is not None]
-                del batch  # not kept alive while the sink writes (see store._events)
                 if changes:
                     with span("projector.apply", projection=self.projection.name,
-                              version=self.version, events=read, changes=len(changes)):  # fmt: skip
+                              version=self.version, events=len(batch), changes=len(changes)):  # fmt: skip
                         applied += await self.sink.apply(self.projection, self.version, changes)
-                events += read
+                position = batch[-1].position or position
+                events += len(batch)
                 await self._maybe_flush(len(changes))
                 await self.checkpoints.save(self.projection.name, self.version, position)
                 await self._advance(position)
