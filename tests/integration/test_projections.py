@@ -5,6 +5,7 @@ three sinks: Redis, Elasticsearch (the ES endpoint of the harness) and FAISS."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -270,3 +271,25 @@ async def test_other_event_types_are_not_read_and_the_checkpoint_reaches_the_hea
     assert seen[-1] == head and seen == sorted(seen)
     assert await checkpoints.get("items", 1) == head
     assert await sink.dump(p, 1) == await fresh_replay(sink, store, checkpoints)
+
+
+async def test_a_rebuild_freezes_the_heap_it_starts_with_and_unfreezes_it(
+    sink: Sink, store: EventStore, checkpoints: Checkpoints
+) -> None:
+    p = make_projection(sink.kind)
+    await append_items(store, keys=30, rounds=2)
+    frozen: list[int] = []
+    assert gc.get_freeze_count() == 0
+    await rebuild(p, sink, store, checkpoints, batch_size=10,
+                  progress=lambda _: frozen.append(gc.get_freeze_count()))  # fmt: skip
+    assert frozen and min(frozen) > 0 and gc.get_freeze_count() == 0
+    crashing = CrashAfterWrite(sink, after=2)  # a failing rebuild unfreezes too
+    with pytest.raises(Crash):
+        await rebuild(p, crashing, store, checkpoints, batch_size=10)  # type: ignore[arg-type]
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # the application froze its heap itself: a rebuild leaves that as it is
+    try:
+        await rebuild(p, sink, store, checkpoints, batch_size=10)
+        assert gc.get_freeze_count() > 0  # not unfrozen by the rebuild
+    finally:
+        gc.unfreeze()

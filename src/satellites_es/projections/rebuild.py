@@ -11,11 +11,22 @@ applied by whoever follows the projection next (the live projector reads the act
 The old version stays for :func:`rollback` until it is dropped. A rebuild that is killed halfway
 resumes: the version it was building has a checkpoint (and, for FAISS, a snapshot saved every
 ``snapshot_every`` events), and a new rebuild picks that version up instead of starting another.
+
+A replay allocates a few objects per event, and the batch in flight outlives enough allocations
+to be promoted to the oldest GC generation, whose collections scan the whole heap: on a FAISS
+replay that was a quarter of the time. So a rebuild freezes the heap it starts with
+(``gc.freeze``: those objects are left out of collections, new ones are collected as usual) and
+unfreezes it when it ends; a d=384 FAISS rebuild ran 16,300 -> 22,700 events/s (median of five
+alternated rounds). If the application has frozen its heap itself (before forking workers,
+say), a rebuild leaves that alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ..store import EventStore
@@ -73,31 +84,46 @@ async def rebuild(
     progress: ProgressCallback | None = None,
     batch_size: int = 1000,
 ) -> RebuildResult:
-    version, resumed = await target_version(projection, checkpoints)
-    logger.info(
-        "rebuilding %s into version %d%s",
-        projection.name,
-        version,
-        " (resuming)" if resumed else "",
-    )
-    await checkpoints.save(projection.name, version, 0)  # marks the version as being built
-    projector = Projector(
-        projection, sink, store, checkpoints, version=version, batch_size=batch_size
-    )
-    events = 0
-    while True:
-        result = await projector.catch_up(progress=progress)
-        events += result.events
-        if await store.head() - result.position < FLIP_THRESHOLD:
-            break
-    final = await projector.catch_up(progress=progress)
-    await projector.flush()  # a local sink's snapshot, so a restart does not replay from zero
-    await sink.activate(projection, version)
-    previous = await checkpoints.set_active(projection.name, version)
-    logger.info("flipped %s to version %d (previous %s)", projection.name, version, previous)
-    return RebuildResult(
-        projection.name, version, previous, final.position, events + final.events, resumed
-    )
+    with _heap_frozen():
+        version, resumed = await target_version(projection, checkpoints)
+        logger.info(
+            "rebuilding %s into version %d%s",
+            projection.name,
+            version,
+            " (resuming)" if resumed else "",
+        )
+        await checkpoints.save(projection.name, version, 0)  # marks the version as being built
+        projector = Projector(
+            projection, sink, store, checkpoints, version=version, batch_size=batch_size
+        )
+        events = 0
+        while True:
+            result = await projector.catch_up(progress=progress)
+            events += result.events
+            if await store.head() - result.position < FLIP_THRESHOLD:
+                break
+        final = await projector.catch_up(progress=progress)
+        await projector.flush()  # a local sink's snapshot, so a restart does not replay from zero
+        await sink.activate(projection, version)
+        previous = await checkpoints.set_active(projection.name, version)
+        logger.info("flipped %s to version %d (previous %s)", projection.name, version, previous)
+        return RebuildResult(
+            projection.name, version, previous, final.position, events + final.events, resumed
+        )
+
+
+@contextlib.contextmanager
+def _heap_frozen() -> Iterator[None]:
+    """The heap that exists now left out of GC collections for the duration (see the module
+    docstring); nothing is changed when something else has frozen objects already."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def rollback(projection: Projection, sink: Sink, checkpoints: Checkpoints) -> tuple[int, int]:
