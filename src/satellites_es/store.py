@@ -32,8 +32,8 @@ for the rest; no asyncpg exception leaves this module.
 
 **Reading.** :meth:`EventStore.read` pages by position; a replay (a projector) filters by
 event type in Postgres and reads one batch ahead. A stored row is turned into a ``DataEvent``
-without validating it again (it was validated on the way in): on a replay of 2 KB payloads that
-halved the Python cost of the read.
+without validating it again (it was validated on the way in): 6.5 instead of 10.8 us an event
+with a 2 KB payload on the project's machine, JSON included.
 
 **Following.** :meth:`EventStore.listener` LISTENs on a dedicated connection (asyncpg drops the
 listeners of a connection that goes back to a pool, asyncpg #189/#283), listens again after a
@@ -473,7 +473,7 @@ def _stored(event: DataEvent, position: int, version: int) -> DataEvent:
 def _event(row: asyncpg.Record) -> DataEvent:
     """A stored event. Its fields passed ``_checked`` on the way in and the columns are NOT
     NULL, so only the payload's shape is checked again (a row written by hand could hold a JSON
-    array): ``DataEvent``'s own validation would double the Python cost of a replay's read."""
+    array): ``DataEvent``'s own validation cost a replay ~4 us an event more."""
     position, event_id, resource, key, version, type_, source, payload, timestamp = row
     payload = json.loads(payload)
     if type(payload) is not dict:

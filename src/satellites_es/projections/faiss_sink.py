@@ -11,8 +11,8 @@ Postgres: a serving process loads its snapshot, then replays the log from that p
 An :class:`Upsert` document for this sink is ``{"vector": ..., "metadata": {...}}``, the vector
 a list of numbers or, much faster to replay, ``encode_vector(v)`` (:mod:`satellites_es.vectors.codec`).
 A run of upserts is written with one ``VectorIndex.upsert_arrays`` call on one decoded matrix
-(no per-item tuples to validate and stack again): with the projector's type-filtered read-ahead
-this is what moved a d=384 FAISS rebuild from ~14,600 to the figure in ``bench/stages/rebuild.py``.
+(no per-item tuples to validate and stack again; issue #6, ``bench/stages/rebuild.py`` has the
+figures).
 """
 
 from __future__ import annotations
