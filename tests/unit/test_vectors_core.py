@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -224,3 +225,58 @@ async def test_upsert_arrays_refuses_mismatched_input(index: VectorIndex) -> Non
         with pytest.raises(VectorIndexError):
             await index.upsert_arrays("ns", ids, vectors, metas)
     assert await index.ids("ns") == ["a", "b", "c", "d"]  # nothing written
+
+
+def _expected_ids(live: dict[str, dict[str, Any]], flt: dict[str, Any]) -> set[str]:
+    return {i for i, meta in live.items() if all(meta.get(k) == v for k, v in flt.items())}
+
+
+async def test_filter_keys_are_indexed_on_first_use_and_kept_current(index: VectorIndex) -> None:
+    """Writes before a key is filtered on index nothing; the first filter on it indexes it from
+    the namespace; later upserts, replacements and deletes keep it exact."""
+    rng = np.random.default_rng(9)
+    live: dict[str, dict[str, Any]] = {}
+
+    async def put(n: int, start: int) -> None:
+        metas = [{"g": int(g), "h": int(g) % 2, "title": f"t{start + j}"}
+                 for j, g in enumerate(rng.integers(0, 5, n))]  # fmt: skip
+        ids = [f"v{start + j}" for j in range(n)]
+        await index.upsert_arrays("ns", ids, rng.normal(size=(n, DIM)), metas)
+        live.update(zip(ids, metas, strict=True))
+
+    async def check(flt: dict[str, Any]) -> None:
+        hits = await index.query("ns", rng.normal(size=DIM), 5000, filter=flt)
+        assert {h.id for h in hits} == _expected_ids(live, flt), flt
+
+    await put(500, 0)
+    filters = index._slots["ns"].ns._filters
+    assert filters.keys == frozenset()  # nothing indexed by the writes
+    await check({"g": 3})
+    assert filters.keys == {"g"}
+    await put(300, 400)  # 100 replacements, 200 new
+    for i in range(0, 700, 9):
+        await index.delete("ns", f"v{i}")
+        live.pop(f"v{i}", None)
+    await check({"g": 3})
+    await check({"g": 1, "h": 1})  # a second key, indexed now, from the current state
+    assert filters.keys == {"g", "h"}
+    await put(50, 1000)
+    await check({"h": 0})
+    await check({"g": 4, "h": 0})
+    assert "title" not in filters.keys
+
+
+async def test_concurrent_first_filters_index_each_key_once(index: VectorIndex) -> None:
+    rng = np.random.default_rng(3)
+    metas = [{"a": i % 3, "b": i % 4} for i in range(900)]
+    await index.upsert_arrays("ns", [f"v{i}" for i in range(900)], rng.normal(size=(900, DIM)),
+                              metas)  # fmt: skip
+    live = {f"v{i}": m for i, m in enumerate(metas)}
+    flts: list[dict[str, Any]] = [
+        {"a": i % 3} if i % 2 else {"b": i % 4, "a": 1} for i in range(40)
+    ]
+    results = await asyncio.gather(
+        *(index.query("ns", rng.normal(size=DIM), 1000, filter=f) for f in flts)
+    )
+    for flt, hits in zip(flts, results, strict=True):
+        assert {h.id for h in hits} == _expected_ids(live, flt)

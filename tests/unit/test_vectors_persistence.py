@@ -284,3 +284,23 @@ async def test_directories_we_could_not_have_written_are_ignored(root: Path) -> 
         assert await vi.namespaces() == []
     finally:
         await vi.close()
+
+
+@pytest.mark.parametrize("filtered_before_save", [False, True])
+async def test_filters_answer_from_a_loaded_snapshot(
+    index: VectorIndex, tmp_path: Path, filtered_before_save: bool
+) -> None:
+    """The filter index is not saved: a loaded namespace indexes a key on its first filter."""
+    rng = np.random.default_rng(2)
+    metas = [{"lang": ["en", "de", "fr"][i % 3], "n": i} for i in range(300)]
+    await index.upsert_arrays("ns", [f"v{i}" for i in range(300)], rng.normal(size=(300, DIM)),
+                              metas)  # fmt: skip
+    if filtered_before_save:
+        await index.query("ns", rng.normal(size=DIM), 5, filter={"lang": "de"})
+    await index.save()
+    async with VectorIndex(FaissConfig(index_path=tmp_path / "faiss", dimension=DIM)) as loaded:
+        hits = await loaded.query("ns", rng.normal(size=DIM), 300, filter={"lang": "de"})
+        assert sorted(h.id for h in hits) == sorted(f"v{i}" for i in range(1, 300, 3))
+        await loaded.upsert("ns", "v1", rng.normal(size=DIM), {"lang": "en"})
+        hits = await loaded.query("ns", rng.normal(size=DIM), 300, filter={"lang": "de"})
+        assert len(hits) == 99 and "v1" not in {h.id for h in hits}

@@ -134,8 +134,7 @@ class Namespace:
         self.applied_position = state.applied_position
         self._trained = state.trained
         self._label_of = {vector_id: label for label, (vector_id, _) in self._entries.items()}
-        self._filters = MetadataIndex()
-        self._filters.rebuild((label, meta) for label, (_, meta) in self._entries.items())
+        self._filters = MetadataIndex()  # keys are indexed when a filter first uses them
         self._dead_selector: tuple[Any, Any] | None = None
         self._norms: tuple[int, Matrix] | None = None
         #: Bumped by every write; a save records the version it captured (dirty tracking).
@@ -178,7 +177,7 @@ class Namespace:
     ) -> list[list[VectorMatch]]:
         """Best-first hits for each row of ``queries`` (already validated and normalised)."""
         key = filter_key(flt)
-        allowed = self._filters.match(key) if key else None
+        allowed = self._filters.match(key, self._metadata) if key else None
         candidates = len(self._entries) if allowed is None else len(allowed)
         k_eff = min(k, candidates)
         if k_eff == 0:
@@ -190,6 +189,9 @@ class Namespace:
         if short:
             self._exact_rows(queries, k_eff, allowed, short, rows)
         return rows
+
+    def _metadata(self) -> Iterator[tuple[int, Meta]]:
+        return ((label, meta) for label, (_, meta) in self._entries.items())
 
     # ---- writes (exclusive) --------------------------------------------------------------
 
@@ -286,8 +288,8 @@ class Namespace:
             raise
         self._next_label += len(ids)
         self._forget(list(replaced.values()))
-        for label, meta in zip(label_list, metas, strict=True):
-            if meta:
+        if self._filters.keys:
+            for label, meta in zip(label_list, metas, strict=True):
                 self._filters.add(label, meta)
         self.version += 1
         self._maybe_train()
