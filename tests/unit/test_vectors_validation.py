@@ -174,3 +174,25 @@ async def test_a_failed_faiss_add_leaves_the_namespace_as_it_was(
     stored = await index.get("ns", "v7")
     assert stored is not None and stored[1] == {"i": 7}
     assert await index.query("ns", GOOD, 3, filter={"new": True}) == []
+
+
+@pytest.mark.parametrize(
+    ("poison", "finite"),
+    [
+        (None, True),
+        (np.nan, False),
+        (np.inf, False),
+        (-np.inf, False),
+        ("inf and -inf", False),  # the row sum is NaN, still caught
+        (3e38, True),  # finite values whose row sum overflows: the element-wise check decides
+    ],
+)
+def test_the_finite_check_catches_every_non_finite_value(poison: Any, finite: bool) -> None:
+    from satellites_es.vectors.validation import _all_finite
+
+    array = np.random.default_rng(0).normal(size=(50, 384)).astype(np.float32)
+    if poison == "inf and -inf":
+        array[17, 3], array[17, 200] = np.inf, -np.inf
+    elif poison is not None:
+        array[17, 3:9] = poison
+    assert _all_finite(array) is finite
