@@ -222,6 +222,9 @@ class Namespace:
         With positions, an item at or below the last position applied to its id (an earlier
         item of the same batch included) is skipped. Within a batch the last item per id wins.
         """
+        if positions is None and len(set(ids)) == len(ids):  # distinct ids: every row, no copy
+            self.upsert(ids, vectors, metas)
+            return len(ids)
         if positions is None:
             chosen = dict(zip(ids, range(len(ids)), strict=True))  # the last row per id wins
             latest: dict[str, int] = {}

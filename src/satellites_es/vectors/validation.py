@@ -100,11 +100,12 @@ def check_vectors(
 
 
 def _all_finite(array: Float32Array) -> bool:
-    """A NaN or infinity makes its row's sum non-finite, so finite row sums prove there is none.
-    The sums are one BLAS matrix-vector product (~4x faster than ``np.isfinite(array).all()``);
-    only when a sum is not finite (or overflowed) do we pay for the element-wise check."""
+    """A NaN or infinity makes the sum non-finite, so a finite sum proves there is none. The sum
+    is numpy's own SIMD loop (``einsum``, ~3x faster than ``np.add.reduce`` here); not BLAS,
+    whose threads spin after a call and took a core from the FAISS add that follows. Only when
+    the sum is not finite (or overflowed) do we pay for the element-wise check."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if np.isfinite(array @ np.ones(array.shape[1], dtype=array.dtype)).all():
+        if np.isfinite(np.einsum("ij->", array)):
             return True
     return bool(np.isfinite(array).all())
 
