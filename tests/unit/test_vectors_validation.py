@@ -196,3 +196,22 @@ def test_the_finite_check_catches_every_non_finite_value(poison: Any, finite: bo
     elif poison is not None:
         array[17, 3:9] = poison
     assert _all_finite(array) is finite
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [("a", GOOD)],  # two fields
+        [("a", GOOD, None, "extra")],
+        [("a", GOOD, None), ("b", GOOD)],  # one good, one short: nothing written
+        [42],
+        [None],
+        [{"id": "a", "vector": GOOD, "meta": None}],  # a mapping of three keys, not a tuple
+        [("a", GOOD, None), "abc"],  # a string of three characters
+    ],
+)
+async def test_malformed_items_refused(index: VectorIndex, tmp_path: Path, items: Any) -> None:
+    await index.upsert("ns", "kept", GOOD)
+    with pytest.raises(InvalidVectorError):
+        await index.upsert_many("ns", items)
+    await _nothing_written(index, tmp_path)
