@@ -22,9 +22,9 @@ from typing import Any
 
 from ..errors import ProjectionError, VectorIndexError
 from ..vectors import VectorIndex
+from ..vectors.codec import decode_matrix
 from .model import Change, Delete, Projection, Upsert
 from .sinks import SinkDump
-from .vector_matrix import decode_matrix
 
 __all__ = ["FaissSink"]
 
@@ -65,7 +65,7 @@ class FaissSink:
 
     async def _flush(self, name: str, run: list[Upsert]) -> int:
         """One ``upsert_arrays`` call for a run of upserts: the vectors decoded straight into
-        one matrix (:func:`.vector_matrix.decode_matrix`), no metadata to check when none has
+        one matrix (:func:`~satellites_es.vectors.codec.decode_matrix`), no metadata to check when none has
         any, and the positions that make a replayed or late change a no-op."""
         if not run:
             return 0

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from satellites_es.errors import InvalidVectorError
-from satellites_es.projections.vector_matrix import decode_matrix
-from satellites_es.vectors.codec import decode_vector, encode_vector
+from satellites_es.vectors.codec import decode_matrix, decode_vector, encode_vector
 
 
 def _encoded(rows: int, dim: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
