@@ -99,3 +99,19 @@ async def test_batched_queries_equal_single_queries(
         assert [h.id for h in hits] == [h.id for h in one[0]]
         assert [h.metadata for h in hits] == [h.metadata for h in one[0]]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in one[0]], atol=1e-4)
+
+
+def test_l2_distances_stay_exact_far_from_the_origin() -> None:
+    """Norms large next to the distances: the expansion |q|^2 - 2q.x + |x|^2 cancels, so the
+    winners' distances are recomputed directly (an exact match scores 0, not ~0.01)."""
+    rng = np.random.default_rng(4)
+    data = (rng.normal(size=(3000, DIM)) + 300.0).astype(np.float32)
+    index = _flat("l2", data)
+    vectors, labels = exact.flat_storage(index)
+    queries = data[:16].copy()
+    scores, found = exact.search(vectors, labels, queries, 3, l2_norms=exact.squared_norms(vectors))
+    assert found[:, 0].tolist() == list(range(1000, 1016))
+    assert np.abs(scores[:, 0]).max() < 1e-6
+    direct = ((data[found[:, 1:] - 1000] - queries[:, None, :]) ** 2).sum(axis=2)
+    np.testing.assert_allclose(scores[:, 1:], direct, rtol=1e-5)
+    assert (np.diff(scores, axis=1) >= 0).all()

@@ -8,7 +8,8 @@ numpy's speed: on this 2-core machine, 100k x 384, FAISS answers ~160 queries/s 
 queries/s. So for batches of :data:`MIN_QUERIES` or more, :func:`search` computes the scores with
 numpy on a zero-copy view of the vectors FAISS stores, and selects the top ``k`` itself. The
 results are FAISS's: the same vectors, the same formula, the same order (best first), compared
-against ``IndexFlat.search`` in the tests.
+against ``IndexFlat.search`` in the tests; under L2 the winners' distances are then computed
+directly, which is more exact than FAISS's own batched path (it keeps the expansion).
 
 Memory stays bounded: the stored vectors are scored in blocks of at most :data:`BLOCK_SCORES`
 scores, each block keeps only its top ``k``, and the blocks' winners are merged.
@@ -86,12 +87,25 @@ def search(
         where.append(rows + start)
     top, picked = _top_k(np.concatenate(best, axis=1), k)
     rows = np.take_along_axis(np.concatenate(where, axis=1), picked, axis=1)
-    order = np.argsort(-top, axis=1, kind="stable")
+    if l2_norms is not None:
+        top = _exact_l2(vectors, queries, rows)
+        order = np.argsort(top, axis=1, kind="stable")
+    else:
+        order = np.argsort(-top, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
     rows = np.take_along_axis(rows, order, axis=1)
-    if l2_norms is not None:
-        top = np.maximum(squared_norms(queries)[:, None] - top, 0.0, dtype=np.float32)
     return top.astype(np.float32, copy=False), labels[rows]
+
+
+def _exact_l2(vectors: Matrix, queries: Matrix, rows: Labels) -> Matrix:
+    """The winners' squared distances computed directly: |q|^2 - 2 q.x + |x|^2 cancels
+    catastrophically when the norms are large next to the distance (an exact match 100 units
+    from the origin came out ~0.01 away), and only ``k`` rows per query need the exact value."""
+    out = np.empty(rows.shape, np.float32)
+    for i, query in enumerate(queries):
+        diff = vectors[rows[i]] - query
+        out[i] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
 def _top_k(scores: Matrix, k: int) -> tuple[Matrix, Labels]:
