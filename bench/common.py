@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
@@ -78,3 +79,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 def figure(project: float, raw: float, unit: str, goal: str, **extra: Any) -> dict[str, Any]:
     ratio = project / raw if raw else 1.0
     return {"project": project, "raw": raw, "ratio": ratio, "unit": unit, "goal": goal, **extra}
+
+
+async def unlink_prefix(client: aioredis.Redis, prefix: str) -> None:
+    """Remove every key under ``prefix``, 1,000 at a time (SCAN, then UNLINK)."""
+    batch: list[Any] = []
+    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await client.unlink(*batch)
+            batch.clear()
+    if batch:
+        await client.unlink(*batch)

@@ -75,6 +75,7 @@ import asyncpg  # noqa: E402
 import psutil  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from bench.common import unlink_prefix  # noqa: E402
 from bench.soak_audit import GROUP as AUDIT_GROUP  # noqa: E402
 from bench.soak_audit import AuditHandler, audit_keys  # noqa: E402
 from satellites_es.bus.partition import dlq_name, queue_name  # noqa: E402
@@ -937,14 +938,7 @@ async def cleanup(ns: Namespace, es_external: bool) -> list[str]:
     try:
         redis = aioredis.Redis.from_url(ns.redis_url)
         try:
-            batch: list[Any] = []
-            async for k in redis.scan_iter(match=f"{ns.redis_prefix}*", count=2000):
-                batch.append(k)
-                if len(batch) >= 1000:
-                    await redis.unlink(*batch)
-                    batch.clear()
-            if batch:
-                await redis.unlink(*batch)
+            await unlink_prefix(redis, ns.redis_prefix)
         finally:
             await redis.aclose()
     except Exception as exc:

@@ -63,7 +63,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from bench.common import Log, append_all, figure, median, percentile, temp_log, timed
+from bench.common import Log, append_all, figure, median, percentile, temp_log, timed, unlink_prefix
 from satellites_es.config import FaissConfig
 from satellites_es.events import DataEvent
 from satellites_es.projections import Projection, Projector, Upsert, follow_active, rebuild
@@ -186,13 +186,13 @@ async def _redis(quick: bool, rounds: int) -> dict[str, Any]:
             for r in range(rounds):
                 target = f"{prefix}raw{r}:"
                 raw.append(n / await timed(lambda: raw_write(target)))  # noqa: B023
-                await _unlink_prefix(client, target)
+                await unlink_prefix(client, target)
                 ours.append(await _rebuild_once(p, sink, log, n))
             final = await sink.dump(p, await sink.active_version(p) or 0)
             if len(final) != n // KEYS_PER_EVENT:
                 raise RuntimeError(f"redis projection holds {len(final)} keys")
     finally:
-        await _unlink_prefix(client, prefix)
+        await unlink_prefix(client, prefix)
         await client.aclose()
     note = (
         f"{n} events over {n // KEYS_PER_EVENT} keys, median of {rounds} rounds. project: "
@@ -203,17 +203,6 @@ async def _redis(quick: bool, rounds: int) -> dict[str, Any]:
     )
     return figure(median(ours), median(raw), "events/s", ">= 0.7x raw pipeline", note=note,
                   rounds_project=ours, rounds_raw=raw, read_only=read_rate)  # fmt: skip
-
-
-async def _unlink_prefix(client: aioredis.Redis, prefix: str) -> None:
-    batch: list[Any] = []
-    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            await client.unlink(*batch)
-            batch.clear()
-    if batch:
-        await client.unlink(*batch)
 
 
 # ---- elasticsearch ---------------------------------------------------------------------------
@@ -381,7 +370,7 @@ async def _lag(quick: bool) -> dict[str, Any]:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(follower, timeout=5)
     finally:
-        await _unlink_prefix(client, prefix)
+        await unlink_prefix(client, prefix)
         await client.aclose()
     lag_events, lag_ms, appended = lag
     p50_ms, p99_ms = percentile(lag_ms, 0.5), percentile(lag_ms, 0.99)
