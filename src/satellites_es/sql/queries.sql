@@ -220,3 +220,16 @@ ORDER BY version;
 
 -- name: head
 SELECT coalesce(max(position), 0) FROM {schema}.events;
+
+-- name: read_payloads
+-- read_types for a replay that needs only the position, key, type and payload of an event. The
+-- long string field $5 (an encoded vector) is sent as raw text beside the rest of the payload,
+-- so it is neither escaped by jsonb's output nor scanned by the client's JSON decoder; where the
+-- field is not a string, the payload goes whole (text NULL).
+SELECT position, key, type,
+       CASE WHEN jsonb_typeof(payload -> $5) = 'string' THEN payload ->> $5 END AS text,
+       CASE WHEN jsonb_typeof(payload -> $5) = 'string' THEN payload - $5 ELSE payload END AS rest
+FROM {schema}.events
+WHERE position > $1 AND position <= $2 AND type = ANY($4::text[])
+ORDER BY position
+LIMIT $3;
