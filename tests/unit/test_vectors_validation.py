@@ -165,14 +165,15 @@ async def test_a_failed_faiss_add_leaves_the_namespace_as_it_was(
     before_ids, before = await index.ids("ns"), await index.query("ns", GOOD, 10)
     ns = index._slots["ns"].ns  # the namespace under test
     ns._index = _FailingAdd(ns._index)
-    batch = [(f"v{i}", rng.normal(size=DIM), {"new": True}) for i in range(5, 5 + n)]  # 5 known
+    # v8 and v9 are known (overwritten in place, after the add of the new ones succeeds)
+    batch = [(f"v{i}", rng.normal(size=DIM), {"new": True}) for i in range(8, 8 + n)]
     with pytest.raises(VectorIndexError, match="bad_alloc"):
         await index.upsert_many("ns", batch)
     ns._index = ns._index.inner
     assert await index.ids("ns") == before_ids
     assert await index.query("ns", GOOD, 10) == before
-    stored = await index.get("ns", "v7")
-    assert stored is not None and stored[1] == {"i": 7}
+    stored = await index.get("ns", "v9")
+    assert stored is not None and stored[1] == {"i": 9}
     assert await index.query("ns", GOOD, 3, filter={"new": True}) == []
 
 

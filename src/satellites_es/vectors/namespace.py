@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -237,8 +237,12 @@ class Namespace:
                 self.upsert(ids, vectors, metas)  # every row, distinct ids: no copy
             else:
                 self.upsert(list(chosen), vectors[rows], [metas[r] for r in rows])
-        for vector_id, position in latest.items():
-            self.record_position(vector_id, position)
+        if latest:  # record_position for each, at C speed
+            self._positions.update(latest)
+            self.version += 1
+            top = max(latest.values())
+            if self.applied_position is None or top > self.applied_position:
+                self.applied_position = top
         return admitted
 
     def _admitted(
@@ -268,12 +272,32 @@ class Namespace:
     def upsert(self, ids: Sequence[str], vectors: Matrix, metas: Sequence[Meta]) -> None:
         """Store distinct ``ids`` (the caller dedupes), replacing any previous vector.
 
-        FAISS copies a large batch in a helper thread (it releases the GIL) while this thread
-        updates the id maps, so the bookkeeping costs no extra time; if the add fails, the maps
-        are put back as they were.
+        On flat storage a known id's vector is overwritten where it lies, under its label: no
+        ``remove_ids``, which compacts the whole index on every call (a replay that replaced
+        most ids spent a seventh of its time there). New ids are added; FAISS copies a large
+        batch in a helper thread (it releases the GIL) while this thread updates the id maps,
+        so the bookkeeping costs no extra time; if the add fails, the maps are put back as they
+        were and nothing was overwritten.
         """
-        labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
         known = self._label_of.keys() & ids  # C-speed; usually empty (new ids)
+        in_place = self._stored_rows(ids, known) if known and self._flat else None
+        if in_place is None:
+            self._add(ids, vectors, metas, known)
+        else:
+            rows, slots = in_place
+            fresh = [row for row, vector_id in enumerate(ids) if vector_id not in known]
+            if fresh:
+                self._add([ids[r] for r in fresh], vectors[fresh], [metas[r] for r in fresh], ())
+            self._overwrite([ids[r] for r in rows], vectors[rows], [metas[r] for r in rows], slots)
+        self.version += 1
+        self._maybe_train()
+        self._maybe_compact()
+
+    def _add(
+        self, ids: Sequence[str], vectors: Matrix, metas: Sequence[Meta], known: Collection[str]
+    ) -> None:
+        """Add ``ids`` under new labels; the ``known`` ones lose their old label afterwards."""
+        labels = np.arange(self._next_label, self._next_label + len(ids), dtype=np.int64)
         replaced = {vector_id: self._label_of[vector_id] for vector_id in known}
         adding = _started(self._index.add_with_ids, vectors, labels, alone=len(ids) < OVERLAP_MIN)
         label_list = labels.tolist()
@@ -294,9 +318,33 @@ class Namespace:
         if self._filters.keys:
             for label, meta in zip(label_list, metas, strict=True):
                 self._filters.add(label, meta)
-        self.version += 1
-        self._maybe_train()
-        self._maybe_compact()
+
+    def _stored_rows(
+        self, ids: Sequence[str], known: Collection[str]
+    ) -> tuple[list[int], Labels] | None:
+        """The batch rows of ``known`` ids and the storage slots of their labels, or None when
+        the id map is not in label order (never seen: adds append rising labels and
+        ``remove_ids`` keeps the order; then the remove-and-add path runs)."""
+        rows = [row for row, vector_id in enumerate(ids) if vector_id in known]
+        labels = np.fromiter((self._label_of[ids[r]] for r in rows), np.int64, len(rows))
+        _, stored = exact.flat_storage(self._index)
+        slots = np.searchsorted(stored, labels)
+        if not (slots < len(stored)).all() or not (stored[slots] == labels).all():
+            return None
+        return rows, slots
+
+    def _overwrite(
+        self, ids: list[str], vectors: Matrix, metas: Sequence[Meta], slots: Labels
+    ) -> None:
+        """Write known ids' new vectors and metadata in place (cannot fail half-way)."""
+        storage, stored = exact.flat_storage(self._index)
+        storage[slots] = vectors
+        labels = stored[slots].tolist()
+        if self._filters.keys:
+            for label, meta in zip(labels, metas, strict=True):
+                self._filters.remove(label, self._entries[label][1])
+                self._filters.add(label, meta)
+        self._entries.update(zip(labels, zip(ids, metas, strict=True), strict=True))
 
     def delete(self, ids: Sequence[str]) -> int:
         labels = [self._label_of[i] for i in ids if i in self._label_of]
