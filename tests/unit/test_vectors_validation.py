@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import types
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ from satellites_es.errors import (
     VectorIndexError,
 )
 from satellites_es.vectors import VectorIndex
+from satellites_es.vectors.validation import check_metadata
 
 DIM = 8
 GOOD = [0.5] * DIM
@@ -216,3 +221,48 @@ async def test_malformed_items_refused(index: VectorIndex, tmp_path: Path, items
     with pytest.raises(InvalidVectorError):
         await index.upsert_many("ns", items)
     await _nothing_written(index, tmp_path)
+
+
+class _Colour(enum.StrEnum):
+    RED = "red"
+
+
+class _Plain(enum.Enum):
+    ONE = 1
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"when": datetime.date(2026, 11, 30)},  # msgspec would write a string
+        {"deep": [1, {"x": float("nan")}]},  # msgspec would write null
+        {"x": float("-inf")},
+        {"x": decimal.Decimal("1.5")},
+        {"x": np.int64(3)},
+        {"x": b"bytes"},
+        {"x": _Plain.ONE},
+        {3: "int key"},
+    ],
+)
+def test_metadata_check_is_json_dumps_rule_not_msgspecs(metadata: Any) -> None:
+    """The fast path (msgspec, compared with the input) refuses exactly what the rule refuses."""
+    with pytest.raises(InvalidVectorError, match="metadata #1"):
+        check_metadata([{"ok": 1}, metadata])
+
+
+def test_metadata_check_accepts_what_json_accepts_and_copies_it() -> None:
+    items: list[Any] = [
+        {"tuple": (1, 2), "colour": _Colour.RED, "f": np.float64(1.5), "big": 2**80},
+        None,
+        {"nested": {"list": [1, None, True, "é"]}},
+    ]
+    copied = check_metadata(items)
+    assert copied == [
+        {"tuple": [1, 2], "colour": "red", "f": 1.5, "big": 2**80},
+        None,
+        {"nested": {"list": [1, None, True, "é"]}},
+    ]
+    assert type(copied[0]["colour"]) is str and type(copied[0]["f"]) is float  # type: ignore[index]
+    assert copied[2] is not items[2] and copied[2]["nested"] is not items[2]["nested"]  # type: ignore[index]
+    mapping = types.MappingProxyType({"a": 1})  # a Mapping that is not a dict
+    assert check_metadata([mapping]) == [{"a": 1}]

@@ -11,10 +11,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
 from ..errors import InvalidNamespaceError, InvalidVectorError
+
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
 
 __all__ = [
     "check_id",
@@ -115,11 +119,28 @@ def check_metadata(
 ) -> list[dict[str, Any] | None]:
     """Deep-copy metadata through JSON: proves it is JSON (no NaN) and detaches it from the caller.
 
-    One ``json.dumps`` of the whole batch runs at C speed; only on failure do we look for the
-    offending item to name it.
+    The rule is ``json.loads(json.dumps(items, allow_nan=False))`` with string keys only. The
+    usual batch is checked by msgspec's encoder and decoder and a comparison with the input, all
+    at C speed (~0.25 us an item against ~1.5): when the copy equals the input, every value was
+    already what JSON gives back. msgspec is more lenient than the rule (NaN becomes ``null``, a
+    datetime a string, an int key a string key), but each of those makes the copy differ from the
+    input; then the rule itself runs, and refuses or accepts as it always did (a tuple becomes a
+    list). Only on failure is the offending item looked for, to name it.
     """
     if items.count(None) == len(items):  # no metadata at all: nothing to copy
         return [None] * len(items)
+    if not all(type(item) is dict or item is None for item in items):
+        return _checked_copy(items)  # another Mapping, or not a mapping at all
+    try:
+        copied: list[dict[str, Any] | None] = _json_decode(_json_encode(items))
+        if copied == items:
+            return copied
+    except (TypeError, ValueError, OverflowError, msgspec.MsgspecError):
+        pass
+    return _checked_copy(items)
+
+
+def _checked_copy(items: Sequence[Mapping[str, Any] | None]) -> list[dict[str, Any] | None]:
     for position, item in enumerate(items):
         if item is not None and not isinstance(item, Mapping):
             raise InvalidVectorError(f"metadata #{position} must be a mapping or None")
