@@ -1,6 +1,7 @@
 """Projections on the real stores: exactly-once effect by position, crash recovery, blue/green
 rebuild while live events arrive, resume after a kill, rollback. Every test runs against the
-three sinks: Redis, Elasticsearch (the ES endpoint of the harness) and FAISS."""
+three sinks: Redis, Elasticsearch (the ES endpoint of the harness) and FAISS, and FAISS twice:
+with a handler function, and with the same mapping as ``VectorFields`` (replayed as columns)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 
 from satellites_es.config import FaissConfig
+from satellites_es.errors import ProjectionError
 from satellites_es.events import DataEvent
 from satellites_es.projections import (
     Checkpoints,
@@ -26,6 +28,7 @@ from satellites_es.projections import (
     Sink,
     SinkDump,
     Upsert,
+    VectorFields,
     ensure_active,
     rebuild,
     rollback,
@@ -36,7 +39,7 @@ from satellites_es.projections.redis_sink import RedisSink
 from satellites_es.store import EventStore
 from satellites_es.vectors import VectorIndex
 
-SINKS = ("redis", "elasticsearch", "faiss")
+SINKS = ("redis", "elasticsearch", "faiss", "faiss_fields")
 DIM = 4
 
 
@@ -52,15 +55,28 @@ def _handler(kind: str) -> Callable[[DataEvent], Upsert | Delete | None]:
     return handle
 
 
+#: _handler("faiss") as fields: a rebuild reads payloads and applies runs (projections/fields.py)
+ITEM_FIELDS = VectorFields(vector="vector", metadata=("title",), deletes=("item.deleted",))
+
+
+class FieldsFaissSink(FaissSink):
+    """A FAISS sink whose tests project with :data:`ITEM_FIELDS` rather than the function."""
+
+
+def kind_of(sink: Sink) -> str:
+    return "faiss_fields" if isinstance(sink, FieldsFaissSink) else sink.kind
+
+
 def make_projection(kind: str, name: str = "items") -> Projection:
     options: dict[str, Any] = {}
     if kind == "elasticsearch":
         options = {"mappings": {"properties": {"title": {"type": "text"}, "n": {"type": "long"}}}}
-    if kind == "faiss":
+    if kind.startswith("faiss"):
         options = {"dimension": DIM, "metric": "l2"}
+    handler = ITEM_FIELDS if kind == "faiss_fields" else _handler(kind)
     return Projection(
-        name=name, version=1, sink=kind,  # type: ignore[arg-type]
-        event_types=("item.upserted", "item.deleted"), handler=_handler(kind), options=options,
+        name=name, version=1, sink=kind.removesuffix("_fields"),  # type: ignore[arg-type]
+        event_types=("item.upserted", "item.deleted"), handler=handler, options=options,
     )  # fmt: skip
 
 
@@ -115,7 +131,7 @@ def sink(
         return RedisSink(redis_client, redis_prefix)
     if kind == "elasticsearch":
         return ElasticsearchSink(es_client, f"{test_id}-")
-    return FaissSink(vectors)
+    return FieldsFaissSink(vectors) if kind == "faiss_fields" else FaissSink(vectors)
 
 
 @pytest.fixture
@@ -125,7 +141,7 @@ def checkpoints(pool: asyncpg.Pool, migrated: Any) -> Checkpoints:
 
 async def fresh_replay(sink: Sink, store: EventStore, checkpoints: Checkpoints) -> SinkDump:
     """A projection of the same handler replayed from scratch under another name."""
-    fresh = make_projection(sink.kind, name="fresh")
+    fresh = make_projection(kind_of(sink), name="fresh")
     await Projector(fresh, sink, store, checkpoints).catch_up()
     return await sink.dump(fresh, 1)
 
@@ -138,7 +154,7 @@ async def append_items(store: EventStore, keys: int, rounds: int, seed: int = 1)
 
 
 async def test_duplicates_and_late_events_change_nothing(sink: Sink) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
     await sink.prepare(p, 1)
     v3 = p.change_for(_at(item("a", 3), 3))
     v2 = p.change_for(_at(item("a", 2), 2))
@@ -180,7 +196,13 @@ class CrashAfterWrite:
         return getattr(self.inner, name)
 
     async def apply(self, projection: Projection, version: int, changes: Any) -> int:
-        applied = await self.inner.apply(projection, version, changes)
+        return self._counted(await self.inner.apply(projection, version, changes))
+
+    async def apply_runs(self, projection: Projection, version: int, runs: Any) -> int:
+        apply_runs = self.inner.apply_runs  # type: ignore[attr-defined]  # FAISS only
+        return self._counted(await apply_runs(projection, version, runs))
+
+    def _counted(self, applied: int) -> int:
         self.after -= 1
         if self.after == 0:
             raise Crash("killed between the sink write and the checkpoint")
@@ -190,7 +212,7 @@ class CrashAfterWrite:
 async def test_crash_between_sink_write_and_checkpoint_converges(
     sink: Sink, store: EventStore, checkpoints: Checkpoints
 ) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
     await append_items(store, keys=50, rounds=6)
     crashing = CrashAfterWrite(sink, after=3)
     with pytest.raises(Crash):
@@ -204,7 +226,7 @@ async def test_crash_between_sink_write_and_checkpoint_converges(
 async def test_rebuild_while_live_events_arrive_then_flip_and_rollback(
     sink: Sink, store: EventStore, checkpoints: Checkpoints
 ) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
     await append_items(store, keys=100, rounds=5)
     assert await ensure_active(p, sink, checkpoints) == 1
     await Projector(p, sink, store, checkpoints).catch_up()
@@ -236,7 +258,7 @@ async def test_rebuild_while_live_events_arrive_then_flip_and_rollback(
 async def test_rebuild_killed_halfway_resumes_and_completes(
     sink: Sink, store: EventStore, checkpoints: Checkpoints
 ) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
     await append_items(store, keys=100, rounds=6)
     await ensure_active(p, sink, checkpoints)
     crashing = CrashAfterWrite(sink, after=3)
@@ -254,7 +276,7 @@ async def test_rebuild_killed_halfway_resumes_and_completes(
 async def test_other_event_types_are_not_read_and_the_checkpoint_reaches_the_head(
     sink: Sink, store: EventStore, checkpoints: Checkpoints
 ) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
 
     def viewed(key: str) -> DataEvent:  # a type the projection does not take
         return DataEvent(type="item.viewed", resource="items", key=key, payload={}, source="test")
@@ -276,7 +298,7 @@ async def test_other_event_types_are_not_read_and_the_checkpoint_reaches_the_hea
 async def test_a_rebuild_freezes_the_heap_it_starts_with_and_unfreezes_it(
     sink: Sink, store: EventStore, checkpoints: Checkpoints
 ) -> None:
-    p = make_projection(sink.kind)
+    p = make_projection(kind_of(sink))
     await append_items(store, keys=30, rounds=2)
     frozen: list[int] = []
     assert gc.get_freeze_count() == 0
@@ -293,3 +315,71 @@ async def test_a_rebuild_freezes_the_heap_it_starts_with_and_unfreezes_it(
         assert gc.get_freeze_count() > 0  # not unfrozen by the rebuild
     finally:
         gc.unfreeze()
+
+
+async def test_vector_fields_replay_as_columns_gives_what_the_handler_gives(
+    vectors: VectorIndex, store: EventStore, checkpoints: Checkpoints
+) -> None:
+    """The column path (payloads read with the vector apart, runs between deletes) against the
+    same mapping called event by event: encoded and list vectors, deletes, a missing metadata
+    field, other event types in between, batches that split runs."""
+    from satellites_es.vectors.codec import encode_vector
+
+    rng = random.Random(5)
+    events: list[DataEvent] = []
+    for r in range(6):
+        for k in range(25):
+            vector = [rng.uniform(-1, 1) for _ in range(DIM)]
+            payload: dict[str, Any] = {"vector": encode_vector(vector) if k % 3 else vector}
+            if k % 4:
+                payload["title"] = f"k{k} r{r}"
+            deleted = rng.random() < 0.15
+            events.append(DataEvent(type="item.deleted" if deleted else "item.upserted",
+                                    resource="items", key=f"k{k}", source="test",
+                                    payload={} if deleted else payload))  # fmt: skip
+        events.append(DataEvent(type="item.viewed", resource="items", key="x", payload={},
+                                source="test"))  # fmt: skip
+    await store.append(events)
+    sink = FaissSink(vectors)
+    columns = make_projection("faiss_fields", name="columns")
+    by_event = Projection(name="by_event", version=1, sink="faiss", event_types=columns.event_types,
+                          handler=lambda e: ITEM_FIELDS(e), options=columns.options)  # fmt: skip
+    reads: list[str] = []
+    for name in ("read", "read_payloads"):
+        original = getattr(store, name)
+
+        def spy(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            reads.append(_name)
+            return _original(*args, **kw)
+
+        setattr(store, name, spy)
+    await Projector(columns, sink, store, checkpoints, batch_size=7).catch_up()
+    assert set(reads) == {"read_payloads"}
+    reads.clear()
+    await Projector(by_event, sink, store, checkpoints, batch_size=7).catch_up()
+    assert set(reads) == {"read"}
+    got, expected = await sink.dump(columns, 1), await sink.dump(by_event, 1)
+    assert got == expected
+    last = {e.key: e.type for e in events if e.type != "item.viewed"}
+    live = {key for key, kind in last.items() if kind == "item.upserted"}
+    assert {key for key, d in got.items() if d is not None} == live
+    assert 10 < len(live) < 25  # and the rest were deleted last
+    assert any(d is not None and d["metadata"] == {"title": None} for d in got.values())
+
+
+async def test_a_payload_without_its_vector_stops_the_replay_with_a_typed_error(
+    vectors: VectorIndex, store: EventStore, checkpoints: Checkpoints
+) -> None:
+    p = make_projection("faiss_fields")
+    await store.append([item(f"k{k}", 0) for k in range(10)])
+    await store.append(DataEvent(type="item.upserted", resource="items", key="bad",
+                                 payload={"title": "no vector"}, source="test"))  # fmt: skip
+    await store.append([item(f"k{k}", 1) for k in range(10)])
+    sink = FaissSink(vectors)
+    with pytest.raises(ProjectionError, match="position 11 has no 'vector'"):
+        await Projector(p, sink, store, checkpoints, batch_size=5).catch_up()
+    assert await checkpoints.get("items", 1) == 10  # the two batches before it, no further
+    assert len([d for d in (await sink.dump(p, 1)).values() if d is not None]) == 10
+    with pytest.raises(ProjectionError, match="has no 'vector'"):
+        ITEM_FIELDS(_at(DataEvent(type="item.upserted", resource="items", key="bad",
+                                  payload={"title": "no vector"}, source="test"), 11))  # fmt: skip

@@ -1,13 +1,15 @@
 """Projections: the log replayed into Redis caches, Elasticsearch indices and FAISS namespaces.
 
 ``model`` (what a projection is), ``sinks`` (the protocol) with ``redis_sink``, ``es_sink`` and
-``faiss_sink``, ``checkpoints`` (Postgres bookkeeping), ``projector`` (apply the log in order,
-follow it live) and ``rebuild`` (blue/green rebuild by replay, rollback).
+``faiss_sink``, ``fields`` (a FAISS handler written as fields, replayed as columns),
+``checkpoints`` (Postgres bookkeeping), ``projector`` (apply the log in order, follow it live)
+and ``rebuild`` (blue/green rebuild by replay, rollback).
 """
 
 from __future__ import annotations
 
 from .checkpoints import Checkpoints
+from .fields import VectorFields, VectorRun
 from .model import Change, Delete, Projection, Upsert
 from .projector import Progress, Projector, follow_active
 from .rebuild import RebuildResult, ensure_active, rebuild, rollback
@@ -24,6 +26,8 @@ __all__ = [
     "Sink",
     "SinkDump",
     "Upsert",
+    "VectorFields",
+    "VectorRun",
     "ensure_active",
     "follow_active",
     "rebuild",

@@ -12,7 +12,9 @@ An :class:`Upsert` document for this sink is ``{"vector": ..., "metadata": {...}
 a list of numbers or, much faster to replay, ``encode_vector(v)`` (:mod:`satellites_es.vectors.codec`).
 A run of upserts is written with one ``VectorIndex.upsert_arrays`` call on one decoded matrix
 (no per-item tuples to validate and stack again; issue #6, ``bench/stages/rebuild.py`` has the
-figures).
+figures). A projection whose handler is a :class:`~satellites_es.projections.fields.VectorFields`
+skips the per-event objects altogether: the projector hands :meth:`FaissSink.apply_runs` the
+columns it read from the log.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from ..errors import ProjectionError, VectorIndexError
 from ..vectors import VectorIndex
 from ..vectors.codec import decode_matrix
+from .fields import VectorRun
 from .model import Change, Delete, Projection, Upsert
 from .sinks import SinkDump
 
@@ -47,40 +50,40 @@ class FaissSink:
             )
 
     async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
+        runs: list[VectorRun | Delete] = []
+        upserts: list[Upsert] = []
+        for change in changes:
+            if isinstance(change, Upsert):
+                upserts.append(change)
+                continue
+            if upserts:
+                runs.append(_run_of(projection.target(version), upserts))
+                upserts = []
+            runs.append(change)
+        if upserts:
+            runs.append(_run_of(projection.target(version), upserts))
+        return await self.apply_runs(projection, version, runs)
+
+    async def apply_runs(
+        self, projection: Projection, version: int, runs: Sequence[VectorRun | Delete]
+    ) -> int:
+        """Apply runs of upserts and deletes in order: a run is one ``upsert_arrays`` call on
+        one decoded matrix (:func:`~satellites_es.vectors.codec.decode_matrix`), with the
+        positions that make a replayed or late change a no-op."""
         name = projection.target(version)
         applied = 0
-        run: list[Upsert] = []
         try:
-            for change in changes:
-                if isinstance(change, Upsert):
-                    run.append(change)
-                    continue
-                applied += await self._flush(name, run)
-                run = []
-                applied += await self._delete(name, change)
-            applied += await self._flush(name, run)
+            for run in runs:
+                if isinstance(run, Delete):
+                    applied += await self._delete(name, run)
+                else:
+                    applied += await self.vectors.upsert_arrays(
+                        name, run.keys, decode_matrix(run.vectors), run.metadata,
+                        positions=run.positions,
+                    )  # fmt: skip
         except VectorIndexError as exc:
             raise ProjectionError(f"faiss sink {name}: {exc}") from exc
         return applied
-
-    async def _flush(self, name: str, run: list[Upsert]) -> int:
-        """One ``upsert_arrays`` call for a run of upserts: the vectors decoded straight into
-        one matrix (:func:`~satellites_es.vectors.codec.decode_matrix`), no metadata to check when none has
-        any, and the positions that make a replayed or late change a no-op."""
-        if not run:
-            return 0
-        try:
-            encoded = [c.document["vector"] for c in run]
-        except (KeyError, TypeError) as exc:
-            raise ProjectionError(f"faiss sink {name}: an upsert document has no 'vector'") from exc
-        metadata = [c.document.get("metadata") for c in run]
-        return await self.vectors.upsert_arrays(
-            name,
-            [c.key for c in run],
-            decode_matrix(encoded),
-            None if all(m is None for m in metadata) else metadata,
-            positions=[c.position for c in run],
-        )
 
     async def _delete(self, name: str, change: Delete) -> int:
         return int(await self.vectors.delete(name, change.key, position=change.position))
@@ -113,6 +116,21 @@ class FaissSink:
 
     async def flush(self, projection: Projection, version: int) -> None:
         await self.vectors.save(projection.target(version))
+
+
+def _run_of(name: str, upserts: list[Upsert]) -> VectorRun:
+    """Upsert changes as a run; metadata None when no change has any (nothing to check)."""
+    try:
+        vectors = [c.document["vector"] for c in upserts]
+    except (KeyError, TypeError) as exc:
+        raise ProjectionError(f"faiss sink {name}: an upsert document has no 'vector'") from exc
+    metadata = [c.document.get("metadata") for c in upserts]
+    return VectorRun(
+        [c.key for c in upserts],
+        vectors,
+        None if metadata.count(None) == len(metadata) else metadata,
+        [c.position for c in upserts],
+    )
 
 
 def _doc(vector: list[float], metadata: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -13,11 +13,14 @@ the memory of every serving process) keeps it beside its own snapshot (``local_c
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .model import Change, Projection
+from .model import Change, Delete, Projection
 
-__all__ = ["Sink", "SinkDump"]
+if TYPE_CHECKING:
+    from .fields import VectorRun
+
+__all__ = ["RunSink", "Sink", "SinkDump"]
 
 #: key -> document, or None for a tombstone.
 SinkDump = dict[str, Mapping[str, Any] | None]
@@ -49,3 +52,15 @@ class Sink(Protocol):
 
     async def flush(self, projection: Projection, version: int) -> None:
         """Make what was applied durable where the sink is not already (FAISS: a snapshot)."""
+
+
+@runtime_checkable
+class RunSink(Protocol):
+    """A sink that also takes changes as columns (FAISS): a projection whose handler is a
+    :class:`~satellites_es.projections.fields.VectorFields` is replayed into it without an
+    object per event."""
+
+    async def apply_runs(
+        self, projection: Projection, version: int, runs: Sequence[VectorRun | Delete]
+    ) -> int:
+        """``apply`` for runs of upserts (as columns) and deletes, in order."""
