@@ -8,32 +8,42 @@ documents, in the same run, on the same data.
 * ``es_rebuild``: the same into Elasticsearch (external versions) against
   ``helpers.async_bulk`` of the same documents (one ``index`` action per event, chunks of 1000
   like the sink's, no versioning) into a fresh index with the same mappings.
-* ``faiss_rebuild``: a FAISS projection (d=384, flat inner product) against
-  ``IndexIDMap2(IndexFlatIP)`` ``add_with_ids`` of the same vectors, batches of 1000, one vector
-  per event. The goal is absolute (events/s); the ratio is for information.
+* ``faiss_rebuild``: a FAISS projection (d=384, flat inner product) whose handler is
+  ``VectorFields`` (the demo's form), against ``IndexIDMap2(IndexFlatIP)`` ``add_with_ids`` of
+  the same vectors, batches of 1000, one vector per event. The goal is absolute (events/s); the
+  ratio is for information. The same mapping written as a handler function is measured in the
+  same rounds (``function``), and both must leave the same namespace.
 
-  Issue #6 (goal 50,000 events/s), measured on the project's 2-core machine while another
-  engineer's benchmarks shared it, before and after in the same runs (base = the commit before
-  the work, alternated with it): full 12,494 -> 21,833 and 14,968 -> 18,455 events/s, quick
-  13,325 -> 21,156 and 12,090 -> 15,632. The goal is missed. Where a replayed event went, per
-  event, before: Postgres ~15 us of CPU to take the 2.2 KB payload out of TOAST and print the
-  jsonb (a core of its own, but serial with Python: the next batch was only asked for after the
-  sink wrote this one); Python ~9 us in asyncpg receiving it, ~5 us validating a DataEvent again
-  plus ~3.5 us of json, ~3 us in the handler, ~8 us of binascii base64, ~5 us on the event loop
-  and ~11 us in the FAISS thread in ``upsert_many``/``upsert_arrays`` (~4.5 us without metadata),
-  and ~12 us of cyclic GC (the batch in flight is promoted to the oldest generation, whose
-  collections scan the whole heap). What changed, each measured alone: reading one batch ahead
-  (+20%), no second validation of stored rows, one numpy decode of a batch's vectors into the
-  matrix ``upsert_arrays`` takes (~2.3 us a vector), and freezing the starting heap for the
-  rebuild (+40%, 16,300 -> 22,700). What did not: keeping payloads out of TOAST (``STORAGE
-  MAIN``), ``COPY ... BINARY`` and batches of 5,000-20,000 (no measurable change), a bigger
-  socket buffer (+5%, noise), orjson (+~10%, but it turns integers beyond 64 bits into floats).
-  What bounds it now, by GIL samples: the read (asyncpg, json, DataEvent) 35%, the vector
-  index's write path 31% (``vectors/``, not changed here; with metadata an item costs it ~16 us
-  in isolation, ~5.5 us without), the handler and change stamping 12%, the event loop 12%: one
-  core's worth of Python per event, ~35-40 us of CPU.
-  Reaching 50,000 (20 us an event, Postgres's part included on two cores) would take the vector
-  index's per-item bookkeeping and the per-event read down by half each.
+  Issue #6 (goal 50,000 events/s). The session before reached 18,400-28,600 events/s with the
+  handler path (type-filtered read one batch ahead, no second validation of stored rows, a numpy
+  batch base64 decode, ``gc.freeze``): one core's worth of Python per event, ~35 us. Then, each
+  change measured with and without it in alternated rounds of the rebuild alone, in one process,
+  on 20,000 events:
+
+  - the event rows stored inline (migration 0002, ``STORAGE MAIN``): a 2.2 KB payload had lived
+    in TOAST, and each reference to it in a query fetched it again; reading the vector apart
+    from the rest of the payload cost the server 25-29 us an event out of line, 7.5 us inline.
+    Only the payload made MAIN moved the 36-character id to TOAST instead: every variable-length
+    column is MAIN;
+  - ``VectorFields`` replayed as columns (``EventStore.read_payloads``, ``FaissSink.apply_runs``):
+    no DataEvent, handler call or two change objects per event;
+  - msgspec decodes payloads (``satellites_es.jsontext``; ~3 us less per 2 KB payload, exact);
+  - a batch is committed while the next one is read and prepared (the projector);
+  - replaced ids overwritten in place on flat storage: ``remove_ids`` compacted the whole index
+    on every batch, a seventh of the time (46,000 -> 53,200 events/s, median of six);
+  - ``check_metadata`` by msgspec and a comparison (~1.2 -> ~0.25 us an item; 34,600 ->
+    36,700), position bookkeeping at C speed.
+
+  - checkpoints committed without waiting for the WAL flush (~0.7 against 1.0-1.4 ms each).
+
+  What did not help: decoding the batch's vectors in a worker thread (44,200 inline against
+  40,100; numpy releases the GIL for only part of it), Postgres's own base64 ``decode`` (+17-21
+  us an event on the server), ``binascii`` on the joined batch (4.9 against 2.6 us a vector for
+  the numpy table decode), a page as one row of column arrays (``array_agg``: ~3 us an event
+  less on the client, more on the server, whose core the FAISS thread shares: 46,500 against
+  55,900), yielding to a batch's commit before preparing the next (no measurable change). What bounds it now,
+  by samples of all threads: the base64 decode ~25%, the vector index's write ~16%, the
+  snapshot at the end ~9%, asyncpg receiving ~2 KB an event, the columns and metadata ~7%.
 
 * ``projector_lag``: ``follow_active`` following a Redis projection while events are appended
   at a steady 500/s; lag sampled every 50 ms. No raw equivalent: see :func:`_lag`.
@@ -63,10 +73,27 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
 
-from bench.common import Log, append_all, figure, median, percentile, temp_log, timed, unlink_prefix
+from bench.common import (
+    Log,
+    append_all,
+    figure,
+    median,
+    percentile,
+    settle,
+    temp_log,
+    timed,
+    unlink_prefix,
+)  # fmt: skip
 from satellites_es.config import FaissConfig
 from satellites_es.events import DataEvent
-from satellites_es.projections import Projection, Projector, Upsert, follow_active, rebuild
+from satellites_es.projections import (
+    Projection,
+    Projector,
+    Upsert,
+    VectorFields,
+    follow_active,
+    rebuild,
+)  # fmt: skip
 from satellites_es.projections.es_sink import TOMBSTONE, ElasticsearchSink
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.redis_sink import RedisSink
@@ -130,6 +157,10 @@ def _vector_document(event: DataEvent) -> Upsert:
     return Upsert(event.key, {"vector": p["vector"], "metadata": {"n": p["n"]}})
 
 
+#: The mapping of _vector_document, as fields (what a rebuild replays as columns).
+VECTOR_FIELDS = VectorFields(vector="vector", metadata=("n",))
+
+
 def _projection(name: str, sink: str, handler: Any, options: dict[str, Any]) -> Projection:
     types = ("embedding.upserted",) if sink == "faiss" else ("entity.upserted",)
     return Projection(name=name, version=1, sink=sink, event_types=types,  # type: ignore[arg-type]
@@ -168,6 +199,7 @@ async def _redis(quick: bool, rounds: int) -> dict[str, Any]:
     try:
         async with temp_log("bench_rebuild_redis") as log:
             positions = await append_all(log.store, events)
+            await settle(log)
             sink = RedisSink(client, prefix)
             p = _projection("entities", "redis", _document, {})
             read_rate = await _read_only(log)
@@ -231,6 +263,7 @@ async def _es(quick: bool, rounds: int) -> dict[str, Any]:
     async with _es_client() as client, temp_log("bench_rebuild_es") as log:
         try:
             await append_all(log.store, events)
+            await settle(log)
             sink = ElasticsearchSink(client, prefix)
             p = _projection("entities", "elasticsearch", _document, {"mappings": ES_MAPPINGS})
             created += [sink.index(p, v) for v in range(1, rounds + 1)]
@@ -282,10 +315,12 @@ async def _faiss(quick: bool, rounds: int) -> dict[str, Any]:
     events, matrix = _vector_events(n)
     labels = np.arange(n, dtype=np.int64)
 
-    def raw_add() -> None:
+    async def raw_add() -> float:
+        started = time.perf_counter()
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
         for start in range(0, n, BATCH):
             index.add_with_ids(matrix[start : start + BATCH], labels[start : start + BATCH])
+        return n / (time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory(prefix="bench-rebuild-faiss-") as tmp:
         vectors = VectorIndex(
@@ -295,34 +330,50 @@ async def _faiss(quick: bool, rounds: int) -> dict[str, Any]:
         try:
             async with temp_log("bench_rebuild_faiss") as log:
                 await append_all(log.store, events, batch=500)
+                await settle(log)
                 sink = FaissSink(vectors)
                 options = {"dimension": DIM, "metric": "ip", "index_kind": "flat"}
-                p = _projection("embeddings", "faiss", _vector_document, options)
+                # the same mapping twice: as fields (the demo's form), and as a function
+                fields = _projection("embeddings", "faiss", VECTOR_FIELDS, options)
+                function = _projection("embeddings_fn", "faiss", _vector_document, options)
                 read_rate = await _read_only(log)
-                raw: list[float] = []
-                ours: list[float] = []
-                for _ in range(rounds):
-                    started = time.perf_counter()
-                    raw_add()
-                    raw.append(n / (time.perf_counter() - started))
-                    ours.append(await _rebuild_once(p, sink, log, n))
-                count = await vectors.count(p.target(await sink.active_version(p) or 0))
-                if count != n // KEYS_PER_EVENT:
-                    raise RuntimeError(f"faiss projection holds {count} vectors")
+                sides: dict[str, Any] = {
+                    "raw": raw_add,
+                    "fields": lambda: _rebuild_once(fields, sink, log, n),
+                    "function": lambda: _rebuild_once(function, sink, log, n),
+                }
+                got: dict[str, list[float]] = {side: [] for side in sides}
+                for i in range(rounds):  # the order rotates: drift hits every side alike
+                    order = list(sides)[i % 3 :] + list(sides)[: i % 3]
+                    for side in order:
+                        got[side].append(await sides[side]())
+                for p in (fields, function):
+                    count = await vectors.count(p.target(await sink.active_version(p) or 0))
+                    if count != n // KEYS_PER_EVENT:
+                        raise RuntimeError(f"faiss projection {p.name} holds {count} vectors")
+                    if await sink.dump(p, await sink.active_version(p) or 0) != await sink.dump(
+                        fields, await sink.active_version(fields) or 0
+                    ):
+                        raise RuntimeError("the two forms of one projection differ")
         finally:
             await vectors.close()
     note = (
-        f"d={DIM}, flat inner product; {n} events over {n // KEYS_PER_EVENT} keys, median of "
-        f"{rounds} rounds. project: rebuild() reads the log of its event types one batch ahead "
-        f"(the vector travels base64 float32 in the payload), handler, the batch's vectors decoded "
-        f"into one matrix, upsert_arrays per batch of {BATCH} (validation, add + remove of the "
-        f"replaced label, positions, metadata) in a worker thread. raw: "
-        f"IndexIDMap2(IndexFlatIP).add_with_ids of the same float32 vectors in batches of "
-        f"{BATCH}, one per event, no replacement, no log read. Reading the log alone: "
-        f"{read_rate:,.0f} events/s."
+        f"d={DIM}, flat inner product; {n} events over {n // KEYS_PER_EVENT} keys (each key "
+        f"replaced 5 times), median of {rounds} rounds. project: rebuild() of a projection whose "
+        f"handler is VectorFields(vector, metadata=('n',)): the log's positions, keys, types and "
+        f"payloads (the base64 float32 vector sent apart as raw text) one batch ahead, the batch "
+        f"as columns, its vectors decoded into one matrix, upsert_arrays per batch of {BATCH} "
+        f"(validation, positions, metadata, replaced ids overwritten in place) in a worker "
+        f"thread, the next batch prepared meanwhile, checkpoints, a snapshot at the end. The same "
+        f"mapping as a handler function (a DataEvent and a change per event): "
+        f"{median(got['function']):,.0f} events/s. raw: IndexIDMap2(IndexFlatIP).add_with_ids of "
+        f"the same float32 vectors in batches of {BATCH}, one per event, no replacement, no log "
+        f"read. Reading the log alone (every column, DataEvents): {read_rate:,.0f} events/s."
     )
-    return figure(median(ours), median(raw), "events/s", "project >= 50,000 events/s", note=note,
-                  rounds_project=ours, rounds_raw=raw, read_only=read_rate)  # fmt: skip
+    return figure(median(got["fields"]), median(got["raw"]), "events/s",
+                  "project >= 50,000 events/s", note=note, rounds_project=got["fields"],
+                  rounds_raw=got["raw"], function=median(got["function"]),
+                  rounds_function=got["function"], read_only=read_rate)  # fmt: skip
 
 
 # ---- projector lag ---------------------------------------------------------------------------
@@ -440,7 +491,7 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
     return {
         "redis_rebuild": await _redis(quick, rounds),
         "es_rebuild": await _es(quick, rounds),
-        "faiss_rebuild": await _faiss(quick, rounds),
+        "faiss_rebuild": await _faiss(quick, rounds + 2),
         "projector_lag": await _lag(quick),
     }
 
