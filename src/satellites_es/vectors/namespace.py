@@ -284,11 +284,13 @@ class Namespace:
         if in_place is None:
             self._add(ids, vectors, metas, known)
         else:
-            rows, slots = in_place
+            rows, labels, slots = in_place
             fresh = [row for row, vector_id in enumerate(ids) if vector_id not in known]
-            if fresh:
+            if fresh:  # appended after the stored ones: the slots stay valid
                 self._add([ids[r] for r in fresh], vectors[fresh], [metas[r] for r in fresh], ())
-            self._overwrite([ids[r] for r in rows], vectors[rows], [metas[r] for r in rows], slots)
+            self._overwrite(
+                [ids[r] for r in rows], vectors[rows], [metas[r] for r in rows], labels, slots
+            )
         self.version += 1
         self._maybe_train()
         self._maybe_compact()
@@ -321,25 +323,30 @@ class Namespace:
 
     def _stored_rows(
         self, ids: Sequence[str], known: Collection[str]
-    ) -> tuple[list[int], Labels] | None:
-        """The batch rows of ``known`` ids and the storage slots of their labels, or None when
+    ) -> tuple[list[int], list[int], Labels] | None:
+        """The batch rows of ``known`` ids, their labels and the storage slots of those, or None when
         the id map is not in label order (never seen: adds append rising labels and
         ``remove_ids`` keeps the order; then the remove-and-add path runs)."""
         rows = [row for row, vector_id in enumerate(ids) if vector_id in known]
-        labels = np.fromiter((self._label_of[ids[r]] for r in rows), np.int64, len(rows))
+        labels = [self._label_of[ids[r]] for r in rows]
+        wanted = np.array(labels, np.int64)
         _, stored = exact.flat_storage(self._index)
-        slots = np.searchsorted(stored, labels)
-        if not (slots < len(stored)).all() or not (stored[slots] == labels).all():
+        slots = np.searchsorted(stored, wanted)
+        if not (slots < len(stored)).all() or not (stored[slots] == wanted).all():
             return None
-        return rows, slots
+        return rows, labels, slots
 
     def _overwrite(
-        self, ids: list[str], vectors: Matrix, metas: Sequence[Meta], slots: Labels
+        self,
+        ids: list[str],
+        vectors: Matrix,
+        metas: Sequence[Meta],
+        labels: list[int],
+        slots: Labels,
     ) -> None:
         """Write known ids' new vectors and metadata in place (cannot fail half-way)."""
-        storage, stored = exact.flat_storage(self._index)
+        storage, _ = exact.flat_storage(self._index)  # again: an add may have moved it
         storage[slots] = vectors
-        labels = stored[slots].tolist()
         if self._filters.keys:
             for label, meta in zip(labels, metas, strict=True):
                 self._filters.remove(label, self._entries[label][1])
