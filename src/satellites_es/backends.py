@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -27,6 +27,7 @@ from .errors import BackendUnavailableError
 __all__ = [
     "Backend",
     "ElasticsearchBackend",
+    "LazyBackend",
     "PostgresBackend",
     "RedisBackend",
     "connect_with_retry",
@@ -42,6 +43,14 @@ class Backend(Protocol):
     async def connect(self) -> None: ...
     async def close(self) -> None: ...
     async def check(self) -> Mapping[str, Any]: ...
+
+
+@runtime_checkable
+class LazyBackend(Backend, Protocol):
+    """A backend whose client can exist before its server answers (it connects per request):
+    a layer can start without it and use it once it is back (Redis, Elasticsearch)."""
+
+    def open_lazily(self) -> None: ...
 
 
 def scrub(message: str, secrets: tuple[str | None, ...]) -> str:
@@ -85,9 +94,9 @@ class RedisBackend:
         self.config = config
         self.client: aioredis.Redis | None = None
 
-    async def connect(self) -> None:
+    def _client(self) -> aioredis.Redis:
         c = self.config
-        client = aioredis.Redis(
+        return aioredis.Redis(
             host=c.host,
             port=c.port,
             db=c.db,
@@ -96,12 +105,19 @@ class RedisBackend:
             socket_timeout=c.socket_timeout,
             socket_connect_timeout=c.socket_connect_timeout,
         )
+
+    async def connect(self) -> None:
+        client = self._client()
         try:
             await client.ping()
         except BaseException:
             await client.aclose()
             raise
         self.client = client
+
+    def open_lazily(self) -> None:
+        """A client that connects on its first command (the server is down now)."""
+        self.client = self._client()
 
     async def close(self) -> None:
         if self.client is not None:
@@ -166,22 +182,29 @@ class ElasticsearchBackend:
         self.config = config
         self.client: AsyncElasticsearch | None = None
 
-    async def connect(self) -> None:
+    def _client(self) -> AsyncElasticsearch:
         c = self.config
         auth = (c.username or "", c.password) if c.password else None
-        client = AsyncElasticsearch(
+        return AsyncElasticsearch(
             hosts=list(c.hosts),
             basic_auth=auth,
             api_key=c.api_key,
             request_timeout=c.request_timeout,
             max_retries=0,
         )
+
+    async def connect(self) -> None:
+        client = self._client()
         try:
             await client.info()
         except BaseException:
             await client.close()
             raise
         self.client = client
+
+    def open_lazily(self) -> None:
+        """A client that connects on its first request (the server is down now)."""
+        self.client = self._client()
 
     async def close(self) -> None:
         if self.client is not None:

@@ -13,8 +13,11 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     ├── PersistenceError              the event log could not read or write
     │   └── ConcurrencyError          an append's expected version did not match the stream
     ├── PublishError                  a message was not confirmed: nacked, unroutable, timed out
-    │   └── UnroutableError           no queue is bound for it: no subscriber group wants it
+    │   ├── UnroutableError           no queue is bound for it: no subscriber group wants it
+    │   └── UndeliverableError        the broker can never take it (a routing key over 255 bytes)
     ├── ProjectionError               a projection could not apply, rebuild or flip
+    │   ├── RejectedChangesError      a sink refused some changes of a call and applied the rest
+    │   └── PoisonEventError          one event cannot be projected (names projection, position, key)
     ├── BackgroundTaskError           a task a service depends on (the relay) died
     └── VectorIndexError              the FAISS wrapper refused or failed an operation
         ├── InvalidVectorError (ValueError)      wrong dimension, NaN or infinity
@@ -37,9 +40,12 @@ __all__ = [
     "LifecycleError",
     "NamespaceNotFoundError",
     "PersistenceError",
+    "PoisonEventError",
     "ProjectionError",
     "PublishError",
+    "RejectedChangesError",
     "SatellitesError",
+    "UndeliverableError",
     "UnroutableError",
     "VectorIndexError",
 ]
@@ -98,8 +104,54 @@ class UnroutableError(PublishError):
     """The broker returned a mandatory message: no queue is bound for it (nobody subscribed)."""
 
 
+class UndeliverableError(PublishError):
+    """The broker can never take this message as it is (a routing key over 255 bytes): retrying
+    it cannot succeed, so the relay parks it instead (see :mod:`satellites_es.faults`)."""
+
+
 class ProjectionError(SatellitesError):
     """A projection could not apply an event, rebuild, or flip."""
+
+
+class RejectedChangesError(ProjectionError):
+    """A sink refused some changes of one call for good (an Elasticsearch mapping rejection, a
+    vector of the wrong dimension) and applied every other change of that call.
+
+    ``rejected`` maps the refused changes' positions to the reason, one line each; ``applied``
+    is how many of the others the store took (older positions it skipped are not counted).
+    """
+
+    def __init__(self, target: str, rejected: dict[int, str], applied: int = 0) -> None:
+        first = next(iter(rejected.items()), (None, ""))
+        super().__init__(
+            f"{target}: {len(rejected)} change(s) refused, first at position {first[0]}: {first[1]}"
+        )
+        self.target = target
+        self.rejected = rejected
+        self.applied = applied
+
+
+class PoisonEventError(ProjectionError):
+    """One event cannot be projected, whatever the retries: the handler raised on it, or the
+    sink refused its change for good. Names the projection, position, key, event id and cause."""
+
+    def __init__(
+        self,
+        projection: str,
+        version: int,
+        position: int,
+        key: str | None,
+        event_id: str | None,
+        error_type: str,
+        error: str,
+    ) -> None:
+        super().__init__(
+            f"projection {projection} v{version}: the event at position {position} "
+            f"(key {key!r}, id {event_id}) cannot be projected: {error_type}: {error}"
+        )
+        self.projection, self.version, self.position = projection, version, position
+        self.key, self.event_id = key, event_id
+        self.error_type, self.error = error_type, error
 
 
 class BackgroundTaskError(SatellitesError):

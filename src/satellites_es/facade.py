@@ -6,7 +6,11 @@ layer starts once; starting twice or using a stopped layer raises :class:`Lifecy
 ``start()`` connects every enabled backend concurrently, each with bounded retries
 (:func:`~satellites_es.backends.connect_with_retry`). The first backend that gives up cancels the
 others, everything already opened is closed again, and the error names that backend; the whole
-start is bounded by ``connect_timeout``. ``stop()`` is graceful, bounded by ``stop_timeout`` per
+start is bounded by ``connect_timeout``. A backend named in ``optional`` (Redis, Elasticsearch:
+their clients connect per request) that does not answer in that time is started without: its
+client reconnects by itself once the server is back, and ``health()`` reports it down until
+then. ``satellites-es run`` starts so, so that an Elasticsearch outage does not keep the relay
+and the other projectors from starting. ``stop()`` is graceful, bounded by ``stop_timeout`` per
 backend, and idempotent. ``health()`` never raises.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -25,12 +29,13 @@ from elasticsearch import AsyncElasticsearch
 from .backends import (
     Backend,
     ElasticsearchBackend,
+    LazyBackend,
     PostgresBackend,
     RedisBackend,
     connect_with_retry,
 )
 from .config import DataLayerConfig
-from .errors import BackendUnavailableError, LifecycleError
+from .errors import BackendUnavailableError, ConfigurationError, LifecycleError
 from .events import EventBus, InProcessEventBus
 from .health import BackendHealth, Health, probe
 from .tracing import span
@@ -97,11 +102,22 @@ class DataLayer:
     """Unified façade: lifecycle, health, and access to every backend."""
 
     def __init__(
-        self, config: DataLayerConfig | None = None, *, bus: EventBus | None = None
+        self,
+        config: DataLayerConfig | None = None,
+        *,
+        bus: EventBus | None = None,
+        optional: Collection[str] = (),
     ) -> None:
         self.config = config or DataLayerConfig()
         self._state = LayerState.NEW
         self._backends: dict[str, Backend] = self._make_backends()
+        self._optional = frozenset(optional)
+        for name in self._optional:
+            if name not in ("redis", "elasticsearch"):
+                raise ConfigurationError(
+                    "DataLayer(optional=...)", f"{name!r} cannot start without its server; "
+                    "only 'redis' and 'elasticsearch' can"
+                )  # fmt: skip
         self._bus: EventBus = bus if bus is not None else self._make_bus()
         self._events: EventBus = self._bus
         self._store: EventStore | None = None
@@ -170,22 +186,32 @@ class DataLayer:
 
     async def _connect_all(self) -> None:
         timeout, secrets = self.config.connect_timeout, self._secrets()
-        tasks = [
-            asyncio.create_task(connect_with_retry(b, timeout, secrets), name=f"connect-{name}")
+        tasks = {
+            name: asyncio.create_task(connect_with_retry(b, timeout, secrets), name=f"connect-{name}")
             for name, b in self._backends.items()
-        ]
-        if not tasks:
-            return
+        }
+        required = [t for name, t in tasks.items() if name not in self._optional]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if required:
+                await asyncio.wait(required, return_when=asyncio.FIRST_EXCEPTION)
+            if not any(t.done() and not t.cancelled() and t.exception() for t in required):
+                await asyncio.wait(tasks.values())  # the optional ones, for at most the timeout
         finally:
-            for task in tasks:
+            for task in tasks.values():
                 task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BackendUnavailableError)]
+            results = dict(zip(tasks, await asyncio.gather(*tasks.values(),
+                                                          return_exceptions=True), strict=True))  # fmt: skip
+        for name, result in results.items():
+            backend = self._backends[name]
+            if name in self._optional and isinstance(result, BackendUnavailableError):
+                assert isinstance(backend, LazyBackend)
+                backend.open_lazily()
+                logger.warning("%s; starting without it (it is used once it answers)", result)
+                results[name] = None
+        failures = [r for r in results.values() if isinstance(r, BackendUnavailableError)]
         if failures:
             raise failures[0]
-        for r in results:
+        for r in results.values():
             if isinstance(r, BaseException) and not isinstance(r, asyncio.CancelledError):
                 raise r
 

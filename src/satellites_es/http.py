@@ -1,7 +1,9 @@
 """``/health`` and ``/metrics`` over HTTP for ``satellites-es run`` (aiohttp).
 
 ``/health`` answers 200 with the JSON health of every backend, the relay and the projectors, or
-503 when one is down or a projector failed. ``/metrics`` is the Prometheus text format.
+503 when one is down or a projector is not running (its sink down, restarting, failed, or its
+snapshot not saved). Parked events are reported per projection but do not make it 503: they are
+set aside so that the projection keeps running. ``/metrics`` is the Prometheus text format.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class HealthServer:
         body = health.to_dict()
         projectors = self.service.health() if self.service is not None else {}
         body["projections"] = projectors
-        ok = health.ok and all(p["state"] != "failed" for p in projectors.values())
+        ok = health.ok and all(p["ok"] for p in projectors.values())
         body["ok"] = ok
         return web.Response(
             text=json.dumps(body, default=str), content_type="application/json",

@@ -40,6 +40,10 @@ class Metrics:
                                     "yet applied, per projection.", ["projection"], registry=r)  # fmt: skip
         self.projection_position = Gauge("satellites_projection_position", "Last applied "
                                          "position, per projection.", ["projection"], registry=r)  # fmt: skip
+        self.projection_up = Gauge("satellites_projection_up", "1 if the projection is running "
+                                   "with its sink reachable.", ["projection"], registry=r)  # fmt: skip
+        self.parked = Gauge("satellites_parked_events", "Events parked (set aside as poison), "
+                            "per projection.", ["projection"], registry=r)  # fmt: skip
         self.dead_letters = Gauge("satellites_dead_letters", "Messages in a dead-letter queue, "
                                   "per subscriber group.", ["group"], registry=r)  # fmt: skip
         self.backend_up = Gauge("satellites_backend_up", "1 if the backend answers its health "
@@ -77,6 +81,9 @@ class Metrics:
             self.projection_lag.labels(name).set(lag)
         for name, projector in service.projectors.items():
             self.projection_position.labels(name).set(max(projector.position, 0))
+        for name, info in service.health().items():
+            self.projection_up.labels(name).set(1.0 if info["ok"] else 0.0)
+            self.parked.labels(name).set(info["parked"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -24,9 +24,19 @@ its detection (one heartbeat at most) two relays may publish the same events: du
 consumers absorb.
 
 **Failures.** Broker or Postgres trouble (``PublishError``, ``BackendUnavailableError``,
-``PersistenceError``, driver errors) is logged and retried with exponential backoff (tenacity),
-forever, until :meth:`Relay.stop`; the loop never dies silently. Wake-ups come from the log's
-NOTIFY listener, with a poll every ``poll_interval`` as the fallback.
+``PersistenceError``, driver errors: transient, as :mod:`satellites_es.faults` classifies them)
+is logged and retried with capped exponential backoff (tenacity), forever, until
+:meth:`Relay.stop`. Any other failure (a bug) is logged with its traceback and the relay starts
+over the same way: it is supervised by its own retry loop and never dies silently; only a
+configuration or lifecycle error ends :meth:`Relay.run`. Wake-ups come from the log's NOTIFY
+listener, with a poll every ``poll_interval`` as the fallback.
+
+**Events the broker can never take** (:class:`~satellites_es.errors.UndeliverableError`: a
+routing key over 255 bytes, from an event appended before ``append`` refused such types) are
+parked (:mod:`satellites_es.parking`, kind ``relay``) and passed: the cursor moves over them, so
+a restart neither wedges on them nor republishes what was confirmed around them. Parked events
+marked for retry are republished by the leader every ``RETRY_INTERVAL`` seconds (out of order
+with the stream, as a replay is).
 """
 
 from __future__ import annotations
@@ -43,12 +53,22 @@ from typing import Any, cast
 
 import aio_pika
 import asyncpg
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .bus.rabbitmq import PublishBatchError
 from .config import RelayConfig
-from .errors import BackendUnavailableError, PersistenceError, PublishError, UnroutableError
+from .errors import (
+    BackendUnavailableError,
+    ConfigurationError,
+    LifecycleError,
+    PersistenceError,
+    PublishError,
+    UndeliverableError,
+    UnroutableError,
+)
 from .events import DataEvent, EventBus
+from .faults import MAX_BACKOFF, backoff, is_transient
+from .parking import ParkedEvents, Poison
 from .sql import quote_schema
 from .store import EventStore
 from .tracing import span
@@ -69,7 +89,8 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     aio_pika.exceptions.AMQPError,
     OSError,  # ConnectionError, and TimeoutError since Python 3.11
 )
-_MAX_BACKOFF = 5.0
+#: How often the leader looks for parked events marked for retry, in seconds.
+RETRY_INTERVAL = 1.0
 
 AfterConfirm = Callable[[Sequence[DataEvent]], Awaitable[None]]
 
@@ -103,6 +124,8 @@ class _Window:
         self.inflight: deque[tuple[DataEvent, asyncio.Future[None]]] = deque()
         self.batches: deque[list[DataEvent]] = deque()
         self.confirmed = 0
+        #: undeliverable events settled but not yet parked (parked before the cursor passes)
+        self.poison: list[Poison] = []
 
     @property
     def low(self) -> int:
@@ -162,7 +185,10 @@ class Relay:
         self._oldest: datetime | None = None
         self._published = 0
         self._unroutable = 0
+        self._parked = 0
         self._failures = 0
+        self._last_error: str | None = None
+        self._parking = ParkedEvents(pool, schema)
         self._conn: asyncpg.Connection[asyncpg.Record] | None = None
         self._conn_lock = asyncio.Lock()
         self._lost = asyncio.Event()
@@ -206,7 +232,8 @@ class Relay:
             "name": self.name, "state": self._state.value, "cursor": cursor,
             "head": self._head, "lag": max(0, self._head - cursor),
             "oldest_unpublished_age": max(0.0, age), "published": self._published,
-            "unroutable": self._unroutable,
+            "unroutable": self._unroutable, "parked": self._parked,
+            "last_error": self._last_error,
         }  # fmt: skip
 
     async def _read_cursor(self) -> int:
@@ -219,7 +246,7 @@ class Relay:
         """Stand by or lead until :meth:`stop` (or cancellation); retries transient failures."""
         self._running = asyncio.current_task()
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(RETRYABLE_ERRORS),
+            retry=retry_if_exception(_restartable),
             wait=self._backoff,
             sleep=self._pause,
             before_sleep=self._log_retry,
@@ -276,12 +303,17 @@ class Relay:
     def _backoff(self, retry_state: RetryCallState) -> float:
         """Exponential in the failures since the last published batch (not since start)."""
         self._failures += 1
-        return float(min(0.1 * 2 ** (self._failures - 1), _MAX_BACKOFF))
+        return backoff(self._failures, cap=MAX_BACKOFF)
 
     def _log_retry(self, retry_state: RetryCallState) -> None:
         self._state = RelayState.STANDBY
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        self._last_error = None if exc is None else f"{type(exc).__name__}: {exc}"
+        if exc is not None and not is_transient(exc):  # a bug: say where, then start over
+            logger.error("relay %s failed: %r; restarting in %.1fs", self.name, exc, wait,
+                         exc_info=exc)  # fmt: skip
+            return
         logger.warning("relay %s: %r; retrying in %.1fs", self.name, exc, wait)
 
     # -- leadership --------------------------------------------------------------------------
@@ -331,12 +363,13 @@ class Relay:
         self._state = RelayState.ACTIVE
         work = asyncio.create_task(self._publish_loop(), name=f"relay-{self.name}-publish")
         watch = asyncio.create_task(self._watch_lease(), name=f"relay-{self.name}-lease")
+        retry = asyncio.create_task(self._retry_parked(), name=f"relay-{self.name}-retry")
         try:
-            done, _ = await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({work, watch, retry}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, watch):
+            for task in (work, watch, retry):
                 task.cancel()
-            await asyncio.gather(work, watch, return_exceptions=True)
+            await asyncio.gather(work, watch, retry, return_exceptions=True)
         error = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
         if isinstance(error, LeadershipLost):
             logger.warning("relay %s: lost the lock session; fenced, back to standby", self.name)
@@ -465,11 +498,16 @@ class Relay:
                 # It stays in the log (projections read it there), and the relay moves on;
                 # stalling here would stop every later event behind a type nobody consumes.
                 self._unroutable += 1
+            except UndeliverableError as exc:  # it can never be published: parked, passed
+                window.poison.append(_poison(event, exc))
             window.confirmed = event.position or window.confirmed
             done += 1
         if not done:
             return
         self._published += done
+        if window.poison:  # parked before the cursor passes them
+            await self._park(window.poison)
+            window.poison = []
         batches = window.batches
         target: int | None = None
         while batches and (batches[0][-1].position or 0) <= window.confirmed:
@@ -508,7 +546,14 @@ class Relay:
         except PublishBatchError as exc:
             if exc.confirmed:
                 await self._advance(batch[exc.confirmed - 1].position)
-            raise
+            if not isinstance(exc.__cause__, UndeliverableError):
+                raise
+            bad = batch[exc.confirmed]  # it can never be published: parked, passed
+            await self._park([_poison(bad, exc.__cause__)])
+            await self._advance(bad.position)
+            if exc.confirmed + 1 < len(batch):
+                await self._publish_batch(batch[exc.confirmed + 1 :])
+            return
         if self._after_confirm is not None:
             await self._after_confirm(batch)
         await self._advance(batch[-1].position)
@@ -525,6 +570,48 @@ class Relay:
             except PublishError as exc:
                 raise PublishBatchError(str(exc), confirmed=i) from exc
             self._published += 1
+
+    async def _park(self, poison: list[Poison]) -> None:
+        await self._parking.park("relay", self.name, 0, poison)
+        self._parked += len(poison)
+        for p in poison:
+            logger.warning("relay %s: parked the event at position %d (id %s, type %.80r): %s",
+                           self.name, p.position, p.event_id, p.event_type, p.error)  # fmt: skip
+
+    async def _retry_parked(self) -> None:
+        """While leading: republish the parked events an operator marked for retry."""
+        while True:
+            await self._pause(RETRY_INTERVAL)
+            if self._stopping.is_set():  # the publishing task ends the lead; wait for that
+                await asyncio.get_running_loop().create_future()
+            try:
+                await self._republish_marked()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                logger.warning("relay %s: retrying parked events: %r", self.name, exc)
+
+    async def _republish_marked(self) -> None:
+        positions = await self._parking.retries("relay", self.name, 0)
+        if not positions:
+            return
+        done: list[int] = []
+        again: list[Poison] = []
+        for event in await self._store.read_at(positions):
+            try:
+                await self._bus.publish(event)
+            except UnroutableError:
+                self._unroutable += 1
+            except UndeliverableError as exc:
+                again.append(_poison(event, exc))
+                continue
+            done.append(event.position or 0)
+        missing: set[int] = set(positions) - set(done) - {p.position for p in again}
+        again += [Poison(p, "LookupError", "no event at this position") for p in sorted(missing)]
+        await self._parking.resolve("relay", self.name, 0, done)
+        await self._parking.park("relay", self.name, 0, again)
+        logger.info("relay %s: republished %d parked event(s), %d parked again",
+                    self.name, len(done), len(again))  # fmt: skip
 
     async def _load_cursor(self) -> int:
         conn = self._lease()
@@ -547,3 +634,14 @@ class Relay:
         if self._conn is None or self._conn.is_closed() or self._lost.is_set():
             raise LeadershipLost(self.name)
         return self._conn
+
+
+def _restartable(exc: BaseException) -> bool:
+    """Everything but a configuration or lifecycle error starts the relay over (see the
+    module docstring); a transient error is expected, any other one is logged as a bug."""
+    return isinstance(exc, Exception) and not isinstance(exc, ConfigurationError | LifecycleError)
+
+
+def _poison(event: DataEvent, exc: BaseException) -> Poison:
+    return Poison.of(event.position or 0, exc, key=event.key, event_id=event.id,
+                     event_type=event.type)  # fmt: skip

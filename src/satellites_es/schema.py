@@ -12,12 +12,15 @@ proves that ``alembic upgrade head`` produces exactly this metadata.
 * ``projection_checkpoints``: the last position each version of each projection applied.
 * ``projection_versions``: which version of a projection is live, and the one before it (for a
   rollback after a blue/green flip).
+* ``parked_events``: events a projection (per version) or a relay set aside because they can
+  never succeed as they are (:mod:`satellites_es.parking`).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     DateTime,
     Integer,
@@ -34,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 __all__ = [
     "events",
     "metadata",
+    "parked_events",
     "projection_checkpoints",
     "projection_versions",
     "relay_cursors",
@@ -43,6 +47,7 @@ __all__ = [
 NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
 }
 
@@ -98,4 +103,26 @@ projection_versions = Table(
     Column("previous_version", Integer, nullable=True),
     _updated_at(),
     PrimaryKeyConstraint("projection"),
+)
+
+
+parked_events = Table(
+    "parked_events",
+    metadata,
+    Column("kind", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("key", Text, nullable=True),
+    Column("event_id", Text, nullable=True),
+    Column("event_type", Text, nullable=True),
+    Column("error_type", Text, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("1")),
+    Column("status", Text, nullable=False, server_default=text("'parked'")),
+    Column("first_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("kind", "name", "version", "position"),
+    CheckConstraint("kind IN ('projection', 'relay')", name="kind"),
+    CheckConstraint("status IN ('parked', 'retry')", name="status"),
 )

@@ -5,8 +5,13 @@ projectors in watched tasks, and optionally the HTTP endpoints ``/health`` and `
 SIGTERM and SIGINT start a graceful stop: projectors finish the batch in flight (or leave it to be
 read again: a batch is applied before its checkpoint moves, so nothing is half applied), the
 relay finishes or abandons its window (the cursor moves only after confirms), FAISS snapshots
-are saved, then the connections close. A projector that dies stops the service with its error,
-so a supervisor (systemd, Kubernetes) restarts it instead of it running half-blind.
+are saved, then the connections close.
+
+One failing part does not stop the others: Redis and Elasticsearch may be down when the service
+starts (it starts without them and uses them once they answer), each projector rides out its
+sink's outages and is restarted with backoff when it fails otherwise, and the relay restarts
+itself the same way; ``/health`` says what is down meanwhile (503). The service exits only on
+SIGTERM/SIGINT or a configuration error (exit 2), which no restart can mend.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ async def run_service(
     config = config.replace(relay=dataclasses.replace(config.relay, enabled=options.relay))
     projections = select_projections(config, options.projections) if options.projections else []
     with _signals(stop):
-        async with DataLayer(config) as data:
+        optional = [n for n in ("redis", "elasticsearch") if getattr(config, n).enabled]
+        async with DataLayer(config, optional=optional) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)
             await service.start()
             http = await _start_http(data, service, options)
@@ -78,8 +84,9 @@ async def run_service(
 
 
 async def _until_stopped(stop: asyncio.Event, data: DataLayer, service: ProjectionService) -> None:
-    """Wait for a stop; a dead relay or projector stops the service with its error instead of
-    leaving a process that looks alive but no longer publishes or projects."""
+    """Wait for a stop. The relay and the projectors restart themselves on failure; one that
+    ended for good (a configuration error) stops the service with its error instead of leaving
+    a process that looks alive but no longer publishes or projects."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(0.5):

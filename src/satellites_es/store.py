@@ -80,6 +80,10 @@ _TEXT_FIELDS = ("id", "type", "resource", "key", "source")
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 #: Every driver error that means 'the database or the connection failed' (translated at the edge).
+#: The longest event type, in UTF-8 bytes: an AMQP routing key is at most 255 bytes, and the
+#: relay's is ``p<partition>.<type>`` (15 bytes left for the prefix).
+MAX_TYPE_BYTES = 240
+
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
               OSError, TimeoutError)  # fmt: skip
 
@@ -303,6 +307,12 @@ class EventStore:
             rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
         return [_event(row) for row in rows]
 
+    async def read_at(self, positions: Collection[int]) -> list[DataEvent]:
+        """The events at ``positions`` (those that exist), in position order."""
+        with _translated("read_at"):
+            rows = await self._pool.fetch(self._sql["read_at"], sorted(set(positions)))
+        return [_event(row) for row in rows]
+
     async def head(self) -> int:
         """The highest committed position (0 if the log is empty); everything up to it is
         readable, and nothing below it can commit later."""
@@ -450,6 +460,12 @@ def _checked(event: object) -> DataEvent:
             raise InvalidEventError(f"event {event.id!r}: field {name!r} is missing or empty")
         if "\x00" in value:
             raise InvalidEventError(f"event {event.id!r}: field {name!r} holds a NUL character")
+    if len(event.type.encode()) > MAX_TYPE_BYTES:
+        raise InvalidEventError(
+            f"event {event.id!r}: type is {len(event.type.encode())} bytes, over "
+            f"{MAX_TYPE_BYTES}: its AMQP routing key (p<partition>.<type>) could never be "
+            "published (at most 255 bytes)"
+        )
     if not isinstance(event.timestamp, datetime) or event.timestamp.tzinfo is None:
         raise InvalidEventError(f"event {event.id!r}: timestamp must be timezone-aware")
     return event

@@ -69,7 +69,7 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
     assert functions == {"append_events_v1", "append_event_v1"}
-    assert versions == ["0002"]
+    assert versions == ["0003"]
 
 
 async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
@@ -77,7 +77,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 ) -> None:
     await upgrade(pg_config)
     await upgrade(pg_config)
-    assert (await catalog(pg_config))[2] == ["0002"]
+    assert (await catalog(pg_config))[2] == ["0003"]
     await downgrade(pg_config)
     tables, functions, versions = await catalog(pg_config)
     assert (tables, functions, versions) == ({"alembic_version"}, set(), [])
@@ -88,7 +88,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 
 async def test_concurrent_upgrades_of_one_schema(pg_config: PostgresConfig) -> None:
     await asyncio.gather(upgrade(pg_config), upgrade(pg_config))
-    assert (await catalog(pg_config))[2] == ["0002"]
+    assert (await catalog(pg_config))[2] == ["0003"]
 
 
 async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig) -> None:
@@ -98,7 +98,7 @@ async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig
         subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (await catalog(pg_config))[2] == ["0002"]
+    assert (await catalog(pg_config))[2] == ["0003"]
     assert await diff(pg_config) == []
 
 

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 
 from satellites_es.config import FaissConfig
-from satellites_es.errors import ProjectionError
+from satellites_es.errors import PoisonEventError, ProjectionError
 from satellites_es.events import DataEvent
 from satellites_es.projections import (
     Checkpoints,
@@ -182,8 +182,9 @@ def _title(doc: Any) -> str:
     return str(doc["metadata"]["title"] if "metadata" in doc else doc["title"])
 
 
-class Crash(Exception):
-    pass
+class Crash(BaseException):
+    """The process dying (as SystemExit would): not an error the projector handles, unlike an
+    ``Exception`` from a sink, which it classifies as transient or as one event's fault."""
 
 
 class CrashAfterWrite:
@@ -367,17 +368,23 @@ async def test_vector_fields_replay_as_columns_gives_what_the_handler_gives(
     assert any(d is not None and d["metadata"] == {"title": None} for d in got.values())
 
 
-async def test_a_payload_without_its_vector_stops_the_replay_with_a_typed_error(
+async def test_a_payload_without_its_vector_stops_a_rebuild_pass_naming_it(
     vectors: VectorIndex, store: EventStore, checkpoints: Checkpoints
 ) -> None:
+    """The rebuild policy ``stop``: a typed error naming the event; the good events of its
+    batch are applied, the checkpoint stays before the batch (tests/integration/
+    test_projection_faults.py has the live policy, which parks it and goes on)."""
     p = make_projection("faiss_fields")
     await store.append([item(f"k{k}", 0) for k in range(10)])
     await store.append(DataEvent(type="item.upserted", resource="items", key="bad",
                                  payload={"title": "no vector"}, source="test"))  # fmt: skip
     await store.append([item(f"k{k}", 1) for k in range(10)])
     sink = FaissSink(vectors)
-    with pytest.raises(ProjectionError, match="position 11 has no 'vector'"):
-        await Projector(p, sink, store, checkpoints, batch_size=5).catch_up()
+    projector = Projector(p, sink, store, checkpoints, batch_size=5, mode="rebuild")
+    with pytest.raises(PoisonEventError, match=r"position 11 \(key 'bad', id [0-9a-f-]{36}\)"
+                       r".*has no 'vector'") as raised:  # fmt: skip
+        await projector.catch_up()
+    assert (raised.value.position, raised.value.key) == (11, "bad")
     assert await checkpoints.get("items", 1) == 10  # the two batches before it, no further
     assert len([d for d in (await sink.dump(p, 1)).values() if d is not None]) == 10
     with pytest.raises(ProjectionError, match="has no 'vector'"):

@@ -119,7 +119,8 @@ def test_sql_blocks_and_schema_quoting() -> None:
 
 def test_metadata_tables_and_constraint_names() -> None:
     assert set(metadata.tables) == {
-        "events", "relay_cursors", "projection_checkpoints", "projection_versions"
+        "events", "relay_cursors", "projection_checkpoints", "projection_versions",
+        "parked_events",
     }  # fmt: skip
     events = metadata.tables["events"]
     assert events.schema is None  # placed by search_path, per deployment and per test

@@ -51,7 +51,13 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
-from ..errors import BackendUnavailableError, LifecycleError, PublishError, UnroutableError
+from ..errors import (
+    BackendUnavailableError,
+    LifecycleError,
+    PublishError,
+    UndeliverableError,
+    UnroutableError,
+)
 from ..events import DataEvent, EventHandler, handler_name
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
@@ -384,6 +390,8 @@ class RabbitMQEventBus:
         except aiormq.exceptions.PublishError as exc:
             raise UnroutableError(f"{self._what(event, message)} is unroutable: "
                                   "no queue is bound for it") from exc  # fmt: skip
+        except ValueError as exc:  # pamqp cannot encode it (a routing key over 255 bytes)
+            raise UndeliverableError(f"{self._what(event, message)}: {exc}") from exc
         except aiormq.exceptions.DeliveryError as exc:
             raise PublishError(f"{self._what(event, message)} was nacked by the broker") from exc
         except TimeoutError as exc:

@@ -22,6 +22,7 @@ __all__ = ["Checkpoints"]
 class Checkpoints:
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
         self.pool = pool
+        self.schema_name = schema
         self.schema = f'"{schema}"'
 
     async def get(self, projection: str, version: int) -> int:

@@ -6,6 +6,12 @@
 * Every write is ``version=position, version_type=external``: Elasticsearch itself refuses a
   write whose position is not newer than the stored one (409), so duplicates, late events and
   replays change nothing. In a bulk response a 409 is such a refusal, not a failure.
+* A bulk answers per item, in order: a 409 is a refusal of an older position (not a failure),
+  a 429/503 means "not now" (the call raises :class:`BackendUnavailableError` and the projector
+  writes the batch again later, which the external versions make harmless), and any other
+  refusal (a document the mapping rejects: 400 ``document_parsing_exception``) is that one
+  change's fault: the call applies every other item and raises :class:`RejectedChangesError`
+  naming the refused positions, which the projector parks.
 * A delete is a tombstone document ``{"sat_tombstone": true}`` written the same way, not an
   Elasticsearch delete: a real delete's version is forgotten after ``index.gc_deletes`` (60 s),
   after which a late upsert would bring the document back. The alias carries a filter that hides
@@ -18,12 +24,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from elasticsearch.exceptions import ApiError, TransportError
-from elasticsearch.helpers import async_bulk, async_scan
+from elasticsearch.exceptions import ApiError
+from elasticsearch.helpers import async_scan, async_streaming_bulk
 
-from ..errors import ProjectionError
+from ..errors import BackendUnavailableError, RejectedChangesError
+from ..faults import TRANSIENT_STATUS
 from .model import Change, Projection, Upsert
-from .sinks import SinkDump
+from .sinks import SinkDump, translated
 
 __all__ = ["TOMBSTONE", "ElasticsearchSink"]
 
@@ -52,28 +59,46 @@ class ElasticsearchSink:
         props[TOMBSTONE] = {"type": "boolean"}
         mappings["properties"] = props
         index = self.index(projection, version)
-        try:
-            if not await self.client.indices.exists(index=index):
-                await self.client.indices.create(index=index, mappings=mappings, **body)
-        except ApiError as exc:
-            if "resource_already_exists" not in str(exc):
-                raise ProjectionError(f"elasticsearch: cannot create {index}: {exc}") from exc
+        with translated("elasticsearch", f"create {index}"):
+            try:
+                if not await self.client.indices.exists(index=index):
+                    await self.client.indices.create(index=index, mappings=mappings, **body)
+            except ApiError as exc:
+                if "resource_already_exists" not in str(exc):
+                    raise
 
     async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
         index = self.index(projection, version)
         actions = [self._action(index, c) for c in changes]
-        try:
-            ok, errors = await async_bulk(
-                self.client, actions, chunk_size=CHUNK, raise_on_error=False, stats_only=False
-            )
-        except TransportError as exc:
-            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
-        failures = [e for e in errors if _status(e) != 409]  # type: ignore[union-attr]
-        if failures:
-            raise ProjectionError(
-                f"elasticsearch sink {index}: {len(failures)} failed: {failures[:3]}"
-            )
-        return int(ok)
+        applied = 0
+        rejected: dict[int, str] = {}
+        busy: list[str] = []
+        with translated("elasticsearch", f"bulk write to {index}"):
+            results = async_streaming_bulk(
+                self.client, actions, chunk_size=CHUNK, raise_on_error=False,
+                raise_on_exception=True, yield_ok=True, max_retries=0,
+            )  # fmt: skip
+            position = iter(changes)
+            async for ok, item in results:
+                change = next(position)
+                if ok:
+                    applied += 1
+                    continue
+                status, reason = _status(item), _reason(item)
+                if status == 409:  # an older position than the stored one: a no-op
+                    continue
+                if status in TRANSIENT_STATUS:
+                    busy.append(f"{status} {reason}")
+                else:
+                    rejected[change.position] = f"{status} {reason}"
+        if busy:
+            raise BackendUnavailableError(
+                "elasticsearch", f"bulk write to {index}: {len(busy)} item(s) refused for now, "
+                f"first: {busy[0]}"
+            )  # fmt: skip
+        if rejected:
+            raise RejectedChangesError(f"elasticsearch index {index}", rejected, applied)
+        return applied
 
     @staticmethod
     def _action(index: str, change: Change) -> dict[str, Any]:
@@ -102,16 +127,15 @@ class ElasticsearchSink:
                 }
             }
         )
-        try:
+        with translated("elasticsearch", f"flip {alias} to {index}"):
             await self.client.indices.update_aliases(actions=actions)
-        except ApiError as exc:
-            raise ProjectionError(f"elasticsearch: cannot flip {alias} to {index}: {exc}") from exc
 
     async def _holders(self, alias: str) -> list[str]:
-        try:
-            found = await self.client.indices.get_alias(name=alias)
-        except NotFoundError:
-            return []
+        with translated("elasticsearch", f"look up alias {alias}"):
+            try:
+                found = await self.client.indices.get_alias(name=alias)
+            except NotFoundError:
+                return []
         return list(found.body)
 
     async def active_version(self, projection: Projection) -> int | None:
@@ -121,17 +145,19 @@ class ElasticsearchSink:
         return int(holders[0].rsplit("_v", 1)[1])
 
     async def drop(self, projection: Projection, version: int) -> None:
-        await self.client.indices.delete(
-            index=self.index(projection, version), ignore_unavailable=True
-        )
+        index = self.index(projection, version)
+        with translated("elasticsearch", f"drop {index}"):
+            await self.client.indices.delete(index=index, ignore_unavailable=True)
 
     async def dump(self, projection: Projection, version: int) -> SinkDump:
         index = self.index(projection, version)
-        await self.client.indices.refresh(index=index)
         out: SinkDump = {}
-        async for hit in async_scan(self.client, index=index, query={"query": {"match_all": {}}}):
-            src: Mapping[str, Any] = hit["_source"]
-            out[hit["_id"]] = None if src.get(TOMBSTONE) else dict(src)
+        with translated("elasticsearch", f"dump {index}"):
+            await self.client.indices.refresh(index=index)
+            query: dict[str, Any] = {"query": {"match_all": {}}}
+            async for hit in async_scan(self.client, index=index, query=query):
+                src: Mapping[str, Any] = hit["_source"]
+                out[hit["_id"]] = None if src.get(TOMBSTONE) else dict(src)
         return out
 
     async def local_checkpoint(self, projection: Projection, version: int) -> int | None:
@@ -141,7 +167,21 @@ class ElasticsearchSink:
         return None  # every write is already durable in the store
 
 
-def _status(error: Mapping[str, Any]) -> int:
-    for detail in error.values():
+def _status(item: Mapping[str, Any]) -> int:
+    for detail in item.values():
         return int(detail.get("status", 0))
     return 0
+
+
+def _reason(item: Mapping[str, Any]) -> str:
+    """One line for a refused bulk item: the error's type and reason (and its cause's)."""
+    for detail in item.values():
+        error = detail.get("error")
+        if not isinstance(error, Mapping):
+            return str(error)
+        text = f"{error.get('type')}: {error.get('reason')}"
+        cause = error.get("caused_by")
+        if isinstance(cause, Mapping):
+            text += f" ({cause.get('type')}: {cause.get('reason')})"
+        return text
+    return "no detail"

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..errors import ProjectionError, VectorIndexError
+from ..errors import BackendUnavailableError, ProjectionError, VectorIndexError
 from ..vectors import VectorIndex
 from ..vectors.codec import decode_matrix
 from .fields import VectorRun
 from .model import Change, Delete, Projection, Upsert
-from .sinks import SinkDump
+from .sinks import SinkDump, translated
 
 __all__ = ["FaissSink"]
 
@@ -73,14 +73,15 @@ class FaissSink:
         name = projection.target(version)
         applied = 0
         try:
-            for run in runs:
-                if isinstance(run, Delete):
-                    applied += await self._delete(name, run)
-                else:
-                    applied += await self.vectors.upsert_arrays(
-                        name, run.keys, decode_matrix(run.vectors), run.metadata,
-                        positions=run.positions,
-                    )  # fmt: skip
+            with translated("faiss", f"apply to {name}"):
+                for run in runs:
+                    if isinstance(run, Delete):
+                        applied += await self._delete(name, run)
+                    else:
+                        applied += await self.vectors.upsert_arrays(
+                            name, run.keys, decode_matrix(run.vectors), run.metadata,
+                            positions=run.positions,
+                        )  # fmt: skip
         except VectorIndexError as exc:
             raise ProjectionError(f"faiss sink {name}: {exc}") from exc
         return applied
@@ -115,7 +116,14 @@ class FaissSink:
         return self.vectors.applied_position(name) or 0
 
     async def flush(self, projection: Projection, version: int) -> None:
-        await self.vectors.save(projection.target(version))
+        """Save the version's snapshot; a directory that cannot be written (read-only, full) is
+        a :class:`BackendUnavailableError`: the projector keeps serving and saves again later."""
+        name = projection.target(version)
+        try:
+            with translated("faiss", f"save the snapshot of {name}"):
+                await self.vectors.save(name)
+        except VectorIndexError as exc:
+            raise BackendUnavailableError("faiss", f"save the snapshot of {name}: {exc}") from exc
 
 
 def _run_of(name: str, upserts: list[Upsert]) -> VectorRun:

@@ -94,6 +94,18 @@ class VectorFields:
             out.append(self._run(batch, start, len(batch)))
         return out
 
+    def change_at(self, batch: PayloadBatch, i: int) -> Upsert | Delete:
+        """The change of the batch's ``i``-th event, as :meth:`__call__` gives it (with its
+        position): the one-event-at-a-time path a projector takes to find a poison event."""
+        key, position = batch.keys[i], batch.positions[i]
+        if batch.types[i] in self.deletes:
+            return Delete(key, position)
+        payload = batch.payloads[i]
+        if type(payload) is not dict or self.vector not in payload:
+            raise self._missing(position)
+        document = {"vector": payload[self.vector], "metadata": self._meta(payload)}
+        return Upsert(key, document, position)
+
     def _run(self, batch: PayloadBatch, start: int, stop: int) -> VectorRun:
         payloads = batch.payloads[start:stop]
         field = self.vector

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from ..errors import ConfigurationError
 from ..events import DataEvent
 
-__all__ = ["Change", "Delete", "Projection", "SinkKind", "Upsert"]
+__all__ = ["Change", "Delete", "PoisonPolicy", "Projection", "SinkKind", "Upsert"]
 
 SinkKind = Literal["redis", "elasticsearch", "faiss"]
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -51,6 +51,38 @@ Change = Upsert | Delete
 Handler = Callable[[DataEvent], Upsert | Delete | None]
 
 
+PoisonAction = Literal["park", "stop"]
+
+
+@dataclass(frozen=True)
+class PoisonPolicy:
+    """What a projector does with a poison event: one that fails for good (a handler that raises
+    on it, a change the sink refuses), as :mod:`satellites_es.faults` classifies it.
+
+    * ``attempts``: how many times a change the sink refuses is tried, alone, before it counts
+      as poison (a handler's exception counts at once: the handler is a pure function of the
+      event, so the same event raises again);
+    * ``live``: following the log, ``park`` sets it aside in ``parked_events`` and goes on (the
+      default, like Marten's async daemon), ``stop`` stops the projection there and reports it;
+    * ``rebuild``: during a rebuild, ``stop`` (the default) fails the rebuild naming the event, so
+      a new version is not flipped in with holes; ``park`` builds it without them.
+
+    Either way the other events of the batch are applied, and the error names the projection,
+    position, key, event id and cause.
+    """
+
+    attempts: int = 3
+    live: PoisonAction = "park"
+    rebuild: PoisonAction = "stop"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ConfigurationError("PoisonPolicy.attempts", "must be an integer >= 1")
+        for name in ("live", "rebuild"):
+            if getattr(self, name) not in ("park", "stop"):
+                raise ConfigurationError(f"PoisonPolicy.{name}", "must be 'park' or 'stop'")
+
+
 @dataclass(frozen=True)
 class Projection:
     name: str
@@ -63,6 +95,8 @@ class Projection:
     options: Mapping[str, Any] = field(default_factory=dict)
     #: Redis: seconds a cached document lives (None: no expiry). Tombstones never expire early.
     ttl_seconds: int | None = None
+    #: What to do with an event that fails for good (see :class:`PoisonPolicy`).
+    poison: PoisonPolicy = field(default_factory=PoisonPolicy)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

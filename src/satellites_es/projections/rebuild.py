@@ -23,16 +23,20 @@ say), a rebuild leaves that alone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import gc
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
+from ..faults import backoff, is_transient
 from ..store import EventStore
 from .checkpoints import Checkpoints
 from .model import Projection
-from .projector import ProgressCallback, Projector
+from .projector import Progress, ProgressCallback, Projector
 from .sinks import Sink
 
 __all__ = ["RebuildResult", "ensure_active", "rebuild", "rollback", "target_version"]
@@ -41,6 +45,9 @@ logger = logging.getLogger(__name__)
 
 #: A pass that had fewer events than this left to apply is followed by the flip.
 FLIP_THRESHOLD = 500
+#: How long a rebuild waits out a sink or Postgres outage (retrying with backoff) before it
+#: gives up with the outage's error; rerunning it resumes from its checkpoint.
+MAX_OUTAGE = 600.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,15 @@ async def rebuild(
     *,
     progress: ProgressCallback | None = None,
     batch_size: int = 1000,
+    max_outage: float = MAX_OUTAGE,
 ) -> RebuildResult:
+    """Replay the log into a new version and flip to it (see the module docstring).
+
+    A poison event stops the rebuild with a :class:`~satellites_es.errors.PoisonEventError`
+    naming it, unless the projection's ``PoisonPolicy.rebuild`` is ``park``. A transient
+    failure (a sink or Postgres outage) is waited out with backoff for up to ``max_outage``
+    seconds, then raised.
+    """
     with _heap_frozen():
         version, resumed = await target_version(projection, checkpoints)
         logger.info(
@@ -94,15 +109,16 @@ async def rebuild(
         )
         await checkpoints.save(projection.name, version, 0)  # marks the version as being built
         projector = Projector(
-            projection, sink, store, checkpoints, version=version, batch_size=batch_size
-        )
+            projection, sink, store, checkpoints, version=version, batch_size=batch_size,
+            mode="rebuild",
+        )  # fmt: skip
         events = 0
         while True:
-            result = await projector.catch_up(progress=progress)
+            result = await _outlasting(functools.partial(projector.catch_up, progress=progress), max_outage)
             events += result.events
             if await store.head() - result.position < FLIP_THRESHOLD:
                 break
-        final = await projector.catch_up(progress=progress)
+        final = await _outlasting(functools.partial(projector.catch_up, progress=progress), max_outage)
         await projector.flush()  # a local sink's snapshot, so a restart does not replay from zero
         await sink.activate(projection, version)
         previous = await checkpoints.set_active(projection.name, version)
@@ -110,6 +126,22 @@ async def rebuild(
         return RebuildResult(
             projection.name, version, previous, final.position, events + final.events, resumed
         )
+
+
+async def _outlasting(run: Callable[[], Awaitable[Progress]], max_outage: float) -> Progress:
+    """``run()`` (a catch-up pass), run again while it fails transiently, for at most
+    ``max_outage`` seconds of failures in a row; each run resumes from the checkpoint."""
+    failures, since = 0, time.monotonic()
+    while True:
+        try:
+            return await run()
+        except Exception as exc:
+            if not is_transient(exc) or time.monotonic() - since > max_outage:
+                raise
+            failures += 1
+            delay = backoff(failures)
+            logger.warning("rebuild: %s (failure %d, retrying in %.1fs)", exc, failures, delay)
+            await asyncio.sleep(delay)
 
 
 @contextlib.contextmanager

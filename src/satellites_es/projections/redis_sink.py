@@ -24,11 +24,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from ..errors import ProjectionError
 from .model import Change, Projection, Upsert
-from .sinks import SinkDump
+from .sinks import SinkDump, translated
 
 __all__ = ["RedisSink"]
 
@@ -78,7 +76,7 @@ class RedisSink:
     async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
         ttl = projection.ttl_seconds or 0
         applied = 0
-        try:
+        with translated("redis", f"apply to {projection.target(version)}"):
             for start in range(0, len(changes), CHUNK):
                 chunk = changes[start : start + CHUNK]
                 keys = [self.key(projection, version, c.key) for c in chunk]
@@ -91,15 +89,15 @@ class RedisSink:
                     )
                     args += [c.position, doc, ttl]
                 applied += int(await self._script(keys=keys, args=args))
-        except RedisError as exc:
-            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
         return applied
 
     async def activate(self, projection: Projection, version: int) -> None:
-        await self.client.set(self.pointer(projection), str(version))
+        with translated("redis", f"activate {projection.target(version)}"):
+            await self.client.set(self.pointer(projection), str(version))
 
     async def active_version(self, projection: Projection) -> int | None:
-        raw = await self.client.get(self.pointer(projection))
+        with translated("redis", f"read the active version of {projection.name}"):
+            raw = await self.client.get(self.pointer(projection))
         return None if raw is None else int(raw)
 
     async def get(self, projection: Projection, key: str) -> Mapping[str, Any] | None:
@@ -107,28 +105,32 @@ class RedisSink:
         version = await self.active_version(projection)
         if version is None:
             return None
-        raw = await self.client.hget(self.key(projection, version, key), "d")
+        with translated("redis", f"read {key!r} of {projection.target(version)}"):
+            raw = await self.client.hget(self.key(projection, version, key), "d")
         return None if raw is None else dict(json.loads(raw))
 
     async def drop(self, projection: Projection, version: int) -> None:
         pattern = self.key(projection, version, "*")
         batch: list[Any] = []
-        async for k in self.client.scan_iter(match=pattern, count=1000):
-            batch.append(k)
-            if len(batch) >= 1000:
+        with translated("redis", f"drop {projection.target(version)}"):
+            async for k in self.client.scan_iter(match=pattern, count=1000):
+                batch.append(k)
+                if len(batch) >= 1000:
+                    await self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
                 await self.client.unlink(*batch)
-                batch.clear()
-        if batch:
-            await self.client.unlink(*batch)
 
     async def dump(self, projection: Projection, version: int) -> SinkDump:
         head = len(self.key(projection, version, ""))
         out: SinkDump = {}
-        async for k in self.client.scan_iter(match=self.key(projection, version, "*"), count=1000):
-            fields = await self.client.hgetall(k)
-            name = (k.decode() if isinstance(k, bytes) else k)[head:]
-            doc = fields.get(b"d")
-            out[name] = None if doc is None else dict(json.loads(doc))
+        pattern = self.key(projection, version, "*")
+        with translated("redis", f"dump {projection.target(version)}"):
+            async for k in self.client.scan_iter(match=pattern, count=1000):
+                fields = await self.client.hgetall(k)
+                name = (k.decode() if isinstance(k, bytes) else k)[head:]
+                doc = fields.get(b"d")
+                out[name] = None if doc is None else dict(json.loads(doc))
         return out
 
     async def local_checkpoint(self, projection: Projection, version: int) -> int | None:

@@ -1,15 +1,19 @@
 """Running projections inside a process: sinks built from a DataLayer, one watched task each.
 
 ``ProjectionService(data, projections)`` follows the active version of every projection
-(:func:`~.projector.follow_active`) in a named task. A task that dies is logged and reported by
-``health()``; ``stop()`` lets each finish its batch (bounded by a timeout) and, for FAISS, saves
-the snapshot so the next start replays only what came after it. ``wait_for(position)`` lets a
-caller read its own writes from every projection it runs.
+(:func:`~.projector.follow_active`) in a named, supervised task: a follower rides out backend
+outages itself (reporting the backend down), and one that fails otherwise (a bug, a poison event
+under a ``stop`` policy) is logged and restarted with capped backoff, reported as
+``restarting``; only a configuration error ends it for good (``failed``). One projection
+failing never stops another. ``stop()`` lets each finish its batch (bounded by a timeout) and,
+for FAISS, saves the snapshot so the next start replays only what came after it.
+``wait_for(position)`` lets a caller read its own writes from every projection it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import sys
@@ -18,9 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ProjectionError
+from ..faults import backoff
 from .checkpoints import Checkpoints
 from .model import Projection
-from .projector import Projector, follow_active
+from .projector import FollowerStatus, Projector, follow_active
 from .sinks import Sink
 
 if TYPE_CHECKING:
@@ -65,6 +70,10 @@ def load_projections(module: str = "projections") -> dict[str, Projection]:
     return dict(found)
 
 
+#: A follower that ran this long before failing starts its backoff again from the shortest.
+_HEALTHY_RUN = 60.0
+
+
 class ProjectionService:
     def __init__(
         self, data: DataLayer, projections: Sequence[Projection], *, poll_interval: float = 1.0
@@ -74,19 +83,45 @@ class ProjectionService:
         self.poll_interval = poll_interval
         self.checkpoints = Checkpoints(data.postgres, data.config.postgres.schema)
         self.projectors: dict[str, Projector] = {}
+        self.status: dict[str, FollowerStatus] = {p.name: FollowerStatus() for p in projections}
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     async def start(self) -> None:
         for p in self.projections:
-            sink = build_sink(p, self.data)
-            coro = follow_active(
-                p, sink, self.data.log, self.checkpoints, stop=self._stop,
-                poll_interval=self.poll_interval, on_projector=self._register,
-            )  # fmt: skip
-            task = asyncio.create_task(coro, name=f"projector-{p.name}")
+            task = asyncio.create_task(self._supervise(p), name=f"projector-{p.name}")
             task.add_done_callback(self._done)
             self._tasks[p.name] = task
+
+    async def _supervise(self, projection: Projection) -> None:
+        """Follow ``projection`` until stopped, restarting the follower when it fails."""
+        status = self.status[projection.name]
+        failures = 0
+        while not self._stop.is_set():
+            started = asyncio.get_running_loop().time()
+            try:
+                sink = build_sink(projection, self.data)
+                await follow_active(
+                    projection, sink, self.data.log, self.checkpoints, stop=self._stop,
+                    poll_interval=self.poll_interval, on_projector=self._register, status=status,
+                )  # fmt: skip
+            except ConfigurationError as exc:
+                status.set("failed", exc)
+                raise
+            except Exception as exc:
+                if asyncio.get_running_loop().time() - started > _HEALTHY_RUN:
+                    failures = 0
+                failures += 1
+                delay = backoff(failures)
+                status.set("restarting", exc)
+                status.failures = failures
+                logger.error("projection %s failed (%s: %s); restarting in %.1fs",
+                             projection.name, type(exc).__name__, exc, delay, exc_info=exc)  # fmt: skip
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._stop.wait()
+                continue
+        status.set("stopped")
 
     def _register(self, projector: Projector) -> None:
         self.projectors[projector.projection.name] = projector
@@ -116,6 +151,7 @@ class ProjectionService:
             await asyncio.gather(*(p.wait_for(position, timeout) for p in self.projectors.values()))
 
     def raise_if_failed(self) -> None:
+        """Raise if a projection stopped for good (a configuration error: it will not restart)."""
         for name, task in self._tasks.items():
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise ProjectionError(f"projection {name} stopped: {task.exception()}")
@@ -125,14 +161,20 @@ class ProjectionService:
         return {n: max(0, head - p.position) for n, p in self.projectors.items()}
 
     def health(self) -> dict[str, Any]:
+        """Per projection: state (see :class:`FollowerStatus`), version, position, the backend
+        that is down and why, parked events, a failed snapshot save."""
         out: dict[str, Any] = {}
-        for name, task in self._tasks.items():
-            failed = task.done() and not task.cancelled() and task.exception() is not None
+        for name, status in self.status.items():
             projector = self.projectors.get(name)
             out[name] = {
-                "state": "failed" if failed else "running" if not task.done() else "stopped",
+                "state": status.state,
+                "ok": status.ok,
                 "version": projector.version if projector else None,
                 "position": projector.position if projector else None,
-                "error": str(task.exception()) if failed else None,
+                "backend": status.backend,
+                "error": status.error,
+                "failures": status.failures,
+                "parked": status.parked,
+                "save_error": status.save_error,
             }
         return out

@@ -8,19 +8,30 @@ a Redis pointer key, an Elasticsearch alias swap, a FAISS namespace alias.
 
 Shared sinks (Redis, Elasticsearch) keep their checkpoint in Postgres; a local sink (FAISS, in
 the memory of every serving process) keeps it beside its own snapshot (``local_checkpoint``).
+
+Errors: every method of every sink runs its driver calls under :func:`translated`, so what leaves
+a sink is ours and says what it means (:mod:`satellites_es.faults`):
+:class:`~satellites_es.errors.BackendUnavailableError` (the store is unreachable or busy: try the
+same work again later), :class:`~satellites_es.errors.RejectedChangesError` (these changes were
+refused for good, every other one of the call applied) or
+:class:`~satellites_es.errors.ProjectionError` (the call failed for good; the projector then
+isolates the change that made it fail).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ..errors import BackendUnavailableError, ProjectionError, SatellitesError
+from ..faults import is_transient
 from .model import Change, Delete, Projection
 
 if TYPE_CHECKING:
     from .fields import VectorRun
 
-__all__ = ["RunSink", "Sink", "SinkDump"]
+__all__ = ["RunSink", "Sink", "SinkDump", "translated"]
 
 #: key -> document, or None for a tombstone.
 SinkDump = dict[str, Mapping[str, Any] | None]
@@ -64,3 +75,19 @@ class RunSink(Protocol):
         self, projection: Projection, version: int, runs: Sequence[VectorRun | Delete]
     ) -> int:
         """``apply`` for runs of upserts (as columns) and deletes, in order."""
+
+
+@contextlib.contextmanager
+def translated(backend: str, what: str) -> Iterator[None]:
+    """Run one sink call's driver work, raising only our errors: a transient driver error as
+    :class:`BackendUnavailableError` naming ``backend``, any other as :class:`ProjectionError`
+    (both chained to the driver's); our own errors pass unchanged."""
+    try:
+        yield
+    except SatellitesError:
+        raise
+    except Exception as exc:
+        reason = f"{what}: {type(exc).__name__}: {exc}"
+        if is_transient(exc):
+            raise BackendUnavailableError(backend, reason) from exc
+        raise ProjectionError(f"{backend} sink {reason}") from exc

@@ -233,3 +233,61 @@ FROM {schema}.events
 WHERE position > $1 AND position <= $2 AND type = ANY($4::text[])
 ORDER BY position
 LIMIT $3;
+
+-- name: read_at
+-- The events at the given positions (a parked event being retried), in position order.
+SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+FROM {schema}.events
+WHERE position = ANY($1::bigint[])
+ORDER BY position;
+
+-- Parked events (migration 0003, satellites_es.parking): what a projection or the relay set
+-- aside. $1 kind, $2 name, $3 version throughout.
+
+-- name: park
+-- One row per event: parking it again counts an attempt. The event's id, key and type come
+-- from the log where the caller did not have them (a column replay reads no ids).
+INSERT INTO {schema}.parked_events AS p
+    (kind, name, version, position, key, event_id, event_type, error_type, error)
+SELECT $1::text, $2::text, $3::int, u.position, coalesce(u.key, e.key), coalesce(u.event_id, e.id),
+       coalesce(u.event_type, e.type), u.error_type, u.error
+FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+     AS u(position, key, event_id, event_type, error_type, error)
+LEFT JOIN {schema}.events e ON e.position = u.position
+ON CONFLICT (kind, name, version, position) DO UPDATE
+SET attempts = p.attempts + 1, error_type = EXCLUDED.error_type, error = EXCLUDED.error,
+    status = 'parked', last_seen = now();
+
+-- name: parked_list
+SELECT kind, name, version, position, key, event_id, event_type, error_type, error, attempts,
+       status, first_seen, last_seen
+FROM {schema}.parked_events
+WHERE ($1::text IS NULL OR kind = $1) AND ($2::text IS NULL OR name = $2)
+ORDER BY kind, name, version, position
+LIMIT $3;
+
+-- name: parked_counts
+SELECT kind, name, count(*) AS parked
+FROM {schema}.parked_events
+GROUP BY kind, name;
+
+-- name: parked_request_retry
+-- Every version's rows of one consumer ($3 NULL: all of them; else these positions).
+UPDATE {schema}.parked_events SET status = 'retry', last_seen = now()
+WHERE kind = $1 AND name = $2 AND ($3::bigint[] IS NULL OR position = ANY($3::bigint[]))
+RETURNING position;
+
+-- name: parked_retries
+SELECT position FROM {schema}.parked_events
+WHERE kind = $1 AND name = $2 AND version = $3 AND status = 'retry'
+ORDER BY position
+LIMIT $4;
+
+-- name: parked_resolve
+DELETE FROM {schema}.parked_events
+WHERE kind = $1 AND name = $2 AND version = $3 AND position = ANY($4::bigint[]);
+
+-- name: parked_discard
+DELETE FROM {schema}.parked_events
+WHERE kind = $1 AND name = $2 AND ($3::bigint[] IS NULL OR position = ANY($3::bigint[]))
+RETURNING position;
