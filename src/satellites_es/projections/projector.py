@@ -459,6 +459,7 @@ async def follow_active(
     on_projector: Callable[[Projector], None] | None = None,
     status: FollowerStatus | None = None,
     retry_interval: float = RETRY_INTERVAL,
+    flush_every: int = 50_000,
 ) -> None:
     """Keep the *active* version of ``projection`` up to date until ``stop`` is set.
 
@@ -468,7 +469,8 @@ async def follow_active(
     capped backoff for as long as it lasts, with ``status`` saying which backend is down; a
     sink down when the follower starts is waited for the same way. Any other failure is raised
     (the service's supervisor restarts the follower). Parked events marked for retry are
-    applied every ``retry_interval`` seconds.
+    applied every ``retry_interval`` seconds. ``flush_every``: changes between two snapshot
+    saves of a local sink.
     """
     status = status if status is not None else FollowerStatus()
     state: dict[str, Projector] = {}
@@ -478,7 +480,7 @@ async def follow_active(
         while not stop.is_set():
             try:
                 projector = await _follow_once(projection, sink, store, checkpoints, state,
-                                               on_projector)  # fmt: skip
+                                               on_projector, flush_every)  # fmt: skip
                 if time.monotonic() >= next_retry:
                     next_retry = time.monotonic() + retry_interval
                     await projector.retry_parked()
@@ -522,6 +524,7 @@ async def _follow_once(
     checkpoints: Checkpoints,
     state: dict[str, Projector],
     on_projector: Callable[[Projector], None] | None,
+    flush_every: int,
 ) -> Projector:
     from .rebuild import ensure_active
 
@@ -531,7 +534,7 @@ async def _follow_once(
     projector = state.get("current")
     if projector is None or projector.version != version:
         projector = state["current"] = Projector(
-            projection, sink, store, checkpoints, version=version
+            projection, sink, store, checkpoints, version=version, flush_every=flush_every
         )
         if on_projector is not None:
             on_projector(projector)
