@@ -312,6 +312,11 @@ def dlq_replay(
     console.print(f"replayed {count} dead letter(s) of {group}")
 
 
+from .parked_cli import parked_app  # noqa: E402  (its own module: one command group)
+
+app.add_typer(parked_app, name="parked")
+
+
 @app.command()
 def demo(
     documents: Annotated[
