@@ -14,6 +14,15 @@ from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
 
+# the sink fixtures of the projection tests (one per sink kind), for every module here
+from tests.integration.sinks_support import (  # noqa: F401
+    checkpoints,
+    es_client,
+    redis_client,
+    sink,
+    vectors,
+)
+
 EventFactory = Callable[..., DataEvent]
 
 

@@ -37,20 +37,7 @@ from satellites_es.projections.redis_sink import RedisSink
 from satellites_es.store import EventStore
 from satellites_es.testing import TcpProxy
 from satellites_es.vectors import VectorIndex
-from tests.integration.test_projections import (  # noqa: F401  (fixtures)
-    DIM,
-    ITEM_FIELDS,
-    SINKS,
-    FieldsFaissSink,
-    checkpoints,
-    es_client,
-    item,
-    kind_of,
-    make_projection,
-    redis_client,
-    sink,
-    vectors,
-)
+from tests.integration.sinks_support import DIM, ITEM_FIELDS, item, kind_of, make_projection
 
 Handler = Callable[[DataEvent], Upsert | Delete | None]
 
