@@ -248,12 +248,25 @@ def _no_relay(config: DataLayerConfig) -> DataLayerConfig:
 
 
 @app.command()
-def rebuild(name: Annotated[str, typer.Argument(help="The projection to rebuild.")]) -> None:
+def rebuild(
+    name: Annotated[str, typer.Argument(help="The projection to rebuild.")],
+    on_poison: Annotated[
+        str | None,
+        typer.Option(help="An event that cannot be projected: 'stop' the rebuild there, or "
+                     "'park' it and go on (default: the projection's PoisonPolicy.rebuild)."),
+    ] = None,
+) -> None:
     """Replay the log into a new version of a projection, then flip to it (blue/green)."""
     from .operations import run_rebuild
 
     config = _no_relay(load_config())
     projection = _one_projection(config, name)
+    if on_poison is not None:
+        if on_poison not in ("stop", "park"):
+            err_console.print("--on-poison must be 'stop' or 'park'", markup=False)
+            raise typer.Exit(EXIT_USAGE)
+        policy = dataclasses.replace(projection.poison, rebuild=on_poison)  # type: ignore[arg-type]
+        projection = dataclasses.replace(projection, poison=policy)
     try:
         result = asyncio.run(run_rebuild(config, projection, console))
     except SatellitesError as exc:
@@ -261,7 +274,9 @@ def rebuild(name: Annotated[str, typer.Argument(help="The projection to rebuild.
     console.print(
         f"{name}: version {result.version} is active (previous {result.previous}); "
         f"{result.events} events replayed{' (resumed)' if result.resumed else ''}"
-    )
+        + (f"; {result.parked} event(s) parked (satellites-es parked list {name})"
+           if result.parked else "")
+    )  # fmt: skip
 
 
 @app.command()

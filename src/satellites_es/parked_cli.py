@@ -132,7 +132,8 @@ def parked_retry(
     console.print(f"{kind} {name}: {len(marked) - len(failed)} of {len(marked)} parked event(s) "
                   "applied", markup=False)  # fmt: skip
     for r in failed:
-        why = ("not picked up yet: is a consumer of it running?" if r.status == "retry"
+        why = ("marked for retry, but no consumer applied it yet (is one of it running? the "
+               "next one that runs will)" if r.status == "retry"
                else f"failed again: {r.error_type}: {r.error}")  # fmt: skip
         err_console.print(f"position {r.position} (key {r.key!r}): {why}"[:300], markup=False)
     if failed:

@@ -58,6 +58,8 @@ class RebuildResult:
     position: int
     events: int
     resumed: bool
+    #: events parked as poison (a ``PoisonPolicy.rebuild`` of ``park``)
+    parked: int = 0
 
 
 async def ensure_active(projection: Projection, sink: Sink, checkpoints: Checkpoints) -> int:
@@ -124,8 +126,9 @@ async def rebuild(
         previous = await checkpoints.set_active(projection.name, version)
         logger.info("flipped %s to version %d (previous %s)", projection.name, version, previous)
         return RebuildResult(
-            projection.name, version, previous, final.position, events + final.events, resumed
-        )
+            projection.name, version, previous, final.position, events + final.events, resumed,
+            projector.parked_count,
+        )  # fmt: skip
 
 
 async def _outlasting(run: Callable[[], Awaitable[Progress]], max_outage: float) -> Progress:
