@@ -27,16 +27,20 @@ from .errors import (
     LifecycleError,
     NamespaceNotFoundError,
     PersistenceError,
+    PoisonEventError,
     ProjectionError,
     PublishError,
+    RejectedChangesError,
     SatellitesError,
+    UndeliverableError,
     UnroutableError,
     VectorIndexError,
 )
 from .events import DataEvent, EventBus, EventHandler, InProcessEventBus
 from .facade import DataLayer, LayerState
 from .health import BackendHealth, Health
-from .projections import Delete, Projection, Upsert
+from .parking import ParkedEvent, ParkedEvents
+from .projections import Delete, PoisonPolicy, Projection, Upsert
 from .store import AppendResult, EventStore
 from .vectors import VectorIndex, VectorMatch
 
@@ -66,15 +70,21 @@ __all__ = [
     "LayerState",
     "LifecycleError",
     "NamespaceNotFoundError",
+    "ParkedEvent",
+    "ParkedEvents",
     "PersistenceError",
+    "PoisonEventError",
+    "PoisonPolicy",
     "PostgresConfig",
     "Projection",
     "ProjectionError",
     "PublishError",
     "RabbitMQConfig",
     "RedisConfig",
+    "RejectedChangesError",
     "RelayConfig",
     "SatellitesError",
+    "UndeliverableError",
     "UnroutableError",
     "Upsert",
     "VectorIndex",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .checkpoints import Checkpoints
 from .fields import VectorFields, VectorRun
-from .model import Change, Delete, Projection, Upsert
+from .model import Change, Delete, PoisonPolicy, Projection, Upsert
 from .projector import Progress, Projector, follow_active
 from .rebuild import RebuildResult, ensure_active, rebuild, rollback
 from .sinks import Sink, SinkDump
@@ -19,6 +19,7 @@ __all__ = [
     "Change",
     "Checkpoints",
     "Delete",
+    "PoisonPolicy",
     "Progress",
     "Projection",
     "Projector",
