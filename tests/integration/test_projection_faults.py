@@ -372,3 +372,48 @@ async def test_a_snapshot_that_cannot_be_written_is_reported_and_saved_later(
         assert reloaded.applied_position("items_v1") == 60
     finally:
         await reloaded.close()
+
+
+async def test_a_postgres_cut_under_a_follower_is_ridden_out(
+    migrated: Any, store: EventStore, checkpoints: Checkpoints, redis_client: aioredis.Redis,
+    redis_prefix: str,
+) -> None:
+    """The log itself unreachable (pool, checkpoints, listener through a proxy) for 5 s while a
+    producer that still reaches it appends: the follower waits and catches up."""
+    import asyncpg
+
+    from satellites_es.config import EventLogConfig
+
+    async with TcpProxy(migrated.host, migrated.port) as proxy:
+        dsn = migrated.dsn.replace(f"{migrated.host}:{migrated.port}", f"127.0.0.1:{proxy.port}")
+        assert str(proxy.port) in dsn
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3, timeout=2)
+        try:
+            via = EventStore(pool, schema=migrated.schema, config=EventLogConfig(), dsn=dsn)
+            via_checkpoints = Checkpoints(pool, migrated.schema)
+            p = make_projection("redis", name="pg_cut")
+            sink = RedisSink(redis_client, redis_prefix)
+            status, stop = FollowerStatus(), asyncio.Event()
+            follower = asyncio.create_task(follow_active(p, sink, via, via_checkpoints, stop=stop,
+                                                         poll_interval=0.2, status=status))  # fmt: skip
+            try:
+                await store.append([item(f"k{i}", 0) for i in range(20)])
+                await _until(lambda: _at(checkpoints, 20, "pg_cut"), 20, "the first events")
+                proxy.cut()
+                for r in range(5):
+                    await store.append([item(f"k{i}", r + 1) for i in range(20)])  # direct
+                    await asyncio.sleep(1.0)
+                await _until(lambda: status.state == "backend_down", 15, "backend_down")
+                assert not follower.done() and "PersistenceError" in (status.error or "")
+                proxy.restore()
+                head = await store.head()
+                await _until(lambda: _at(checkpoints, head, "pg_cut"), 60, "catching up")
+            finally:
+                proxy.restore()
+                stop.set()
+                await asyncio.wait_for(follower, 30)
+            fresh = make_projection("redis", name="pg_fresh")
+            await Projector(fresh, sink, store, checkpoints).catch_up()
+            assert await sink.dump(p, 1) == await sink.dump(fresh, 1)
+        finally:
+            await pool.close()
