@@ -96,5 +96,5 @@ def backoff(failures: int, *, initial: float = 0.1, cap: float = MAX_BACKOFF) ->
     """Seconds to wait after ``failures`` failures in a row (1, 2, ...): exponential from
     ``initial``, capped at ``cap``, with up to 20% jitter so that parts cut by the same outage
     do not all come back in the same instant."""
-    base = min(cap, initial * 2 ** max(0, failures - 1))
+    base = min(cap, initial * 2.0 ** min(max(0, failures - 1), 60))
     return float(min(cap, base * (1.0 + 0.2 * random.random())))

@@ -247,6 +247,7 @@ class Relay:
         self._running = asyncio.current_task()
         retrying = AsyncRetrying(
             retry=retry_if_exception(_restartable),
+            stop=lambda _state: self._stopping.is_set(),  # stopping: the last error is raised
             wait=self._backoff,
             sleep=self._pause,
             before_sleep=self._log_retry,

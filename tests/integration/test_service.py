@@ -1,4 +1,4 @@
-"""The service process: a dead background task stops it with its error."""
+"""The service process: a failing part is restarted; one that cannot be (a configuration error) stops it with its error."""
 
 from __future__ import annotations
 
@@ -7,19 +7,48 @@ import asyncio
 import pytest
 
 from satellites_es.config import DataLayerConfig
-from satellites_es.errors import BackgroundTaskError
+from satellites_es.errors import BackgroundTaskError, ConfigurationError
 from satellites_es.relay import Relay
 from satellites_es.service import ServiceOptions, run_service
 
 
-async def test_a_dead_relay_stops_the_service_and_says_why(
+async def test_a_failing_relay_is_restarted_and_reported_not_fatal(
     config: DataLayerConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def explode(self: Relay) -> None:
-        raise RuntimeError("relay exploded")
+    """A bug in the relay (any error but a configuration one) restarts it with backoff; the
+    service keeps running and health names the error (issue 12: one part failing does not
+    stop the others)."""
+    calls = 0
+    original = Relay._cycle
 
-    monkeypatch.setattr(Relay, "_cycle", explode)
-    with pytest.raises(BackgroundTaskError, match="relay exploded"):
+    async def explode_twice(self: Relay) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise RuntimeError("relay exploded")
+        await original(self)
+
+    monkeypatch.setattr(Relay, "_cycle", explode_twice)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(config, ServiceOptions(relay=True), stop))
+    async with asyncio.timeout(20):
+        while calls < 3:
+            assert not task.done()
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    stop.set()
+    await asyncio.wait_for(task, timeout=20)
+
+
+async def test_a_relay_with_a_configuration_error_stops_the_service_and_says_why(
+    config: DataLayerConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def misconfigured(self: Relay) -> None:
+        raise ConfigurationError("SATELLITES_RELAY_NAME", "relay misconfigured")
+
+    monkeypatch.setattr(Relay, "_cycle", misconfigured)
+    with pytest.raises(BackgroundTaskError, match="relay misconfigured"):
         async with asyncio.timeout(30):
             await run_service(config, ServiceOptions(relay=True))
 
