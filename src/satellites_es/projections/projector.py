@@ -476,15 +476,18 @@ async def follow_active(
     state: dict[str, Projector] = {}
     failures = 0
     next_retry = 0.0
+    counted, recount = -1, 0.0  # the projector's parked_count when status.parked was read
     async with store.listener() as listener:
         while not stop.is_set():
             try:
                 projector = await _follow_once(projection, sink, store, checkpoints, state,
                                                on_projector, flush_every)  # fmt: skip
-                if time.monotonic() >= next_retry:
+                if time.monotonic() >= next_retry:  # one indexed query a second when idle
                     next_retry = time.monotonic() + retry_interval
-                    await projector.retry_parked()
-                    status.parked = await _parked(projector)
+                    retried = await projector.retry_parked()
+                    if retried or counted != projector.parked_count or time.monotonic() > recount:
+                        status.parked = await _parked(projector)  # a discard elsewhere: <= 10 s
+                        counted, recount = projector.parked_count, time.monotonic() + 10.0
                 if projector.flush_error is not None:
                     await projector.flush_if_due()
                 status.save_error = projector.flush_error
