@@ -23,7 +23,17 @@ Consuming. ``subscribe``/``subscribe_all`` are synchronous (the seed's protocol)
 the handler under its consumer group (``handler.subscriber_name``, else the bus's ``group``, else
 :func:`~satellites_es.events.handler_name`); the group's queues are declared, bound and consumed
 at :meth:`start`, or by a watched background task when the bus is already started
-(:meth:`wait_ready` awaits those). Processes sharing a group share its queues: each partition is
+(:meth:`wait_ready` awaits those).
+
+Publish after subscribe. The seed subscribes after ``start()`` and publishes at once. A topic
+exchange routes a message only to the queues bound when it arrives, and a ``mandatory`` message
+no queue wants is returned (unroutable). So every publishing path of this bus (``publish``,
+``publish_many`` and the relay's :class:`ConfirmPublisher`) first waits for the bindings that
+earlier ``subscribe`` calls of this process started: an event published after ``subscribe``
+returned is routed to the new group. The wait costs nothing when no subscription is changing.
+A subscriber in *another* process is bound when its own ``subscribe`` completes; what was
+published before that is in the log: subscribe with ``start=`` (:mod:`.catchup`) or replay it
+(:func:`.replay.replay_log`). Processes sharing a group share its queues: each partition is
 consumed by one of them at a time, so per-key order holds with competing consumers. All members
 of a group must subscribe to the same types. Retries, the dead-letter queue and the head-of-line
 trade-off are described in :mod:`.consumer`; delivery is at least once, so handlers must be
@@ -69,6 +79,7 @@ logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 256
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+_DRAIN_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, aiormq.exceptions.AMQPError)
 
 
 class _Outgoing(NamedTuple):
@@ -161,6 +172,10 @@ class RabbitMQEventBus:
             raise BackendUnavailableError(
                 "rabbitmq", f"declaring the topology failed: {self._redact(repr(exc))}"
             ) from exc
+        except BaseException:  # a ConfigurationError (queues of another type): nothing leaks
+            await self._close_connection()
+            self._state = BusState.STOPPED
+            raise
         self._state = BusState.STARTED
 
     async def stop(self) -> None:
@@ -257,6 +272,19 @@ class RabbitMQEventBus:
         if self._state is BusState.STARTED:
             self._spawn(self._reconcile(group), f"satellites-bus-subscribe-{group.name}")
 
+    async def drain(self) -> None:
+        """Until this process's groups have handled what their queues hold (checked twice,
+        a beat apart: a delivery may be on the wire). The caller bounds it in time."""
+        quiet = 0
+        while quiet < 2:
+            await asyncio.sleep(0.02)
+            groups = [g.consumer for g in self._groups.values() if g.consumer is not None]
+            try:
+                drained = [await c.drained() for c in groups]
+            except _DRAIN_ERRORS:
+                return  # no broker: nothing more will arrive before stop
+            quiet = quiet + 1 if all(drained) else 0
+
     async def wait_ready(self) -> None:
         """Wait until every subscription made since start is declared, bound and consuming."""
         while pending := [t for t in self._tasks if not t.done()]:
@@ -307,9 +335,22 @@ class RabbitMQEventBus:
 
     # -- publishing --------------------------------------------------------------------------
 
+    def pending_bindings(self) -> list[asyncio.Task[None]]:
+        """The subscription changes still being declared and bound on the broker."""
+        return [t for t in self._tasks if not t.done()]
+
+    async def _bindings_settled(self) -> None:
+        """Publish-after-subscribe: wait (at most ``publish_timeout``) for the bindings that
+        ``subscribe`` started, so an event published after it returned is routed to the new
+        group instead of being returned as unroutable. A failed binding is reported by
+        :meth:`wait_ready` and health; the publish then goes on and says what the broker says."""
+        if pending := self.pending_bindings():
+            await asyncio.wait(pending, timeout=self.config.publish_timeout)
+
     async def publish(self, event: DataEvent) -> None:
         """Publish one event and wait for its confirm; :class:`PublishError` otherwise."""
         channel = await self._underlay()
+        await self._bindings_settled()
         await self._confirm(channel, event, self._message(event))
         self.published += 1
 
@@ -321,6 +362,7 @@ class RabbitMQEventBus:
         """
         size = max(1, window or _DEFAULT_WINDOW)
         channel = await self._underlay()
+        await self._bindings_settled()
         pending: deque[asyncio.Task[None]] = deque()
         confirmed = 0
         try:
@@ -482,12 +524,45 @@ class ConfirmPublisher:
     def __init__(self, bus: RabbitMQEventBus, channel: aiormq.abc.AbstractChannel) -> None:
         self._bus = bus
         self._channel = channel
+        self._held: asyncio.Task[None] | None = None
 
     def send(self, event: DataEvent) -> asyncio.Task[None]:
         message = self._bus._message(event)
-        task = asyncio.ensure_future(self._bus._confirm(self._channel, event, message))
+        pending = self._bus.pending_bindings()
+        if pending or self._held is not None:
+            task = asyncio.ensure_future(self._held_send(pending, self._held, event, message))
+            self._held = task
+            task.add_done_callback(self._release)
+        else:
+            task = asyncio.ensure_future(self._bus._confirm(self._channel, event, message))
         task.add_done_callback(self._count)
         return task
+
+    async def _held_send(
+        self, pending: list[asyncio.Task[None]], previous: asyncio.Task[None] | None,
+        event: DataEvent, message: _Outgoing,
+    ) -> None:  # fmt: skip
+        """A send made while a subscription is being bound waits for that binding (see
+        :meth:`RabbitMQEventBus._bindings_settled`), and every later send waits for the one
+        before it until the held ones are through, so none overtakes another: per-key order
+        holds across the hold. If an earlier held send failed (other than unroutable, which
+        the relay skips) this one fails too rather than go out ahead of its retry."""
+        if pending:
+            await asyncio.wait(pending, timeout=self._bus.config.publish_timeout)
+        if previous is not None:
+            try:
+                await previous
+            except UnroutableError:
+                pass
+            except PublishError as exc:
+                raise PublishError(
+                    f"{self._bus._what(event, message)} not sent: an earlier one failed"
+                ) from exc
+        await self._bus._confirm(self._channel, event, message)
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        if self._held is task:
+            self._held = None
 
     def _count(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is None:
