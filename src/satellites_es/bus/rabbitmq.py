@@ -63,6 +63,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from ..config import RabbitMQConfig
 from ..errors import (
     BackendUnavailableError,
+    ConfigurationError,
     LifecycleError,
     PublishError,
     UndeliverableError,
@@ -384,6 +385,43 @@ class RabbitMQEventBus:
             await _cancel_all(pending)
         return confirmed
 
+    async def require_group(self, group: str) -> None:
+        """:class:`ConfigurationError` unless every partition queue of ``group`` exists."""
+        channel = await self._require_connection().channel(publisher_confirms=False)
+        try:
+            for i in range(self.config.partitions):
+                await channel.declare_queue(
+                    queue_name(self.config.exchange, group, i), passive=True
+                )
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(
+                "group", f"{group!r} has no queues on exchange {self.config.exchange!r}: start "
+                "its subscriber once (it declares them), then replay",
+            ) from exc  # fmt: skip
+        finally:
+            with contextlib.suppress(*RETRYABLE_ERRORS):
+                await channel.close()
+
+    async def publish_to_group(self, group: str, events: Iterable[DataEvent]) -> int:
+        """Publish ``events`` to ``group``'s partition queues only (by the default exchange),
+        the messages the exchange would route; returns how many were confirmed."""
+        channel = await self._underlay()
+        confirms = []
+        for event in events:
+            message = self._message(event)
+            partition = partition_for(event.resource, event.key, self.config.partitions)
+            target = message._replace(
+                routing_key=queue_name(self.config.exchange, group, partition)
+            )
+            confirms.append(asyncio.ensure_future(self._confirm(channel, event, target, "")))
+        try:
+            for confirm in confirms:
+                await confirm
+        finally:
+            await _cancel_all(confirms)
+        self.published += len(confirms)
+        return len(confirms)
+
     async def publisher(self) -> ConfirmPublisher:
         """A :class:`ConfirmPublisher` pinned to the current AMQP channel (for rolling windows)."""
         return ConfirmPublisher(self, await self._underlay())
@@ -420,13 +458,14 @@ class RabbitMQEventBus:
         return _Outgoing(event.to_json().encode(), properties, routing_key(event.type, partition))
 
     async def _confirm(self, channel: aiormq.abc.AbstractChannel, event: DataEvent,
-                       message: _Outgoing) -> None:  # fmt: skip
+                       message: _Outgoing, exchange: str | None = None) -> None:  # fmt: skip
+        exchange = self.config.exchange if exchange is None else exchange
         try:
             async with asyncio.timeout(self.config.publish_timeout):
                 # wait=False: do not hold the channel lock until the socket drained (the
                 # frames are queued in order under the lock; the confirm is what we await)
                 result = await channel.basic_publish(
-                    message.body, exchange=self.config.exchange, routing_key=message.routing_key,
+                    message.body, exchange=exchange, routing_key=message.routing_key,
                     properties=message.properties, mandatory=True, wait=False,
                 )  # type: ignore[call-arg]  # fmt: skip
         except aiormq.exceptions.PublishError as exc:
