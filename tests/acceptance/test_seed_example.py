@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import uuid
-
 from collections.abc import AsyncIterator
 
 import asyncpg
