@@ -8,7 +8,8 @@ Topology (see :mod:`.partition` for the names)::
     {exchange}.{group}.dlq                        dead letters of the group, with their error
 
 Publishing. Every message is persistent, ``message_id`` = the event id, body = the event's JSON,
-headers ``position``, ``resource``, ``key``, ``version``, ``partition``; it is published
+headers ``position``, ``resource``, ``key``, ``version``, ``partition``, ``x-contract-version``
+(the contract for consumers in any language is ``docs/contract/``); it is published
 ``mandatory`` on a channel with publisher confirms and ``on_return_raises``: a message no queue is
 bound for, a nack, a lost connection or no confirm within ``publish_timeout`` (aio-pika #636: a
 robust channel can hang) raises :class:`~satellites_es.errors.PublishError`. Nothing is silent.
@@ -79,6 +80,8 @@ __all__ = ["BusState", "ConfirmPublisher", "PublishBatchError", "RabbitMQEventBu
 logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 256
+#: The message contract (docs/contract/): header ``x-contract-version``.
+CONTRACT_VERSION = 1
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 _DRAIN_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, aiormq.exceptions.AMQPError)
 
@@ -446,6 +449,7 @@ class RabbitMQEventBus:
         partition = partition_for(event.resource, event.key, self.config.partitions)
         headers: dict[str, Any] = {
             "resource": event.resource, "key": event.key, "partition": partition,
+            "x-contract-version": CONTRACT_VERSION,
         }  # fmt: skip
         if event.position is not None:
             headers["position"] = event.position
