@@ -314,10 +314,10 @@ class DataLayer:
                     from .relay import RelayState
 
                     head, leading = await store.head(), (RelayState.NEW, RelayState.ACTIVE)
-                    for _ in iter(lambda: relay.state in leading and relay.cursor < head, False):
-                        if task.done():
+                    while True:  # polled: the relay has no "published up to" signal
+                        if task.done() or relay.state not in leading or relay.cursor >= head:
                             break
-                        await asyncio.sleep(0.01)  # the relay has no "published up to" signal
+                        await asyncio.sleep(0.01)
                 drain = getattr(self._bus, "drain", None)
                 if drain is not None:
                     await drain()
