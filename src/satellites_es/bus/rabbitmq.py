@@ -588,15 +588,15 @@ class ConfirmPublisher:
         """A send made while a subscription is being bound waits for that binding (see
         :meth:`RabbitMQEventBus._bindings_settled`), and every later send waits for the one
         before it until the held ones are through, so none overtakes another: per-key order
-        holds across the hold. If an earlier held send failed (other than unroutable, which
-        the relay skips) this one fails too rather than go out ahead of its retry."""
+        holds across the hold. If an earlier held send failed (other than unroutable or
+        undeliverable, which the relay moves past) this one fails too rather than go out ahead of its retry."""
         if pending:
             await asyncio.wait(pending, timeout=self._bus.config.publish_timeout)
         if previous is not None:
             try:
                 await previous
-            except UnroutableError:
-                pass
+            except (UnroutableError, UndeliverableError):
+                pass  # the relay moves past these (counts or parks them)
             except PublishError as exc:
                 raise PublishError(
                     f"{self._bus._what(event, message)} not sent: an earlier one failed"
