@@ -74,15 +74,17 @@ async def _run_consumer(amqp_url: str, test_id: str, poison: str, lines: list[st
         cwd=ROOT, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
+    ready = False
     try:
         while True:
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout=2.0)
+            try:  # starting may take long on a busy machine; once it runs, 2 s idle is the end
+                line = await asyncio.wait_for(proc.stdout.readline(), 2.0 if ready else 60.0)
             except TimeoutError:
                 return None  # alive and idle: nothing more to deliver
             if not line:
                 return await proc.wait()
             lines.append(line.decode().strip())
+            ready = ready or lines[-1] == "ready"
     finally:
         if proc.returncode is None:
             proc.kill()
