@@ -44,13 +44,17 @@ async def test_earliest_while_appending_gets_everything_in_key_order_then_live(
     async with DataLayer(_layer_config(config, bus)) as data:
         events = _durable(data)
 
+        some_in = asyncio.Event()
+
         async def produce() -> None:
             for start in range(0, 5000, 100):
                 await data.log.append(_events(start, 100))
+                if start >= 1000:
+                    some_in.set()
                 await asyncio.sleep(0.002)
 
         producer = asyncio.create_task(produce())
-        await asyncio.sleep(0.2)  # some are in the log already, more are coming
+        await some_in.wait()  # some are in the log already, more are coming
         sink = IdempotentSink(f"catchup-earliest-{bus}")
         events.subscribe("doc.changed", sink, start="earliest")
         await producer
