@@ -333,6 +333,29 @@ app.add_typer(parked_app, name="parked")
 
 
 @app.command()
+def replay(
+    group: Annotated[str, typer.Argument(help="The subscriber group to deliver to.")],
+    after: Annotated[int, typer.Option(help="Replay the events after this position.")] = 0,
+    until: Annotated[
+        int | None, typer.Option(help="Up to this position (default: the head).")
+    ] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")
+    ] = None,
+) -> None:
+    """Deliver a range of the log to one subscriber group again (its queues must exist)."""
+    from .bus.replay import run_replay
+
+    try:
+        count = asyncio.run(
+            run_replay(load_config(), group, after=after, until=until, types=event_type)
+        )
+    except SatellitesError as exc:
+        raise _fail(exc) from exc
+    console.print(f"replayed {count} event(s) into {group}")
+
+
+@app.command()
 def demo(
     documents: Annotated[
         int, typer.Option(envvar="SATELLITES_DEMO_DOCUMENTS", help="Documents in the corpus.")

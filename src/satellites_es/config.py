@@ -183,10 +183,18 @@ class RabbitMQConfig:
     publish_timeout: float = 10.0
     max_retries: int = 5
     retry_backoff: float = 0.2
+    #: Group and dead-letter queues: ``quorum`` (replicated, the default) or ``classic`` (for a
+    #: single-node broker). Changing it for existing queues needs a migration (README).
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    #: Quorum queues: deliveries of one message (each crash of its consumer counts) after which
+    #: the broker moves it to the group's dead-letter queue. ``0`` turns the limit off.
+    delivery_limit: int = 5
 
     def __post_init__(self) -> None:
         if self.partitions < 1:
             raise ConfigurationError("rabbitmq.partitions", "must be at least 1")
+        if self.delivery_limit < 0:
+            raise ConfigurationError("rabbitmq.delivery_limit", "must be 0 (off) or more")
 
     @property
     def url(self) -> str:

@@ -5,34 +5,88 @@ When the event log is enabled, :class:`DurableEventBus` is the ``EventBus`` the 
 delivery to subscribers is the relay's job (log -> bus, at least once, in position order), so an
 event published just before a crash is delivered after the restart instead of lost.
 ``publish_in`` appends inside the producer's own transaction, so a state change and its event
-commit or roll back together. Subscriptions go to the underlying bus unchanged.
+commit or roll back together. Subscriptions go to the underlying bus; one with a ``start``
+(``"earliest"`` or a log position) first receives the log's past (:mod:`.bus.catchup`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
 import asyncpg
 
+from .bus.catchup import CatchUp, Start, start_position
 from .events import DataEvent, EventBus, EventHandler
 from .store import AppendResult, EventStore
 
 __all__ = ["DurableEventBus"]
 
+logger = logging.getLogger(__name__)
+
 
 class DurableEventBus:
+    ALL = "*"
+
     def __init__(self, store: EventStore, bus: EventBus) -> None:
         self.store = store
         self.bus = bus
+        self._catchups: dict[tuple[str, EventHandler], list[CatchUp]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
-    def subscribe(self, event_type: str, handler: EventHandler) -> None:
-        self.bus.subscribe(event_type, handler)
+    def subscribe(self, event_type: str, handler: EventHandler, *, start: Start = "latest") -> None:
+        """Subscribe ``handler``; with ``start`` it first gets the log after that position
+        (``"earliest"``: all of it), then the live events (:meth:`caught_up` awaits the past)."""
+        catchup = self._catch_up(event_type, handler, start)
+        self.bus.subscribe(event_type, catchup or handler)
+        self._begin(catchup)
 
-    def subscribe_all(self, handler: EventHandler) -> None:
-        self.bus.subscribe_all(handler)
+    def subscribe_all(self, handler: EventHandler, *, start: Start = "latest") -> None:
+        catchup = self._catch_up(self.ALL, handler, start)
+        self.bus.subscribe_all(catchup or handler)
+        self._begin(catchup)
+
+    @property
+    def catchups(self) -> list[CatchUp]:
+        return [c for bucket in self._catchups.values() for c in bucket]
+
+    async def caught_up(self) -> None:
+        """Until every catch-up subscription has delivered the past and gone live."""
+        await asyncio.gather(*(c.wait() for c in self.catchups))
 
     def unsubscribe(self, event_type: str, handler: EventHandler) -> None:
-        self.bus.unsubscribe(event_type, handler)
+        wrapped = self._catchups.get((event_type, handler))
+        self.bus.unsubscribe(event_type, wrapped.pop() if wrapped else handler)
+
+    def _catch_up(self, event_type: str, handler: EventHandler, start: Start) -> CatchUp | None:
+        after = start_position(start)
+        if after is None:
+            return None
+        retries = getattr(getattr(self.bus, "config", None), "max_retries", 5)
+        catchup = CatchUp(
+            handler, store=self.store, bus=self.bus, after=after, max_retries=retries,
+            event_type=None if event_type == self.ALL else event_type,
+        )  # fmt: skip
+        self._catchups.setdefault((event_type, handler), []).append(catchup)
+        return catchup
+
+    def _begin(self, catchup: CatchUp | None) -> None:
+        if catchup is not None:
+            task = catchup.begin()
+            self._tasks.add(task)
+            task.add_done_callback(self._catchup_done)
+
+    def _catchup_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("%s failed", task.get_name(), exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Cancel the catch-ups still running (a later subscribe starts them again)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def publish(self, event: DataEvent) -> None:
         await self.store.append(event)

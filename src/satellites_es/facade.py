@@ -35,7 +35,7 @@ from .backends import (
     connect_with_retry,
 )
 from .config import DataLayerConfig
-from .errors import BackendUnavailableError, ConfigurationError, LifecycleError
+from .errors import BackendUnavailableError, ConfigurationError, LifecycleError, SatellitesError
 from .events import EventBus, InProcessEventBus
 from .health import BackendHealth, Health, probe
 from .tracing import span
@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("postgres", "redis", "elasticsearch", "faiss", "rabbitmq")
 HEALTH_ENTRIES = (*BACKENDS, "relay")
+#: At most this long, ``stop()`` lets what was published before it reach local subscribers.
+DRAIN_TIMEOUT = 2.0
 
 
 class LayerState(enum.Enum):
@@ -187,7 +189,9 @@ class DataLayer:
     async def _connect_all(self) -> None:
         timeout, secrets = self.config.connect_timeout, self._secrets()
         tasks = {
-            name: asyncio.create_task(connect_with_retry(b, timeout, secrets), name=f"connect-{name}")
+            name: asyncio.create_task(
+                connect_with_retry(b, timeout, secrets), name=f"connect-{name}"
+            )
             for name, b in self._backends.items()
         }
         required = [t for name, t in tasks.items() if name not in self._optional]
@@ -293,12 +297,38 @@ class DataLayer:
             return
         self._state = LayerState.STOPPING
         with span("datalayer.stop"):
+            await self._drain()
             await self._close_all()
         self._state = LayerState.STOPPED
         logger.info("data layer stopped")
 
+    async def _drain(self) -> None:
+        """The seed publishes and stops at once: give the relay (when it leads) and this
+        process's subscribers up to ``DRAIN_TIMEOUT`` to deliver what was committed before
+        ``stop()``. Whatever is left stays in the log and the durable queues: nothing is lost
+        either way, this only makes a short-lived process see its own events."""
+        relay, store, task = self._relay, self._store, self._relay_task
+        try:
+            async with asyncio.timeout(min(DRAIN_TIMEOUT, self.config.stop_timeout)):
+                if relay is not None and store is not None and task is not None:
+                    from .relay import RelayState
+
+                    head, leading = await store.head(), (RelayState.NEW, RelayState.ACTIVE)
+                    while True:  # polled: the relay has no "published up to" signal
+                        if task.done() or relay.state not in leading or relay.cursor >= head:
+                            break
+                        await asyncio.sleep(0.01)
+                drain = getattr(self._bus, "drain", None)
+                if drain is not None:
+                    await drain()
+        except (TimeoutError, SatellitesError) as exc:
+            logger.info("stop: not everything was delivered before stopping (%r)", exc)
+
     async def _close_all(self) -> None:
         await self._stop_relay()  # first: it publishes to the bus and reads Postgres
+        close_events = getattr(self._events, "close", None)
+        if close_events is not None:  # catch-up subscriptions read the log
+            await close_events()
 
         async def close(name: str, backend: Backend) -> None:
             try:

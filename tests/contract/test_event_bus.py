@@ -160,3 +160,14 @@ async def test_event_round_trips_intact(harness: Harness) -> None:
     assert got == event
     assert got.id == event.id and got.position == 42 and got.version == 7
     assert got.timestamp.tzinfo is not None and got.timestamp == event.timestamp
+
+
+async def test_publish_right_after_subscribe_reaches_the_new_subscriber(harness: Harness) -> None:
+    """The seed's order, with no settle() between: subscribe on a running bus, then publish."""
+    late = Recorder("late")
+    harness.bus.subscribe("user.created", late)
+    events = [_event(key=str(i % 3), version=i // 3 + 1) for i in range(30)]
+    for event in events:
+        await harness.bus.publish(event)
+    await eventually(lambda: len(late.events) == 30)
+    assert late.ids == [e.id for e in events]  # one publisher: publish order

@@ -119,3 +119,15 @@ def test_a_socket_url_means_a_unix_socket() -> None:
     assert c.postgres.dsn == (
         "postgresql://postgres@/satellites?host=/run/pg&port=5433&application_name=satellites-es"
     )
+
+
+def test_rabbitmq_queue_type_and_delivery_limit_from_the_environment() -> None:
+    assert RabbitMQConfig().queue_type == "quorum" and RabbitMQConfig().delivery_limit == 5
+    cfg = DataLayerConfig.from_env(
+        {"SATELLITES_RABBITMQ_QUEUE_TYPE": "classic", "SATELLITES_RABBITMQ_DELIVERY_LIMIT": "0"}
+    )
+    assert (cfg.rabbitmq.queue_type, cfg.rabbitmq.delivery_limit) == ("classic", 0)
+    with pytest.raises(ConfigurationError, match="SATELLITES_RABBITMQ_QUEUE_TYPE"):
+        DataLayerConfig.from_env({"SATELLITES_RABBITMQ_QUEUE_TYPE": "stream"})
+    with pytest.raises(ConfigurationError, match="SATELLITES_RABBITMQ_DELIVERY_LIMIT"):
+        DataLayerConfig.from_env({"SATELLITES_RABBITMQ_DELIVERY_LIMIT": "-1"})

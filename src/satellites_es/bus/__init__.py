@@ -1,15 +1,19 @@
-"""Event buses beyond the in-process one: RabbitMQ, with partitioning and dead letters."""
+"""Event buses beyond the in-process one: RabbitMQ, with partitioning and dead letters, and
+catch-up subscriptions that start in the log's past."""
 
 from __future__ import annotations
 
+from .catchup import CatchUp, Start
 from .dlq import DeadLetter
 from .partition import partition_for
 from .rabbitmq import BusState, PublishBatchError, RabbitMQEventBus
 
 __all__ = [
     "BusState",
+    "CatchUp",
     "DeadLetter",
     "PublishBatchError",
     "RabbitMQEventBus",
+    "Start",
     "partition_for",
 ]

@@ -1,7 +1,8 @@
 """One consumer group's side of the RabbitMQ bus: partition queues, retries, the dead-letter queue.
 
 A group owns ``partitions`` durable queues ``{exchange}.{group}.p{i}`` declared with
-``x-single-active-consumer``, plus ``{exchange}.{group}.dlq``. Several processes may consume one
+``x-single-active-consumer``, plus ``{exchange}.{group}.dlq``: quorum queues (replicated on a
+cluster) with ``x-delivery-limit`` by default, classic ones with ``queue_type="classic"``. Several processes may consume one
 group: RabbitMQ delivers each partition queue to one of them at a time and fails over to another
 when that consumer goes away, so the events of one key (which all hash to one partition) are
 handled in order even with competing consumers.
@@ -48,11 +49,18 @@ from aio_pika.abc import (
 )
 
 from ..config import RabbitMQConfig
-from ..errors import InvalidEventError
+from ..errors import ConfigurationError, InvalidEventError
 from ..events import DataEvent, EventHandler, handler_name
 from .partition import binding_key, dlq_name, queue_name
 
-__all__ = ["RETRYABLE_ERRORS", "GroupConsumer", "HandlerLookup"]
+__all__ = [
+    "RETRYABLE_ERRORS",
+    "GroupConsumer",
+    "HandlerLookup",
+    "declare_group_queues",
+    "dlq_arguments",
+    "partition_arguments",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +120,7 @@ class GroupConsumer:
         self._exchange = await channel.declare_exchange(
             self._config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        await channel.declare_queue(dlq_name(self._config.exchange, self.group), durable=True)
-        for i in range(self._partitions):
-            self._queues.append(
-                await channel.declare_queue(
-                    queue_name(self._config.exchange, self.group, i),
-                    durable=True,
-                    arguments={"x-single-active-consumer": True},
-                )
-            )
+        self._queues = await declare_group_queues(channel, self._config, self.group)
         for event_type in bindings:
             await self.bind(event_type)
         for i, queue in enumerate(self._queues):
@@ -138,6 +138,18 @@ class GroupConsumer:
         assert self._exchange is not None
         for i, queue in enumerate(self._queues):
             await queue.unbind(self._exchange, binding_key(event_type, i))
+
+    async def drained(self) -> bool:
+        """Whether this process has handled everything the group's queues hold: none ready
+        in the partition queues, and every worker idle."""
+        if not all(w.idle for w in self._workers) or self._channel is None:
+            return False
+        underlay = await self._channel.get_underlay_channel()
+        for queue in self._queues:
+            declared = await underlay.queue_declare(queue.name, passive=True)
+            if declared.message_count:
+                return False
+        return all(w.idle for w in self._workers)
 
     async def stop(self, grace: float) -> None:
         """Stop consuming; the message being handled may finish within ``grace`` seconds, the
@@ -238,12 +250,62 @@ class GroupConsumer:
         }
 
 
+async def declare_group_queues(
+    channel: AbstractChannel, config: RabbitMQConfig, group: str
+) -> list[AbstractQueue]:
+    """Declare the DLQ and the partition queues of ``group``; returns the partition queues.
+
+    A queue that exists with other arguments (typically a classic queue from before quorum
+    queues were the default) is not touched: :class:`ConfigurationError` says how to go on.
+    """
+    dlq = dlq_name(config.exchange, group)
+    try:
+        await channel.declare_queue(dlq, durable=True, arguments=dlq_arguments(config))
+        return [
+            await channel.declare_queue(
+                queue_name(config.exchange, group, i),
+                durable=True,
+                arguments=partition_arguments(config, dlq),
+            )
+            for i in range(config.partitions)
+        ]
+    except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            "rabbitmq.queue_type",
+            f"a queue of group {group!r} exists with other arguments than "
+            f"queue_type={config.queue_type!r}, delivery_limit={config.delivery_limit} want "
+            f"({exc}); drain and migrate it (README: 'Migrating group queues'), or set "
+            "SATELLITES_RABBITMQ_QUEUE_TYPE / _DELIVERY_LIMIT to what it was declared with",
+        ) from exc
+
+
+def partition_arguments(config: RabbitMQConfig, dlq: str) -> dict[str, Any]:
+    """A partition queue: single active consumer (per-key order), and on quorum queues a
+    delivery limit whose overflow the broker dead-letters to ``dlq`` (reason
+    ``delivery_limit`` in ``x-death``): a message that kills its consumer every time stops
+    looping. RabbitMQ 3.10 counts every return (a crashed consumer, a reject or nack with
+    requeue); from 4.3 a nack no longer counts, which is why ``_dead_letter`` rejects."""
+    arguments: dict[str, Any] = {"x-single-active-consumer": True}
+    if config.queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+        if config.delivery_limit:
+            arguments["x-delivery-limit"] = config.delivery_limit
+            arguments["x-dead-letter-exchange"] = ""
+            arguments["x-dead-letter-routing-key"] = dlq
+    return arguments
+
+
+def dlq_arguments(config: RabbitMQConfig) -> dict[str, Any]:
+    return {"x-queue-type": "quorum"} if config.queue_type == "quorum" else {}
+
+
 class _PartitionWorker:
     """Handles one partition queue's messages one at a time, in delivery order."""
 
     def __init__(self, consumer: GroupConsumer, partition: int) -> None:
         self._consumer = consumer
         self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._busy = False
         self._task = asyncio.create_task(
             self._run(), name=f"satellites-consumer-{consumer.group}-p{partition}"
         )
@@ -252,12 +314,21 @@ class _PartitionWorker:
     async def offer(self, message: AbstractIncomingMessage) -> None:
         self._buffer.put_nowait(message)  # synchronous: keeps the broker's delivery order
 
+    @property
+    def idle(self) -> bool:
+        """Nothing buffered and nothing being handled."""
+        return self._buffer.empty() and not self._busy
+
     async def _run(self) -> None:
+        self._busy = False
         while (message := await self._buffer.get()) is not None:
+            self._busy = True
             try:
                 await self._consumer.handle(message)
             except Exception:  # a bug here must not stop the partition
                 logger.exception("group %s: error handling a message", self._consumer.group)
+            finally:
+                self._busy = False
 
     async def stop(self, grace: float) -> None:
         self._buffer.put_nowait(None)

@@ -2,7 +2,9 @@
 
 A dead letter is the original message (body = the event's JSON, its original headers) plus the
 headers the consumer added: ``x-error``, ``x-error-type``, ``x-attempts``,
-``x-original-routing-key``, ``x-group``. Listing peeks: it takes messages without acking them on
+``x-original-routing-key``, ``x-group``; or, when a quorum queue dead-lettered it over its
+delivery limit (its consumer died on it every time), the broker's ``x-death`` and
+``x-first-death-reason = delivery_limit``, listed as error type ``rabbitmq.delivery_limit``. Listing peeks: it takes messages without acking them on
 a channel of its own and closes that channel, which puts them back where they were. Replaying
 publishes each dead letter, with confirms, straight to the partition queue of *that group* (by
 the default exchange, so the other groups do not see it twice) and acks it in the DLQ only after
@@ -32,7 +34,12 @@ from .partition import dlq_name, partition_for, queue_name
 
 __all__ = ["DeadLetter", "list_dead_letters", "replay_dead_letters"]
 
-_DLQ_HEADERS = ("x-error", "x-error-type", "x-attempts", "x-original-routing-key", "x-group")
+_DLQ_HEADERS = (
+    "x-error", "x-error-type", "x-attempts", "x-original-routing-key", "x-group",
+    # what the broker adds when a quorum queue dead-letters over its delivery limit
+    "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+    "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -130,11 +137,22 @@ def _to_dead_letter(message: AbstractIncomingMessage, group: str) -> DeadLetter:
         event: DataEvent | None = DataEvent.from_json(message.body)
     except InvalidEventError:
         event = None
+    error, error_type = str(headers.get("x-error", "")), str(headers.get("x-error-type", ""))
+    reason = headers.get("x-first-death-reason")
+    if not error_type and reason is not None:  # dead-lettered by the broker, not by a consumer
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
+        error_type = f"rabbitmq.{reason}"
+        error = (
+            "over the queue's delivery limit: its consumer never acked it (it crashed or "
+            "lost its connection on every delivery)"
+            if reason == "delivery_limit"
+            else f"dead-lettered by the broker: {reason}"
+        )
     return DeadLetter(
         event=event,
         body=message.body,
-        error=str(headers.get("x-error", "")),
-        error_type=str(headers.get("x-error-type", "")),
+        error=error,
+        error_type=error_type,
         attempts=_int(headers.get("x-attempts")),
         group=str(headers.get("x-group", group)),
         routing_key=str(headers.get("x-original-routing-key", "")),

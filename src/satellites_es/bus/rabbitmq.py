@@ -8,7 +8,8 @@ Topology (see :mod:`.partition` for the names)::
     {exchange}.{group}.dlq                        dead letters of the group, with their error
 
 Publishing. Every message is persistent, ``message_id`` = the event id, body = the event's JSON,
-headers ``position``, ``resource``, ``key``, ``version``, ``partition``; it is published
+headers ``position``, ``resource``, ``key``, ``version``, ``partition``, ``x-contract-version``
+(the contract for consumers in any language is ``docs/contract/``); it is published
 ``mandatory`` on a channel with publisher confirms and ``on_return_raises``: a message no queue is
 bound for, a nack, a lost connection or no confirm within ``publish_timeout`` (aio-pika #636: a
 robust channel can hang) raises :class:`~satellites_es.errors.PublishError`. Nothing is silent.
@@ -23,7 +24,17 @@ Consuming. ``subscribe``/``subscribe_all`` are synchronous (the seed's protocol)
 the handler under its consumer group (``handler.subscriber_name``, else the bus's ``group``, else
 :func:`~satellites_es.events.handler_name`); the group's queues are declared, bound and consumed
 at :meth:`start`, or by a watched background task when the bus is already started
-(:meth:`wait_ready` awaits those). Processes sharing a group share its queues: each partition is
+(:meth:`wait_ready` awaits those).
+
+Publish after subscribe. The seed subscribes after ``start()`` and publishes at once. A topic
+exchange routes a message only to the queues bound when it arrives, and a ``mandatory`` message
+no queue wants is returned (unroutable). So every publishing path of this bus (``publish``,
+``publish_many`` and the relay's :class:`ConfirmPublisher`) first waits for the bindings that
+earlier ``subscribe`` calls of this process started: an event published after ``subscribe``
+returned is routed to the new group. The wait costs nothing when no subscription is changing.
+A subscriber in *another* process is bound when its own ``subscribe`` completes; what was
+published before that is in the log: subscribe with ``start=`` (:mod:`.catchup`) or replay it
+(:func:`.replay.replay_log`). Processes sharing a group share its queues: each partition is
 consumed by one of them at a time, so per-key order holds with competing consumers. All members
 of a group must subscribe to the same types. Retries, the dead-letter queue and the head-of-line
 trade-off are described in :mod:`.consumer`; delivery is at least once, so handlers must be
@@ -53,6 +64,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from ..config import RabbitMQConfig
 from ..errors import (
     BackendUnavailableError,
+    ConfigurationError,
     LifecycleError,
     PublishError,
     UndeliverableError,
@@ -68,7 +80,10 @@ __all__ = ["BusState", "ConfirmPublisher", "PublishBatchError", "RabbitMQEventBu
 logger = logging.getLogger(__name__)
 
 _DEFAULT_WINDOW = 256
+#: The message contract (docs/contract/): header ``x-contract-version``.
+CONTRACT_VERSION = 1
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+_DRAIN_ERRORS: tuple[type[BaseException], ...] = (*RETRYABLE_ERRORS, aiormq.exceptions.AMQPError)
 
 
 class _Outgoing(NamedTuple):
@@ -161,6 +176,10 @@ class RabbitMQEventBus:
             raise BackendUnavailableError(
                 "rabbitmq", f"declaring the topology failed: {self._redact(repr(exc))}"
             ) from exc
+        except BaseException:  # a ConfigurationError (queues of another type): nothing leaks
+            await self._close_connection()
+            self._state = BusState.STOPPED
+            raise
         self._state = BusState.STARTED
 
     async def stop(self) -> None:
@@ -257,6 +276,19 @@ class RabbitMQEventBus:
         if self._state is BusState.STARTED:
             self._spawn(self._reconcile(group), f"satellites-bus-subscribe-{group.name}")
 
+    async def drain(self) -> None:
+        """Until this process's groups have handled what their queues hold (checked twice,
+        a beat apart: a delivery may be on the wire). The caller bounds it in time."""
+        quiet = 0
+        while quiet < 2:
+            await asyncio.sleep(0.02)
+            groups = [g.consumer for g in self._groups.values() if g.consumer is not None]
+            try:
+                drained = [await c.drained() for c in groups]
+            except _DRAIN_ERRORS:
+                return  # no broker: nothing more will arrive before stop
+            quiet = quiet + 1 if all(drained) else 0
+
     async def wait_ready(self) -> None:
         """Wait until every subscription made since start is declared, bound and consuming."""
         while pending := [t for t in self._tasks if not t.done()]:
@@ -307,9 +339,22 @@ class RabbitMQEventBus:
 
     # -- publishing --------------------------------------------------------------------------
 
+    def pending_bindings(self) -> list[asyncio.Task[None]]:
+        """The subscription changes still being declared and bound on the broker."""
+        return [t for t in self._tasks if not t.done()]
+
+    async def _bindings_settled(self) -> None:
+        """Publish-after-subscribe: wait (at most ``publish_timeout``) for the bindings that
+        ``subscribe`` started, so an event published after it returned is routed to the new
+        group instead of being returned as unroutable. A failed binding is reported by
+        :meth:`wait_ready` and health; the publish then goes on and says what the broker says."""
+        if pending := self.pending_bindings():
+            await asyncio.wait(pending, timeout=self.config.publish_timeout)
+
     async def publish(self, event: DataEvent) -> None:
         """Publish one event and wait for its confirm; :class:`PublishError` otherwise."""
         channel = await self._underlay()
+        await self._bindings_settled()
         await self._confirm(channel, event, self._message(event))
         self.published += 1
 
@@ -321,6 +366,7 @@ class RabbitMQEventBus:
         """
         size = max(1, window or _DEFAULT_WINDOW)
         channel = await self._underlay()
+        await self._bindings_settled()
         pending: deque[asyncio.Task[None]] = deque()
         confirmed = 0
         try:
@@ -341,6 +387,43 @@ class RabbitMQEventBus:
             self.published += confirmed
             await _cancel_all(pending)
         return confirmed
+
+    async def require_group(self, group: str) -> None:
+        """:class:`ConfigurationError` unless every partition queue of ``group`` exists."""
+        channel = await self._require_connection().channel(publisher_confirms=False)
+        try:
+            for i in range(self.config.partitions):
+                await channel.declare_queue(
+                    queue_name(self.config.exchange, group, i), passive=True
+                )
+        except aio_pika.exceptions.ChannelNotFoundEntity as exc:
+            raise ConfigurationError(
+                "group", f"{group!r} has no queues on exchange {self.config.exchange!r}: start "
+                "its subscriber once (it declares them), then replay",
+            ) from exc  # fmt: skip
+        finally:
+            with contextlib.suppress(*RETRYABLE_ERRORS):
+                await channel.close()
+
+    async def publish_to_group(self, group: str, events: Iterable[DataEvent]) -> int:
+        """Publish ``events`` to ``group``'s partition queues only (by the default exchange),
+        the messages the exchange would route; returns how many were confirmed."""
+        channel = await self._underlay()
+        confirms = []
+        for event in events:
+            message = self._message(event)
+            partition = partition_for(event.resource, event.key, self.config.partitions)
+            target = message._replace(
+                routing_key=queue_name(self.config.exchange, group, partition)
+            )
+            confirms.append(asyncio.ensure_future(self._confirm(channel, event, target, "")))
+        try:
+            for confirm in confirms:
+                await confirm
+        finally:
+            await _cancel_all(confirms)
+        self.published += len(confirms)
+        return len(confirms)
 
     async def publisher(self) -> ConfirmPublisher:
         """A :class:`ConfirmPublisher` pinned to the current AMQP channel (for rolling windows)."""
@@ -366,6 +449,7 @@ class RabbitMQEventBus:
         partition = partition_for(event.resource, event.key, self.config.partitions)
         headers: dict[str, Any] = {
             "resource": event.resource, "key": event.key, "partition": partition,
+            "x-contract-version": CONTRACT_VERSION,
         }  # fmt: skip
         if event.position is not None:
             headers["position"] = event.position
@@ -378,13 +462,14 @@ class RabbitMQEventBus:
         return _Outgoing(event.to_json().encode(), properties, routing_key(event.type, partition))
 
     async def _confirm(self, channel: aiormq.abc.AbstractChannel, event: DataEvent,
-                       message: _Outgoing) -> None:  # fmt: skip
+                       message: _Outgoing, exchange: str | None = None) -> None:  # fmt: skip
+        exchange = self.config.exchange if exchange is None else exchange
         try:
             async with asyncio.timeout(self.config.publish_timeout):
                 # wait=False: do not hold the channel lock until the socket drained (the
                 # frames are queued in order under the lock; the confirm is what we await)
                 result = await channel.basic_publish(
-                    message.body, exchange=self.config.exchange, routing_key=message.routing_key,
+                    message.body, exchange=exchange, routing_key=message.routing_key,
                     properties=message.properties, mandatory=True, wait=False,
                 )  # type: ignore[call-arg]  # fmt: skip
         except aiormq.exceptions.PublishError as exc:
@@ -482,12 +567,45 @@ class ConfirmPublisher:
     def __init__(self, bus: RabbitMQEventBus, channel: aiormq.abc.AbstractChannel) -> None:
         self._bus = bus
         self._channel = channel
+        self._held: asyncio.Task[None] | None = None
 
     def send(self, event: DataEvent) -> asyncio.Task[None]:
         message = self._bus._message(event)
-        task = asyncio.ensure_future(self._bus._confirm(self._channel, event, message))
+        pending = self._bus.pending_bindings()
+        if pending or self._held is not None:
+            task = asyncio.ensure_future(self._held_send(pending, self._held, event, message))
+            self._held = task
+            task.add_done_callback(self._release)
+        else:
+            task = asyncio.ensure_future(self._bus._confirm(self._channel, event, message))
         task.add_done_callback(self._count)
         return task
+
+    async def _held_send(
+        self, pending: list[asyncio.Task[None]], previous: asyncio.Task[None] | None,
+        event: DataEvent, message: _Outgoing,
+    ) -> None:  # fmt: skip
+        """A send made while a subscription is being bound waits for that binding (see
+        :meth:`RabbitMQEventBus._bindings_settled`), and every later send waits for the one
+        before it until the held ones are through, so none overtakes another: per-key order
+        holds across the hold. If an earlier held send failed (other than unroutable or
+        undeliverable, which the relay moves past) this one fails too rather than go out ahead of its retry."""
+        if pending:
+            await asyncio.wait(pending, timeout=self._bus.config.publish_timeout)
+        if previous is not None:
+            try:
+                await previous
+            except (UnroutableError, UndeliverableError):
+                pass  # the relay moves past these (counts or parks them)
+            except PublishError as exc:
+                raise PublishError(
+                    f"{self._bus._what(event, message)} not sent: an earlier one failed"
+                ) from exc
+        await self._bus._confirm(self._channel, event, message)
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        if self._held is task:
+            self._held = None
 
     def _count(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is None:
