@@ -34,10 +34,11 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any, Literal, cast
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception
 
-from ..errors import ConfigurationError, PersistenceError
+from ..errors import ConfigurationError
 from ..events import DataEvent, EventHandler, handler_name
+from ..faults import backoff, is_transient
 from ..store import EventStore
 
 __all__ = ["CatchUp", "Start", "start_position"]
@@ -46,8 +47,6 @@ logger = logging.getLogger(__name__)
 
 #: Where a subscription starts: ``"latest"`` (live events only), ``"earliest"`` or a position.
 Start = Literal["latest", "earliest"] | int
-
-_MAX_BACKOFF = 5.0
 
 
 def start_position(start: Start) -> int | None:
@@ -115,8 +114,8 @@ class CatchUp:
         if wait_ready is not None:
             await wait_ready()  # bound first: from here on, live events queue up for us
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(PersistenceError),
-            wait=wait_exponential(multiplier=0.1, max=_MAX_BACKOFF),
+            retry=retry_if_exception(is_transient),
+            wait=lambda state: backoff(state.attempt_number),
             reraise=True,
         )
         async for attempt in retrying:
@@ -145,7 +144,7 @@ class CatchUp:
     async def _deliver(self, event: DataEvent) -> None:
         for attempt in range(self._retries + 1):
             if attempt:
-                await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
+                await asyncio.sleep(backoff(attempt, initial=self._backoff))
             try:
                 await self.handler(event)
             except Exception as exc:

@@ -51,6 +51,7 @@ from aio_pika.abc import (
 from ..config import RabbitMQConfig
 from ..errors import ConfigurationError, InvalidEventError
 from ..events import DataEvent, EventHandler, handler_name
+from ..faults import MAX_BACKOFF, backoff
 from .partition import binding_key, dlq_name, queue_name
 
 __all__ = [
@@ -77,7 +78,6 @@ _DEAD_LETTER_ERRORS: tuple[type[BaseException], ...] = (
     *RETRYABLE_ERRORS,
     aio_pika.exceptions.DeliveryError,
 )
-_MAX_BACKOFF = 5.0
 _MAX_ERROR_TEXT = 2000
 
 
@@ -189,7 +189,9 @@ class GroupConsumer:
         return error, self._config.max_retries + 1
 
     def _backoff(self, attempt: int) -> float:
-        return float(min(self._config.retry_backoff * 2 ** (attempt - 1), _MAX_BACKOFF))
+        """The project's one backoff policy (:func:`satellites_es.faults.backoff`), from the
+        group's ``retry_backoff``."""
+        return backoff(attempt, initial=self._config.retry_backoff, cap=MAX_BACKOFF)
 
     async def _run(
         self, handlers: Sequence[EventHandler], event: DataEvent
