@@ -50,9 +50,15 @@ def es_url() -> Iterator[str]:
         yield url
 
 
+#: The names this session handed out: its queues are removed at the end whatever their state.
+_SESSION_IDS: set[str] = set()
+
+
 @pytest.fixture
 def test_id() -> str:
-    return unique_name("t")
+    name = unique_name("t")
+    _SESSION_IDS.add(name)
+    return name
 
 
 @pytest.fixture
@@ -153,21 +159,32 @@ def config_with_es(config_env: dict[str, str], es_url: str) -> DataLayerConfig:
 
 
 def _delete_test_queues() -> None:
-    """Remove the queues and exchanges tests declared on the local broker (best effort)."""
+    """Remove the queues and exchanges tests declared on the local broker (best effort): this
+    session's own, and other test queues only when nothing consumes from them (another session
+    running on the same broker keeps its live queues)."""
     if not shutil.which("rabbitmqctl"):
         return
-    for kind in ("queues", "exchanges"):
+    for kind, columns in (("queues", ["name", "consumers"]), ("exchanges", ["name"])):
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             out = subprocess.run(
-                ["rabbitmqctl", "-q", f"list_{kind}", "name"],
+                ["rabbitmqctl", "-q", f"list_{kind}", *columns],
                 capture_output=True,
                 text=True,
                 timeout=30,
                 check=False,
             ).stdout
-            names = [n for n in out.split() if n.startswith(TEST_PREFIX)]
+            names = [row[0] for row in (line.split() for line in out.splitlines())
+                     if row and _ours(row[0], row[1:])]  # fmt: skip
             if names:
                 _delete_amqp(kind, names)
+
+
+def _ours(name: str, consumers: list[str]) -> bool:
+    if not name.startswith(TEST_PREFIX):
+        return False
+    if name.split(".", 1)[0] in _SESSION_IDS:
+        return True
+    return not consumers or consumers[0] == "0"  # an exchange, or a queue nobody reads
 
 
 def _delete_amqp(kind: str, names: list[str]) -> None:
