@@ -161,7 +161,7 @@ def config_with_es(config_env: dict[str, str], es_url: str) -> DataLayerConfig:
 def _delete_test_queues() -> None:
     """Remove the queues and exchanges tests declared on the local broker (best effort): this
     session's own, and other test queues only when nothing consumes from them (another session
-    running on the same broker keeps its live queues)."""
+    running on the same broker keeps its live queues and its exchanges)."""
     if not shutil.which("rabbitmqctl"):
         return
     for kind, columns in (("queues", ["name", "consumers"]), ("exchanges", ["name"])):
@@ -184,7 +184,7 @@ def _ours(name: str, consumers: list[str]) -> bool:
         return False
     if name.split(".", 1)[0] in _SESSION_IDS:
         return True
-    return not consumers or consumers[0] == "0"  # an exchange, or a queue nobody reads
+    return bool(consumers) and consumers[0] == "0"  # another's queue nobody reads; not exchanges
 
 
 def _delete_amqp(kind: str, names: list[str]) -> None:
