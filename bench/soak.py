@@ -11,7 +11,10 @@ exchange, Elasticsearch index prefix and FAISS directory, handed to the subproce
   same event ids (the log stores an id once);
 * two ``satellites-es relay`` processes (one leads, one stands by);
 * two ``satellites-es project -p entities -p documents`` processes (competing on the same
-  position-conditional sinks) and one ``satellites-es project -p embeddings`` (FAISS);
+  position-conditional sinks) and one ``satellites-es project -p embeddings`` (FAISS); the
+  projector processes reach Redis and Elasticsearch only through TCP proxies
+  (:class:`satellites_es.testing.TcpProxy`) that this process runs on a loop of its own, in a
+  thread;
 * an auditor process (``bench/soak_audit.py``), group ``soak-audit`` on the RabbitMQ bus, which
   records every delivered position in a Redis set and bumps a counter only when the SADD was new
   (one Lua call): the counter is non-idempotent, so a position counted twice would show; it also
@@ -25,22 +28,48 @@ and the NOTIFY listeners connect without the application name, so only the clien
 reach them); ``rabbitmqctl
 stop_app`` / ``start_app`` at most once per ``--rabbit-every`` seconds (a ``finally`` makes sure
 the app is started and answering). A process that exits, killed or crashed, is restarted.
+Meanwhile, independently: each of Redis and Elasticsearch is cut at its proxy (every
+connection severed, new ones refused) for ``--cut-min`` to ``--cut-max`` seconds (5-60) after
+gaps of ``--cut-gap-min`` to ``--cut-gap-max`` (10-50), the shared servers never stopped (the
+soak asks the projectors' ``/health`` during a cut and counts the cuts they reported
+``backend_down``); and every ``--poison-min`` to ``--poison-max`` seconds (2-12) a poison event
+is appended on a key of its own (``poison-{kind}-{n}``), first one of each kind, then kinds at
+random (:data:`POISON_KINDS`):
+
+* ``handler_documents``: a document without ``title``, which the ``documents`` handler raises on;
+* ``handler_embeddings``: an embedding without ``vector``, which ``VectorFields`` raises on;
+* ``mapping``: a document whose ``topic`` is an object, which the keyword mapping refuses;
+* ``dimension``: a vector of 383 numbers for the d=384 ``embeddings`` namespace;
+* ``routing_key``: an event whose type is too long for an AMQP routing key. ``append`` refuses
+  such a type, so it goes in through the store's SQL function (``append_one``), as in logs
+  written before that check: the relay must park it.
+
+``entities`` gets none: its handler takes any payload and Redis any JSON document, so no event
+the log can hold is poison to it. Each injection is recorded (kind, event id, key, the consumer
+that must park it) before its append; the verdict reads its position from the log by id.
 
 Then the faults stop, the soak waits for the relay (cursor == head), the projections
 (checkpoints == head, the FAISS process's own position == head) and the audit subscriber to
 catch up, stops the processes gracefully (FAISS saves its snapshot), and compares:
 
-* expected = the log folded per key in position order through
+* expected = the log without its poison events, folded per key in position order through
   ``projections.PROJECTIONS[name].change_for(event)``;
 * actual = ``sink.dump(projection, active_version)`` for Redis and Elasticsearch, and the FAISS
   snapshot the embeddings process saved, loaded here into a ``VectorIndex`` (deleted vectors are
   absent there, not tombstones).
 
-``lost`` = log positions never delivered to the audit subscriber + sink keys missing or extra;
+``lost`` = log positions never delivered to the audit subscriber (but the relay's poison
+events, which the bus can never carry) + sink keys missing or extra (poison keys left out);
 ``mismatched`` = keys present on both sides whose document differs; ``duplicated_effects`` = the
 mismatched keys that hold an *older* state of the key (a late or repeated write won) + audit
-counter increments beyond the distinct positions. The last line is
-``lost=… duplicated_effects=… mismatched=…``; the exit code is 0 only when all three are 0.
+counter increments beyond the distinct positions. ``parked=N/M``: of the M poison events in the
+log, N have their one row in ``parked_events`` (one row per (kind, name, version, position))
+by the consumer they should hit (``documents`` v1, ``embeddings`` v1 or the relay
+``default``), per consumer on the ``parked:`` line; a row for anything else, or a poison key
+found in a sink, fails the run too. The last line is
+``lost=… duplicated_effects=… mismatched=… parked=N/M``; the exit code is 0 only when the first
+three are 0, N = M, nothing else was parked, no poison key reached a sink, and everything caught
+up.
 Every loop is bounded in count and time; all traffic is on 127.0.0.1.
 """
 
@@ -59,7 +88,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Mapping
@@ -88,10 +119,13 @@ from satellites_es.config import (  # noqa: E402
 )
 from satellites_es.events import DataEvent  # noqa: E402
 from satellites_es.migrate import upgrade  # noqa: E402
+from satellites_es.parking import ConsumerKind  # noqa: E402
 from satellites_es.projections import Checkpoints, Delete, Upsert  # noqa: E402
+from satellites_es.sql import queries  # noqa: E402
 from satellites_es.store import EventStore  # noqa: E402
 from satellites_es.testing import (  # noqa: E402
     EmulatedElasticsearch,
+    TcpProxy,
     find_service_url,
     free_port,
     unique_name,
@@ -121,6 +155,10 @@ class Namespace:
     amqp_url: str
     es_url: str
     workdir: Path
+    #: Redis and Elasticsearch as the projector processes reach them: through the soak's
+    #: cuttable proxies (:class:`SinkProxies`); everything else uses the direct URLs.
+    redis_proxy_url: str | None = None
+    es_proxy_url: str | None = None
 
     @property
     def schema(self) -> str:
@@ -171,10 +209,83 @@ class Namespace:
             "SATELLITES_LOG_LEVEL": "WARNING",
         }
 
+    def projector_env(self) -> dict[str, str]:
+        """:meth:`env` with Redis and Elasticsearch reached through the proxies."""
+        env = self.env()
+        if self.redis_proxy_url is not None:
+            env["SATELLITES_REDIS_URL"] = self.redis_proxy_url
+        if self.es_proxy_url is not None:
+            env["SATELLITES_ELASTICSEARCH_URL"] = self.es_proxy_url
+        return env
+
     def config(self, app_suffix: str = "") -> DataLayerConfig:
         env = self.env()
         env["SATELLITES_POSTGRES_APPLICATION_NAME"] = self.app_name + app_suffix
         return DataLayerConfig.from_env(env)
+
+
+# -- the sink proxies ----------------------------------------------------------------------------
+
+
+def _endpoint(url: str, default_port: int) -> tuple[str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def _via(url: str, port: int) -> str:
+    """``url`` with its host and port replaced by the proxy's (user, path and query kept)."""
+    parts = urllib.parse.urlsplit(url)
+    user, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{user}@127.0.0.1:{port}" if user else f"127.0.0.1:{port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+class SinkProxies:
+    """TCP proxies (:class:`satellites_es.testing.TcpProxy`) in front of Redis and
+    Elasticsearch, which the projector processes reach only through them: a cut severs their
+    connections and refuses new ones, while the shared servers themselves run on for everyone
+    else. They run on an event loop of their own in a thread of this process, so that the
+    soak's own work (producers, fault injection, the comparison) never stalls their traffic:
+    a pause there would be an unplanned cut. They die with the soak; nothing outlives it."""
+
+    def __init__(self, targets: Mapping[str, tuple[str, int]]) -> None:
+        self.targets = dict(targets)
+        self.proxies: dict[str, TcpProxy] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="sink-proxies",
+                                        daemon=True)  # fmt: skip
+
+    def start(self) -> dict[str, int]:
+        """Start every proxy; returns their local ports by sink."""
+        self._thread.start()
+        for name, (host, port) in self.targets.items():
+            proxy = TcpProxy(host, port)
+            asyncio.run_coroutine_threadsafe(proxy.start(), self._loop).result(10)
+            self.proxies[name] = proxy
+        return {name: proxy.port for name, proxy in self.proxies.items()}
+
+    async def _on_loop(self, fn: Any) -> None:
+        async def call() -> None:
+            fn()
+
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), self._loop))
+
+    async def cut(self, name: str) -> None:
+        await self._on_loop(self.proxies[name].cut)
+
+    async def restore(self, name: str) -> None:
+        await self._on_loop(self.proxies[name].restore)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        for proxy in self.proxies.values():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(proxy.stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -661,6 +772,175 @@ class Faults:
             self.last_rabbit = time.monotonic()
 
 
+@dataclass
+class CutStats:
+    cuts: Counter[str] = field(default_factory=Counter)
+    seconds: Counter[str] = field(default_factory=Counter)
+    longest: dict[str, float] = field(default_factory=dict)
+    #: cuts during which a projector's /health said that sink down (``backend_down``)
+    seen_down: Counter[str] = field(default_factory=Counter)
+
+
+class SinkCuts:
+    """Cuts one sink (``redis`` or ``elasticsearch``) through its proxy for ``--cut-min`` to
+    ``--cut-max`` seconds at a time, at random gaps, until the time is up. A task per sink,
+    so the two overlap at random and the other faults go on meanwhile. The restore is in a
+    ``finally``, and a cut never outlasts the fault period."""
+
+    def __init__(
+        self, proxies: SinkProxies, children: list[Child], rng: random.Random, stats: CutStats
+    ) -> None:
+        self.proxies, self.children, self.rng, self.stats = proxies, children, rng, stats
+
+    async def run(
+        self, sink: str, stop_at: float, gap: tuple[float, float], length: tuple[float, float]
+    ) -> None:
+        for _ in range(100_000):
+            wait = self.rng.uniform(*gap)
+            if time.monotonic() + wait + length[0] >= stop_at:
+                return
+            await asyncio.sleep(wait)
+            seconds = min(self.rng.uniform(*length), stop_at - time.monotonic())
+            started = time.monotonic()
+            await self.proxies.cut(sink)
+            try:
+                self.stats.cuts[sink] += 1
+                if await self._watch(sink, started + seconds):
+                    self.stats.seen_down[sink] += 1
+            finally:
+                await self.proxies.restore(sink)
+                took = time.monotonic() - started
+                self.stats.seconds[sink] += took
+                self.stats.longest[sink] = max(self.stats.longest.get(sink, 0.0), took)
+
+    async def _watch(self, sink: str, until: float) -> bool:
+        """Wait until ``until``, asking the projectors' /health every 2 s; True if one of
+        them said ``sink`` down meanwhile."""
+        seen = False
+        while (left := until - time.monotonic()) > 0:
+            await asyncio.sleep(min(2.0, left))
+            if not seen and time.monotonic() < until:
+                seen = await self._reported_down(sink)
+        return seen
+
+    async def _reported_down(self, sink: str) -> bool:
+        for child in self.children:
+            if child.role != "projector" or not child.alive or child.http_port is None:
+                continue
+            url = f"http://127.0.0.1:{child.http_port}/health"
+            try:
+                body = await asyncio.to_thread(_http_json, url)
+            except (OSError, ValueError):
+                continue
+            for state in (body.get("projections") or {}).values():
+                if state.get("state") == "backend_down" and state.get("backend") == sink:
+                    return True
+        return False
+
+
+# -- poison events -------------------------------------------------------------------------------
+
+#: Each kind of poison event, and the consumer that must park it: (kind, name, version).
+#: ``entities`` has none: its handler takes any payload (a mapping, as the log guarantees) and
+#: its Redis sink any JSON document, so no event the log can hold is poison to it.
+POISON_KINDS: dict[str, tuple[ConsumerKind, str, int]] = {
+    "handler_documents": ("projection", "documents", 1),  # no "title": the handler raises
+    "handler_embeddings": ("projection", "embeddings", 1),  # no "vector": VectorFields raises
+    "mapping": ("projection", "documents", 1),  # "topic" an object: the keyword mapping refuses
+    "dimension": ("projection", "embeddings", 1),  # a vector of DIMENSION - 1
+    "routing_key": ("relay", "default", 0),  # a type too long for an AMQP routing key
+}
+POISON_SOURCE = "soak-poison"
+#: over the 255 bytes of a routing key with its ``p{partition}.`` head; ``append`` refuses it
+LONG_TYPE = "soak.unroutable." + "x" * 250
+
+
+def poison_event(kind: str, n: int, rng: random.Random) -> DataEvent:
+    """A poison event of ``kind`` on a key of its own (``poison-{kind}-{n}``)."""
+    key = f"poison-{kind}-{n:04d}"
+    vector = [round(rng.gauss(0.0, 1.0), 4) for _ in range(DIMENSION)]
+    if kind == "handler_documents":
+        resource, type_ = "documents", "document.upserted"
+        payload: dict[str, Any] = {"body": "no title", "topic": "ml"}
+    elif kind == "mapping":
+        resource, type_ = "documents", "document.upserted"
+        payload = {"title": f"poison {n}", "body": "b", "topic": {"not": "a keyword"}}
+    elif kind == "handler_embeddings":
+        resource, type_ = "embeddings", "embedding.upserted"
+        payload = {"title": f"poison {n}", "topic": "ml", "model": "m"}
+    elif kind == "dimension":
+        resource, type_ = "embeddings", "embedding.upserted"
+        payload = {"vector": vector[:-1], "title": f"poison {n}", "topic": "ml", "model": "m"}
+    elif kind == "routing_key":
+        resource, type_ = "entities", LONG_TYPE
+        payload = {"name": f"poison {n}"}
+    else:
+        raise ValueError(kind)
+    return DataEvent(type=type_, resource=resource, key=key, payload=payload,
+                     source=POISON_SOURCE)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Injected:
+    kind: str
+    consumer: tuple[ConsumerKind, str, int]
+    event_id: str
+    key: str
+
+
+@dataclass
+class PoisonStats:
+    injected: list[Injected] = field(default_factory=list)
+    append_errors: int = 0
+    abandoned: int = 0
+
+
+async def append_raw(pool: asyncpg.Pool, store: EventStore, event: DataEvent) -> int:
+    """Append ``event`` through the store's own SQL function (``append_one``), past
+    ``append``'s validation: the way an event with a type too long for a routing key got into
+    logs written before ``append`` refused it. Returns its position (a retried id: the stored
+    one)."""
+    sql = queries(store.schema)["append_one"]
+    row = await pool.fetchrow(
+        sql, event.id, event.resource, event.key, event.type, event.source,
+        json.dumps(dict(event.payload)), event.timestamp, None, store.channel,
+    )  # fmt: skip
+    return int(row["out_position"])
+
+
+async def poisoner(
+    store: EventStore, pool: asyncpg.Pool, rng: random.Random, stop_at: float,
+    gap: tuple[float, float], stats: PoisonStats,
+) -> None:  # fmt: skip
+    """Append a poison event every ``gap`` seconds: first one of each kind in a random order,
+    then kinds at random. Each is recorded before its append (an append whose answer was lost
+    may still have stored it: the verdict reads positions from the log, by event id)."""
+    kinds = list(POISON_KINDS)
+    rng.shuffle(kinds)
+    for n in range(100_000):
+        wait = rng.uniform(*gap)
+        if time.monotonic() + wait >= stop_at:
+            return
+        await asyncio.sleep(wait)
+        kind = kinds[n] if n < len(kinds) else rng.choice(sorted(POISON_KINDS))
+        event = poison_event(kind, n, rng)
+        stats.injected.append(Injected(kind, POISON_KINDS[kind], event.id, event.key))
+        for attempt in range(60):
+            try:
+                async with asyncio.timeout(30):
+                    if kind == "routing_key":
+                        await append_raw(pool, store, event)
+                    else:
+                        await store.append([event])
+                break
+            except Exception:  # a terminated session, a timeout: retry with the same id
+                stats.append_errors += 1
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        else:
+            stats.abandoned += 1
+
+
+# -- verification --------------------------------------------------------------------------------
 # -- verification --------------------------------------------------------------------------------
 
 
@@ -676,6 +956,7 @@ class Verdict:
     lost: int = 0
     duplicated_effects: int = 0
     mismatched: int = 0
+    poison_applied: int = 0  # poison keys found in a sink
     details: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     examples: list[str] = field(default_factory=list)
 
@@ -685,9 +966,15 @@ class Verdict:
             self.examples.append(f"{projection}: {what}: {example}")
 
 
-def fold(events: list[DataEvent], projections: Mapping[str, Any]) -> dict[str, dict[str, KeyState]]:
+def fold(
+    events: list[DataEvent], projections: Mapping[str, Any], skip: frozenset[int] = frozenset()
+) -> dict[str, dict[str, KeyState]]:
+    """The expected state of every projection: the log folded per key, without the events at
+    the ``skip`` positions (the poison events, which must have no effect)."""
     expected: dict[str, dict[str, KeyState]] = {name: {} for name in projections}
     for event in events:  # position order
+        if event.position in skip:
+            continue
         for name, projection in projections.items():
             change = projection.change_for(event)
             if change is None:
@@ -723,8 +1010,14 @@ def _unit(document: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 def compare(
     name: str, expected: dict[str, KeyState], actual: Mapping[str, Mapping[str, Any] | None],
-    verdict: Verdict, *, vectors: bool = False,
+    verdict: Verdict, *, vectors: bool = False, poison_keys: frozenset[str] = frozenset(),
 ) -> None:  # fmt: skip
+    """Key by key; the poison keys (only poison events were appended on them) are left out
+    and must simply be absent: one there means a poison event had an effect after all."""
+    for key in poison_keys & actual.keys():
+        verdict.poison_applied += 1
+        verdict.note(name, "poison_applied", f"{key}: {str(actual[key])[:80]}")
+    actual = {k: v for k, v in actual.items() if k not in poison_keys}
     if vectors:  # FAISS keeps no tombstones: a deleted id is simply absent
         expected = {k: s for k, s in expected.items() if s.document is not None}
     for key, state in expected.items():
@@ -748,6 +1041,61 @@ def compare(
         verdict.note(name, "extra", key)
 
 
+@dataclass
+class ParkedVerdict:
+    """The poison events against ``parked_events``: each must have exactly one row, by the
+    consumer it should hit, and no other row may exist."""
+
+    injected: int = 0  # poison events in the log (M)
+    parked: int = 0  # of those, parked once by the consumer they should hit (N)
+    per_consumer: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+    not_in_log: int = 0  # injections abandoned before any append stored them
+    unexpected: list[str] = field(default_factory=list)  # rows for no injected poison
+    missing: list[str] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)  # (poison kind, error type)
+
+    @property
+    def ok(self) -> bool:
+        return self.parked == self.injected and not self.unexpected and not self.missing
+
+    def __str__(self) -> str:
+        consumers = " ".join(f"{name}={got}/{want}"
+                             for name, (got, want) in sorted(self.per_consumer.items()))  # fmt: skip
+        return (f"{consumers} unexpected={len(self.unexpected)} missing={len(self.missing)} "
+                f"not_in_log={self.not_in_log} errors={dict(sorted(self.errors.items()))}")  # fmt: skip
+
+
+async def check_parked(
+    pool: asyncpg.Pool, ns: Namespace, injected: list[Injected], by_id: Mapping[str, DataEvent]
+) -> ParkedVerdict:
+    v = ParkedVerdict()
+    rows = await pool.fetch(
+        f'SELECT kind, name, version, position, key, error_type, status FROM "{ns.schema}".'
+        "parked_events ORDER BY kind, name, version, position"
+    )
+    found = {(r["kind"], r["name"], r["version"], r["position"]): r for r in rows}
+    expected: dict[tuple[str, str, int, int], Injected] = {}
+    for inj in injected:
+        event = by_id.get(inj.event_id)
+        if event is None or event.position is None:
+            v.not_in_log += 1
+            continue
+        expected[(*inj.consumer, event.position)] = inj
+    for k, inj in expected.items():
+        consumer = v.per_consumer[inj.consumer[1] if inj.consumer[0] == "projection" else "relay"]
+        consumer[1] += 1
+        v.injected += 1
+        row = found.get(k)  # the primary key makes a second row for one event impossible
+        if row is None or row["key"] != inj.key or row["status"] != "parked":
+            v.missing.append(f"{inj.kind} {k} ({'no row' if row is None else dict(row)})")
+            continue
+        consumer[0] += 1
+        v.parked += 1
+        v.errors[f"{inj.kind}:{row['error_type']}"] += 1
+    v.unexpected = [f"{k}: {dict(r)}" for k, r in found.items() if k not in expected]
+    return v
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -761,9 +1109,10 @@ def make_children(ns: Namespace) -> list[Child]:
         )
         for i in (1, 2)
     ]
+    sinks = ns.projector_env()  # Redis and Elasticsearch through the cuttable proxies
     children += [
-        Child(f"project-{i}", "projector", ["project", "-p", "entities", "-p", "documents"], base,
-              logs / f"project-{i}.log")
+        Child(f"project-{i}", "projector", ["project", "-p", "entities", "-p", "documents"], sinks,
+              logs / f"project-{i}.log", http_port=free_port())
         for i in (1, 2)
     ]  # fmt: skip
     children.append(
@@ -771,7 +1120,7 @@ def make_children(ns: Namespace) -> list[Child]:
             "audit", "audit", [], base, logs / "audit.log", script=ROOT / "bench" / "soak_audit.py"
         )
     )
-    faiss_env = {**base, "SATELLITES_FAISS_ENABLED": "true"}
+    faiss_env = {**sinks, "SATELLITES_FAISS_ENABLED": "true"}
     children.append(
         Child("project-embeddings", "projector", ["project", "-p", "embeddings"], faiss_env,
               logs / "project-embeddings.log", http_port=free_port())
@@ -805,6 +1154,7 @@ class Progress:
     checkpoints: dict[str, int] = field(default_factory=dict)
     faiss: int = -1
     audit_distinct: int = 0
+    deliverable: int = 0  # events minus those the relay must park (the bus never carries them)
 
     @property
     def caught_up(self) -> bool:
@@ -812,23 +1162,27 @@ class Progress:
             self.relay_cursor >= self.head
             and all(v >= self.head for v in self.checkpoints.values())
             and self.faiss >= self.head
-            and self.audit_distinct >= self.events
+            and self.audit_distinct >= self.deliverable
         )
 
     def __str__(self) -> str:
         return (
             f"head={self.head} relay_cursor={self.relay_cursor} checkpoints={self.checkpoints} "
-            f"faiss={self.faiss} audit={self.audit_distinct}/{self.events}"
+            f"faiss={self.faiss} audit={self.audit_distinct}/{self.deliverable}"
         )
 
 
 async def progress(
-    pool: asyncpg.Pool, ns: Namespace, checkpoints: Checkpoints, faiss_child: Child, audit: Audit
-) -> Progress:
+    pool: asyncpg.Pool, ns: Namespace, checkpoints: Checkpoints, faiss_child: Child, audit: Audit,
+    undeliverable: list[str],
+) -> Progress:  # fmt: skip
+    """How far everything got; ``undeliverable``: ids of events the relay must park."""
     s = f'"{ns.schema}"'
     p = Progress()
     p.head = int(await pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {s}.events"))
     p.events = int(await pool.fetchval(f"SELECT count(*) FROM {s}.events"))
+    p.deliverable = p.events - int(await pool.fetchval(
+        f"SELECT count(*) FROM {s}.events WHERE id = ANY($1::text[])", undeliverable))  # fmt: skip
     p.relay_cursor = int(
         await pool.fetchval(f"SELECT coalesce(max(position), 0) FROM {s}.relay_cursors") or 0
     )
@@ -893,7 +1247,8 @@ async def sabotage(
 ) -> None:  # fmt: skip
     """``--sabotage``: damage the results on purpose, to show the checks are not vacuous. One
     entity gets an older state back (mismatched + duplicated_effects), one loses its key and one
-    position its audit record (lost 2): expect ``lost=2 duplicated_effects=1 mismatched=1``."""
+    position its audit record (lost 2), and one parked row is deleted: expect
+    ``lost=2 duplicated_effects=1 mismatched=1 parked=M-1/M``."""
     older = [k for k, st in entities.items() if st.document is not None and st.history
              and st.history[-1] is not None]  # fmt: skip
     others = [k for k in entities if k not in older[:1]]
@@ -904,6 +1259,12 @@ async def sabotage(
     await redis.hset(hkey, "d", state)
     await redis.delete(f"{ns.redis_prefix}entities_v1:{others[0]}")
     await redis.srem(audit.keys["positions"], positions[len(positions) // 2])
+    conn = await asyncpg.connect(ns.postgres_url)
+    try:
+        await conn.execute(f'DELETE FROM "{ns.schema}".parked_events WHERE position = '
+                           f'(SELECT min(position) FROM "{ns.schema}".parked_events)')  # fmt: skip
+    finally:
+        await conn.close()
 
 
 async def declare_audit_queues(
@@ -981,6 +1342,7 @@ async def soak(args: argparse.Namespace) -> int:
     emulator: EmulatedElasticsearch | None = None
     watchdog: subprocess.Popen[bytes] | None = None
     ns: Namespace | None = None
+    proxies: SinkProxies | None = None
     try:  # the setup: a failure here still stops the emulator and removes what it made
         if es_external:
             es_url = os.environ["SATELLITES_ES_URL"]
@@ -997,6 +1359,11 @@ async def soak(args: argparse.Namespace) -> int:
             host = url.split("@")[-1].split("//")[-1].split(":")[0].split("/")[0]
             if host not in ("127.0.0.1", "localhost"):
                 raise SystemExit(f"soak: every service must be on 127.0.0.1, not {host}")
+        proxies = SinkProxies({"redis": _endpoint(ns.redis_url, 6379),
+                               "elasticsearch": _endpoint(ns.es_url, 9200)})  # fmt: skip
+        ports = proxies.start()
+        ns.redis_proxy_url = _via(ns.redis_url, ports["redis"])
+        ns.es_proxy_url = _via(ns.es_url, ports["elasticsearch"])
         log(f"run {ns.run_id}: {duration:.0f}s at {args.rate}/s over {args.keys} keys, seed {seed}; "
             f"Elasticsearch {'at ' + es_url if es_external else 'emulated (noida-db)'}; "
             f"work dir {workdir}")  # fmt: skip
@@ -1025,10 +1392,16 @@ async def soak(args: argparse.Namespace) -> int:
         fstats = FaultStats()
         faults = Faults(ns, children, pg_port, rng, args.rabbit_every, fstats)
         pstats = ProducerStats()
+        cstats = CutStats()
+        cuts = SinkCuts(proxies, children, random.Random(f"{seed}-cuts"), cstats)
+        poisons = PoisonStats()
         tasks: list[asyncio.Task[Any]] = []
         exit_code = 1
         verdict = Verdict()
+        parked = ParkedVerdict()
     except BaseException:
+        if proxies is not None:
+            proxies.stop()
         if ns is not None:
             await cleanup(ns, es_external)
         _stop_emulator(emulator, watchdog)
@@ -1051,7 +1424,17 @@ async def soak(args: argparse.Namespace) -> int:
         fault_task = asyncio.create_task(
             faults.run(stop_at - args.quiet, args.fault_min, args.fault_max), name="faults"
         )
-        tasks += [sup_task, probe_task, fault_task, *producer_tasks]
+        fault_stop = stop_at - args.quiet
+        cut_tasks = [
+            asyncio.create_task(cuts.run(sink, fault_stop, (args.cut_gap_min, args.cut_gap_max),
+                                         (args.cut_min, args.cut_max)), name=f"cut-{sink}")
+            for sink in ("redis", "elasticsearch")
+        ]  # fmt: skip
+        poison_task = asyncio.create_task(
+            poisoner(store, pool, random.Random(f"{seed}-poison"), fault_stop,
+                     (args.poison_min, args.poison_max), poisons), name="poisoner",
+        )  # fmt: skip
+        tasks += [sup_task, probe_task, fault_task, *cut_tasks, poison_task, *producer_tasks]
         last_report = started
         while time.monotonic() < stop_at:
             await asyncio.sleep(1.0)
@@ -1061,19 +1444,24 @@ async def soak(args: argparse.Namespace) -> int:
             if time.monotonic() - last_report >= args.report_every:
                 last_report = time.monotonic()
                 log(f"t={last_report - started:.0f}s appended={pstats.appended} "
-                    f"faults={dict(fstats.counts)} crashes={supervisor.crash_count}")  # fmt: skip
+                    f"faults={dict(fstats.counts)} cuts={dict(cstats.cuts)} "
+                    f"poison={len(poisons.injected)} crashes={supervisor.crash_count}")  # fmt: skip
         await asyncio.gather(*producer_tasks)
         await fault_task
+        await asyncio.gather(*cut_tasks, poison_task)
+        for sink in ("redis", "elasticsearch"):
+            await proxies.restore(sink)  # (each cut restores itself; this is belt and braces)
         produce_seconds = time.monotonic() - started
         await ensure_rabbit_started(ns.amqp_url)
         log(f"faults stopped after {produce_seconds:.0f}s; waiting for the catch-up")
+        undeliverable = [i.event_id for i in poisons.injected if i.consumer[0] == "relay"]
         catchup_started = time.monotonic()
         deadline = catchup_started + args.catchup_timeout
         p = Progress()
         for _ in range(100_000):
             if time.monotonic() >= deadline:
                 break
-            p = await progress(verify_pool, ns, checkpoints, faiss_child, audit)
+            p = await progress(verify_pool, ns, checkpoints, faiss_child, audit, undeliverable)
             if p.caught_up:
                 break
             await asyncio.sleep(1.0)
@@ -1089,11 +1477,18 @@ async def soak(args: argparse.Namespace) -> int:
         positions = [e.position for e in events if e.position is not None]
         delivered = await audit.positions()
         distinct, counter, deliveries, order_violations = await audit.counts()
-        expected = fold(events, PROJECTIONS)
+        by_id = {e.id: e for e in events}
+        poison_at = {by_id[i.event_id].position: i for i in poisons.injected if i.event_id in by_id}
+        poison_keys = frozenset(i.key for i in poisons.injected)
+        expected = fold(events, PROJECTIONS, skip=frozenset(q for q in poison_at if q))
         if args.sabotage:
             await sabotage(ns, redis, audit, expected["entities"], positions)
             delivered = await audit.positions()  # the counter check keeps the counts before
-        undelivered = [q for q in positions if q not in delivered]
+        never_on_bus = {q for q, i in poison_at.items() if i.consumer[0] == "relay"}
+        undelivered = [q for q in positions if q not in delivered and q not in never_on_bus]
+        if delivered & never_on_bus:
+            verdict.lost += len(delivered & never_on_bus)  # impossible: counted, not hidden
+            verdict.note("bus", "delivered_unroutable", str(sorted(delivered & never_on_bus)))
         verdict.lost += len(undelivered)
         if undelivered:
             verdict.note("bus", "undelivered", f"{len(undelivered)}, e.g. {undelivered[:5]}")
@@ -1101,9 +1496,10 @@ async def soak(args: argparse.Namespace) -> int:
             verdict.duplicated_effects += abs(counter - distinct)
             verdict.note("bus", "counter_vs_distinct", f"counter={counter} distinct={distinct}")
         actual, snapshot_position = await dump_sinks(ns, checkpoints, PROJECTIONS)
-        compare("entities", expected["entities"], actual["entities"], verdict)
-        compare("documents", expected["documents"], actual["documents"], verdict)
-        compare("embeddings", expected["embeddings"], actual["embeddings"], verdict, vectors=True)
+        for name in ("entities", "documents", "embeddings"):
+            compare(name, expected[name], actual[name], verdict, vectors=name == "embeddings",
+                    poison_keys=poison_keys)  # fmt: skip
+        parked = await check_parked(verify_pool, ns, poisons.injected, by_id)
         head = positions[-1] if positions else 0
 
         # -- report -------------------------------------------------------------------------
@@ -1127,6 +1523,17 @@ async def soak(args: argparse.Namespace) -> int:
             f"bus: deliveries={deliveries} distinct={distinct} "
             f"redelivered={deliveries - distinct} order_violations={order_violations}"
         )
+        print(f"sink cuts: {dict(sorted(cstats.cuts.items()))} seconds="
+              f"{ {k: round(v, 1) for k, v in sorted(cstats.seconds.items())} } longest="
+              f"{ {k: round(v, 1) for k, v in sorted(cstats.longest.items())} } "
+              f"health_said_down={dict(sorted(cstats.seen_down.items()))}")  # fmt: skip
+        kinds = Counter(i.kind for i in poisons.injected)
+        print(f"poison: injected={dict(sorted(kinds.items()))} in_log={parked.injected} "
+              f"appends_retried={poisons.append_errors} abandoned={poisons.abandoned} "
+              f"applied_to_a_sink={verdict.poison_applied}")  # fmt: skip
+        print(f"parked: {parked}")
+        for line in (parked.missing + parked.unexpected)[:8]:
+            print(f"  problem: parked: {line[:300]}")
         print(
             f"catch-up: {catchup_seconds:.1f}s caught_up={p.caught_up} relay_lag="
             f"{max(0, p.head - p.relay_cursor)} faiss_snapshot_position={snapshot_position}"
@@ -1143,6 +1550,7 @@ async def soak(args: argparse.Namespace) -> int:
                 f"the last embedding event is at {last_vector}"
             )
         ok = verdict.lost == 0 and verdict.duplicated_effects == 0 and verdict.mismatched == 0
+        ok = ok and verdict.poison_applied == 0 and parked.ok
         exit_code = 0 if ok and p.caught_up else 1
         if not ok or not p.caught_up:
             for child in children:
@@ -1158,6 +1566,7 @@ async def soak(args: argparse.Namespace) -> int:
         if faults.rabbit_ok and not await ensure_rabbit_started(ns.amqp_url):
             print("WARNING: RabbitMQ is not answering after the soak", file=sys.stderr)
         await faults.close()
+        proxies.stop()
         await redis.aclose()
         await pool.close()
         await verify_pool.close()
@@ -1170,7 +1579,8 @@ async def soak(args: argparse.Namespace) -> int:
         else:
             print(f"logs kept in {workdir / 'logs'}", file=sys.stderr)
     print(f"lost={verdict.lost} duplicated_effects={verdict.duplicated_effects} "
-          f"mismatched={verdict.mismatched}", flush=True)  # fmt: skip
+          f"mismatched={verdict.mismatched} parked={parked.parked}/{parked.injected}",
+          flush=True)  # fmt: skip
     return exit_code
 
 
@@ -1189,12 +1599,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="At most one RabbitMQ restart per this many seconds.")  # fmt: skip
     parser.add_argument("--quiet", type=float, default=5.0,
                         help="No new fault in the last seconds of production.")  # fmt: skip
+    parser.add_argument("--cut-min", type=float, default=5.0,
+                        help="Shortest cut of Redis or Elasticsearch, in seconds.")  # fmt: skip
+    parser.add_argument("--cut-max", type=float, default=60.0, help="Longest cut.")
+    parser.add_argument("--cut-gap-min", type=float, default=10.0,
+                        help="Least seconds between two cuts of one sink.")  # fmt: skip
+    parser.add_argument("--cut-gap-max", type=float, default=50.0)
+    parser.add_argument("--poison-min", type=float, default=2.0,
+                        help="Least seconds between two poison events.")  # fmt: skip
+    parser.add_argument("--poison-max", type=float, default=12.0)
     parser.add_argument("--catchup-timeout", type=float, default=240.0)
     parser.add_argument("--report-every", type=float, default=30.0)
     parser.add_argument("--keep", action="store_true", help="Keep the work dir and logs.")
     parser.add_argument("--sabotage", action="store_true",
                         help="Damage the results on purpose before the comparison (checks the "
-                             "checker): expect lost=2 duplicated_effects=1 mismatched=1.")  # fmt: skip
+                             "checker): expect lost=2 duplicated_effects=1 mismatched=1 "
+                             "parked=M-1/M.")  # fmt: skip
     args = parser.parse_args(argv)
     if args.rate <= 0 or args.keys < 1:
         parser.error("--rate and --keys must be positive")
