@@ -1458,12 +1458,16 @@ async def soak(args: argparse.Namespace) -> int:
         catchup_started = time.monotonic()
         deadline = catchup_started + args.catchup_timeout
         p = Progress()
+        said = catchup_started
         for _ in range(100_000):
             if time.monotonic() >= deadline:
                 break
             p = await progress(verify_pool, ns, checkpoints, faiss_child, audit, undeliverable)
             if p.caught_up:
                 break
+            if time.monotonic() - said >= 10:  # which part is behind, when one is slow
+                said = time.monotonic()
+                log(f"catching up ({said - catchup_started:.0f}s): {p}")
             await asyncio.sleep(1.0)
         catchup_seconds = time.monotonic() - catchup_started
         log(f"{'caught up' if p.caught_up else 'NOT caught up'} in {catchup_seconds:.1f}s: {p}")
