@@ -33,6 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from bench.stages import vectors_ann as ann
 from satellites_es.config import FaissConfig
 from satellites_es.vectors import VectorIndex
 
@@ -224,6 +225,48 @@ async def _throughput_figure(
     )
 
 
+#: Curve points: HNSW efSearch and IVF nprobe values (quick: two each).
+CURVES = {"flat": [0], "hnsw": [16, 32, 64, 128, 256], "ivf": [1, 2, 4, 8, 16, 32]}
+QUICK_CURVES = {"flat": [0], "hnsw": [16, 64], "ivf": [2, 8]}
+
+
+async def _ann_figures(vi: VectorIndex, quick: bool) -> dict[str, dict[str, Any]]:
+    """HNSW and IVF goals, filtered queries and the recall/throughput curves (:mod:`.vectors_ann`),
+    on clustered 100k x 384 l2 data (quick: 20k), one kind in memory at a time."""
+    n = 20_000 if quick else 100_000
+    data = ann.clustered(n, DIM, 3)
+    queries = ann.clustered(CONCURRENCY * (4 if quick else 8), DIM, 4)
+    truth = ann.exact_truth(data, queries)
+    figures: dict[str, dict[str, Any]] = {}
+    for kind, values in (QUICK_CURVES if quick else CURVES).items():
+        side = await ann.build(kind, vi, data, nlist=64 if quick else 256)
+        figures.update(await ann.goal_figures(side, queries, rounds=2 if quick else 3))
+        for point in await ann.curve(side, values, queries, truth):
+            figures.update(_curve_figures(point))
+        await vi.drop_namespace(side.name)
+        del side
+    size = f"{n // 1000}k x {DIM} clustered l2" + (" (quick)" if quick else "")
+    for figure in figures.values():
+        figure["note"] = f"{size}; " + figure.get("note", "")
+    return figures
+
+
+def _curve_figures(point: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A curve point as two printed figures; the recall rides in the goal text."""
+    kind, param = point["kind"], point["param"]
+    name = {"flat": "curve_flat", "hnsw": f"curve_hnsw_ef{param}", "ivf": f"curve_ivf_np{param}"}
+    recall = f"informational; recall@10 {point['project_recall']:.3f} raw {point['raw_recall']:.3f}"
+    return {
+        f"{name[kind]}_single": _figure(
+            point["project_single"], point["raw_single"], "queries/s", recall, point=point
+        ),
+        f"{name[kind]}_concurrent": _figure(
+            point["project_concurrent"], point["raw_batched"], "queries/s", recall,
+            note="64 concurrent single queries; raw: batches of 64",
+        ),
+    }  # fmt: skip
+
+
 async def run(quick: bool) -> dict[str, dict[str, Any]]:
     n = 20_000 if quick else 100_000
     size = f"{n // 1000}k x {DIM} flat ip" + (" (quick)" if quick else "")
@@ -235,6 +278,9 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
             raw_index = await _query_indexes(vi, data)
             latency = await _latency_figure(vi, raw_index, queries[: 20 if quick else 50])
             coalesced = await _throughput_figure(vi, raw_index, queries, rounds=2 if quick else 3)
+            await vi.drop_namespace("bench-0")
+            del raw_index
+            ann_figures = await _ann_figures(vi, quick)
     figures = {
         "add_throughput": add,
         "add_throughput_from_items": add_items,
@@ -243,7 +289,7 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
     }
     for figure in figures.values():
         figure["note"] = f"{size}; " + figure.get("note", "")
-    return figures
+    return figures | ann_figures
 
 
 def _print(figures: dict[str, dict[str, Any]]) -> None:

@@ -102,7 +102,10 @@ class QueryCoalescer:
         for pending in batch:
             if not pending.future.done():
                 groups.setdefault(filter_key(pending.flt), []).append(pending)
-        await asyncio.gather(*(self._run_group(group) for group in groups.values()))
+        if len(groups) == 1:  # the usual case: no task per group
+            await self._run_group(next(iter(groups.values())))
+        else:
+            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
 
     async def _run_group(self, group: list[_Pending]) -> None:
         k = max(p.top_k for p in group)

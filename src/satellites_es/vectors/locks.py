@@ -10,6 +10,8 @@ has, and all readers at the head of the queue enter together. So a writer waits 
 readers already admitted, and readers wait for at most the writers that arrived before them.
 
 Release is synchronous (no ``await``), so a cancelled task can never leave a count behind.
+``try_read`` enters synchronously only when the lock is free and nobody is queued, so it never
+jumps ahead of a waiting writer.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ class RWLock:
             yield
         finally:
             self._release(writer=True)
+
+    def try_read(self) -> bool:
+        """Enter as a reader now if nobody waits and no writer holds the lock (no ``await``:
+        a search run on the event loop takes it this way, then calls :meth:`release_read`)."""
+        if self._queue or self._writer:
+            return False
+        self._readers += 1
+        return True
+
+    def release_read(self) -> None:
+        self._release(writer=False)
 
     async def _acquire(self, *, writer: bool) -> None:
         if not self._queue and self._can_enter(writer):

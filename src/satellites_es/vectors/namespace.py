@@ -51,8 +51,9 @@ from . import exact
 from ._faiss import faiss
 from .filters import MetadataIndex, filter_key
 from .models import NamespaceSpec, VectorMatch
+from .plans import PlanCache, SearchPlan, batch_selector, excluding
 
-__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "Namespace", "NamespaceState"]
+__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "INLINE_MAX_WORK", "Namespace", "NamespaceState"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ COMPACT_FRACTION = 0.25
 COMPACT_MIN = 64
 #: Batches at least this large are added to FAISS in a helper thread, beside the bookkeeping.
 OVERLAP_MIN = 1024
+#: A search estimated at most this many multiply-adds may run on the event loop (~1 ms here):
+#: a thread hop and its wake-ups cost more than a small HNSW or IVF search itself.
+INLINE_MAX_WORK = 2_000_000
+_UNSET: Any = object()
 
 Labels = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
@@ -135,7 +140,7 @@ class Namespace:
         self._trained = state.trained
         self._label_of = {vector_id: label for label, (vector_id, _) in self._entries.items()}
         self._filters = MetadataIndex()  # keys are indexed when a filter first uses them
-        self._dead_selector: tuple[Any, Any] | None = None
+        self._plans = PlanCache()  # selectors and search parameters, rebuilt after a write
         self._norms: tuple[int, Matrix] | None = None
         #: Bumped by every write; a save records the version it captured (dirty tracking).
         self.version = 0
@@ -177,18 +182,60 @@ class Namespace:
     ) -> list[list[VectorMatch]]:
         """Best-first hits for each row of ``queries`` (already validated and normalised)."""
         key = filter_key(flt)
-        allowed = self._filters.match(key, self._metadata) if key else None
-        candidates = len(self._entries) if allowed is None else len(allowed)
-        k_eff = min(k, candidates)
-        if k_eff == 0:
-            return [[] for _ in range(len(queries))]
-        with faiss_errors("search"):
-            scores, labels = self._faiss_search(queries, k_eff, allowed)
-        rows = [self._hits(scores[i], labels[i]) for i in range(len(queries))]
+        plan = self._plans.build(key, self.version, functools.partial(self._plan, key))
+        rows, k_eff = self._answer(queries, k, plan)
         short = [i for i, row in enumerate(rows) if len(row) < k_eff]
         if short:
-            self._exact_rows(queries, k_eff, allowed, short, rows)
+            self._exact_rows(queries, k_eff, plan.allowed, short, rows)
         return rows
+
+    def search_inline(
+        self, queries: Matrix, k: int, flt: Mapping[str, Any] | None = None
+    ) -> list[list[VectorMatch]] | None:
+        """``search`` for the event loop: an answer only when it is cheap (the filter's plan is
+        built, the estimated work is at most :data:`INLINE_MAX_WORK`, no row needs the exact
+        fallback), else None, and a worker thread answers instead."""
+        plan = self._plans.get(filter_key(flt), self.version)
+        if plan is None or self._work(len(queries), plan) > INLINE_MAX_WORK:
+            return None
+        rows, k_eff = self._answer(queries, k, plan)
+        return None if any(len(row) < k_eff for row in rows) else rows
+
+    def _answer(
+        self, queries: Matrix, k: int, plan: SearchPlan
+    ) -> tuple[list[list[VectorMatch]], int]:
+        k_eff = min(k, plan.candidates)
+        if k_eff == 0:
+            return [[] for _ in range(len(queries))], 0
+        with faiss_errors("search"):
+            scores, labels = self._faiss_search(queries, k_eff, plan)
+        return [self._hits(scores[i], labels[i]) for i in range(len(queries))], k_eff
+
+    def _plan(self, key: FilterKey) -> SearchPlan:
+        if key:
+            allowed = self._filters.match(key, self._metadata)
+            return SearchPlan(allowed, len(allowed), batch_selector(allowed))
+        if not self._dead:
+            return SearchPlan(None, len(self._entries), None)
+        selector, inner = excluding(self._dead)  # HNSW's tombstones
+        return SearchPlan(None, len(self._entries), selector, keep=(inner,))
+
+    def _work(self, nq: int, plan: SearchPlan) -> int:
+        """Multiply-adds a search of ``nq`` queries is expected to cost: an estimate, only to
+        choose where it runs. HNSW computes ~``ef * M`` distances a query (about twice that
+        under a filter, whose misses it walks through); IVF scans the centroids and ``nprobe``
+        lists; flat scans everything, or under a filter probes each label's selector (~8) and
+        scores the allowed ones."""
+        spec = self.spec
+        if spec.index_kind == "hnsw":
+            per = spec.ef_search * spec.hnsw_m * spec.dimension * (1 if plan.allowed is None else 2)
+        elif self._trained:
+            per = (spec.nlist + spec.nprobe * self.ntotal // spec.nlist) * spec.dimension
+        elif plan.allowed is None:
+            per = self.ntotal * spec.dimension
+        else:
+            per = plan.candidates * spec.dimension + self.ntotal * 8
+        return nq * per
 
     def _metadata(self) -> Iterator[tuple[int, Meta]]:
         return ((label, meta) for label, (_, meta) in self._entries.items())
@@ -353,6 +400,11 @@ class Namespace:
                 self._filters.add(label, meta)
         self._entries.update(zip(labels, zip(ids, metas, strict=True), strict=True))
 
+    def retune(self, spec: NamespaceSpec) -> None:
+        """Take a spec differing only in search-time settings (``ef_search``, ``nprobe``)."""
+        self.spec = spec
+        self.version += 1
+
     def delete(self, ids: Sequence[str]) -> int:
         labels = [self._label_of[i] for i in ids if i in self._label_of]
         self._forget(labels)
@@ -379,13 +431,14 @@ class Namespace:
     # ---- internals -----------------------------------------------------------------------
 
     def _faiss_search(
-        self, queries: Matrix, k: int, allowed: set[int] | None
+        self, queries: Matrix, k: int, plan: SearchPlan
     ) -> tuple[npt.NDArray[np.float32], Labels]:
-        if allowed is None and len(queries) >= exact.MIN_QUERIES and self._flat:
+        if plan.allowed is None and len(queries) >= exact.MIN_QUERIES and self._flat:
             vectors, labels = exact.flat_storage(self._index)
             return exact.search(vectors, labels, queries, k, l2_norms=self._l2_norms(vectors))
-        selector = self._selector(allowed)
-        params = self._params(selector, k)
+        params = plan.params.get(k, _UNSET)
+        if params is _UNSET:
+            params = plan.params[k] = self._params(plan.selector, k)
         if params is None:
             scores, labels = self._index.search(queries, k)
         else:
@@ -406,17 +459,6 @@ class Namespace:
             cached = self._norms = (self.version, exact.squared_norms(vectors))
         return cached[1]
 
-    def _selector(self, allowed: set[int] | None) -> Any:
-        if allowed is not None:
-            return faiss.IDSelectorBatch(np.fromiter(allowed, np.int64, len(allowed)))
-        if not self._dead:
-            return None
-        if self._dead_selector is None:
-            dead = faiss.IDSelectorBatch(np.fromiter(self._dead, np.int64, len(self._dead)))
-            # keep the inner selector alive: IDSelectorNot holds a raw pointer to it
-            self._dead_selector = (faiss.IDSelectorNot(dead), dead)
-        return self._dead_selector[0]
-
     def _params(self, selector: Any, k: int) -> Any:
         if self.spec.index_kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.spec.ef_search, k))
@@ -427,7 +469,7 @@ class Namespace:
         else:
             params = faiss.SearchParameters()
         if selector is not None:
-            params.sel = selector  # borrowed pointer: the caller keeps ``selector`` alive
+            params.sel = selector  # borrowed pointer: the plan keeps ``selector`` alive
         return params
 
     def _hits(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[VectorMatch]:
@@ -464,7 +506,6 @@ class Namespace:
             return
         if self.spec.index_kind == "hnsw":
             self._dead.update(labels)
-            self._dead_selector = None
         else:
             with faiss_errors("remove vectors"):
                 self._index.remove_ids(np.asarray(labels, dtype=np.int64))
@@ -496,7 +537,6 @@ class Namespace:
         logger.debug("namespace %s: compacted %d tombstones", self.spec.name, len(self._dead))
         self._index = index
         self._dead = set()
-        self._dead_selector = None
 
 
 def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], object]:
