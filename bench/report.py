@@ -1,6 +1,7 @@
 """Write BENCHMARKS.md and its plot from a ``bench/run.py --json`` file.
 
-``python bench/report.py out.json`` rewrites ``BENCHMARKS.md`` (the table: project, raw, ratio,
+``python bench/report.py out.json`` rewrites ``BENCHMARKS.md`` up to its first ``## `` section
+(the sections after it, written by hand beside their stages, are kept) (the table: project, raw, ratio,
 goal per figure) and ``bench/benchmarks.png`` (project against raw per stage: throughput figures
 on the left, latency figures on the right).
 """
@@ -78,7 +79,10 @@ def main(json_path: str) -> None:
         f"# Benchmarks\n\nLatest run: {when}, Python {platform.python_version()}.\n\n{HOW}\n"
         f"![project against raw per stage](bench/benchmarks.png)\n\n{table(results)}\n"
     )
-    (ROOT / "BENCHMARKS.md").write_text(text)
+    target = ROOT / "BENCHMARKS.md"
+    old = target.read_text() if target.exists() else ""
+    kept = old[old.index("\n## ") :] if "\n## " in old else ""  # sections written by hand
+    target.write_text(text + kept)
     print(f"wrote BENCHMARKS.md and {PLOT.relative_to(ROOT)}")
 
 
