@@ -169,6 +169,22 @@ def main(
     configure(level, "json" if log_format == "json" else "console")
 
 
+@contextlib.contextmanager
+def _quiet_broker_logs() -> Iterator[None]:
+    """aiormq logs every failed reconnect attempt at ERROR; an operator's one-shot command
+    reports the outcome in one line instead (``-v`` shows them)."""
+    loggers = [logging.getLogger(n) for n in ("aiormq", "aio_pika")]
+    levels = [lg.level for lg in loggers]
+    if not _flags.verbose:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
 def _render_health(health: Health) -> Table:
     table = Table(title="satellites-es health")
     for column in ("backend", "status", "latency", "details"):
@@ -196,7 +212,8 @@ def health(
     """
     from .healthcheck import check
 
-    result = asyncio.run(check(load_config(), timeout=timeout))
+    with _quiet_broker_logs():
+        result = asyncio.run(check(load_config(), timeout=timeout))
     if as_json:
         console.print_json(json.dumps(result.to_dict()))
     else:
@@ -358,22 +375,6 @@ def audit(
 
 dlq_app = typer.Typer(help="Dead letters of a subscriber group (RabbitMQ).", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
-
-
-@contextlib.contextmanager
-def _quiet_broker_logs() -> Iterator[None]:
-    """aiormq logs every failed reconnect attempt at ERROR; an operator's one-shot command
-    reports the outcome in one line instead (``-v`` shows them)."""
-    loggers = [logging.getLogger(n) for n in ("aiormq", "aio_pika")]
-    levels = [lg.level for lg in loggers]
-    if not _flags.verbose:
-        for lg in loggers:
-            lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 @command(dlq_app, "list")

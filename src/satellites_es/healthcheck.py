@@ -26,6 +26,8 @@ import aio_pika
 import asyncpg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .config import (
     DataLayerConfig,
@@ -149,6 +151,7 @@ async def _redis(config: RedisConfig, timeout: float) -> Mapping[str, Any]:
     client = aioredis.Redis(
         host=config.host, port=config.port, db=config.db, username=config.username,
         password=config.password, socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # redis-py retries a refused connect for seconds by default
     )  # fmt: skip
     try:
         info = await client.info("server")
