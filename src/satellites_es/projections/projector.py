@@ -240,6 +240,7 @@ class Projector:
     def _columns(self, fields: VectorFields, sink: RunSink, page: PayloadBatch) -> _Batch:
         """A page of payloads as runs of columns; a payload the fields cannot take (no vector)
         sends the page down the one-change-at-a-time path, without that event."""
+
         def one_by_one() -> list[Change]:
             changes: list[Change] = []
             for i in range(len(page)):
@@ -282,9 +283,7 @@ class Projector:
         first = await self._isolate(changes[:half], poison)
         return first + await self._isolate(changes[half:], poison)
 
-    async def _last_tries(
-        self, change: Change, error: BaseException, poison: list[Poison]
-    ) -> int:
+    async def _last_tries(self, change: Change, error: BaseException, poison: list[Poison]) -> int:
         """Try a refused change alone up to the policy's attempts; then it is poison."""
         for attempt in range(1, self.projection.poison.attempts):
             await asyncio.sleep(backoff(attempt, initial=0.05, cap=1.0))
@@ -304,7 +303,9 @@ class Projector:
     async def _set_aside(self, poison: list[Poison]) -> None:
         """Park the batch's poison events, or stop on the first, as the policy says."""
         poison = await self._named(poison)
-        action = self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
+        action = (
+            self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
+        )
         if action == "stop":
             first = poison[0]
             raise PoisonEventError(self.projection.name, self.version, first.position,
