@@ -370,6 +370,8 @@ def audit(
     (projection,) = _projections(config, [name])
     clean = asyncio.run(run_audit(config, projection, console, repair=repair, examples=examples))
     if not clean:
+        hint = "" if repair else " (audit --repair rewrites them from the log)"
+        _say_error(f"drift: {name} differs from the log{hint}")
         raise typer.Exit(EXIT_FAILURE)
 
 
