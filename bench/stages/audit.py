@@ -107,7 +107,9 @@ async def _redis(quick: bool, rounds: int) -> dict[str, Any]:
                 raw.append(keys / (time.perf_counter() - started))
                 report = await audit(projection, sink, log.pool, log.pg.schema)
                 if not report.clean or report.keys != keys:
-                    raise RuntimeError(f"audit of a clean sink: {report.counts}, {report.keys} keys")
+                    raise RuntimeError(
+                        f"audit of a clean sink: {report.counts}, {report.keys} keys"
+                    )
                 ours.append(report.keys / report.seconds)
     finally:
         await unlink_prefix(client, prefix)

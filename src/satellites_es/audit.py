@@ -224,8 +224,9 @@ class _Judge:
         for expected in chunk:
             kind = await self._kind(expected, held.get(expected.key))
             if kind is not None:
-                fix = Fix(expected.key, expected.change, held.get(expected.key),
-                          self.report.checkpoint)
+                fix = Fix(
+                    expected.key, expected.change, held.get(expected.key), self.report.checkpoint
+                )
                 self.report.add(kind, fix, self.collect)
 
     async def _kind(self, expected: Expected, held: Held | None) -> str | None:

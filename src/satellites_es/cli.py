@@ -145,8 +145,12 @@ def load_config() -> DataLayerConfig:
 def main(
     verbose: Annotated[
         bool,
-        typer.Option("--verbose", "-v", envvar="SATELLITES_VERBOSE",
-                     help="Debug logging, and a traceback with every error."),
+        typer.Option(
+            "--verbose",
+            "-v",
+            envvar="SATELLITES_VERBOSE",
+            help="Debug logging, and a traceback with every error.",
+        ),
     ] = False,
     log_format: Annotated[
         str,
@@ -160,7 +164,9 @@ def main(
 
     _flags.verbose = verbose
     if log_format not in ("console", "json"):
-        _say_error(f"--log-format (SATELLITES_LOG_FORMAT) must be 'console' or 'json' (got {log_format!r})")
+        _say_error(
+            f"--log-format (SATELLITES_LOG_FORMAT) must be 'console' or 'json' (got {log_format!r})"
+        )
         raise typer.Exit(EXIT_USAGE)
     level = logging.DEBUG if verbose else logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
@@ -202,8 +208,11 @@ def health(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     timeout: Annotated[
         float,
-        typer.Option(envvar="SATELLITES_HEALTH_TIMEOUT", min=0.1,
-                     help="Seconds for the whole check (every backend at once)."),
+        typer.Option(
+            envvar="SATELLITES_HEALTH_TIMEOUT",
+            min=0.1,
+            help="Seconds for the whole check (every backend at once).",
+        ),
     ] = 5.0,
 ) -> None:
     """Check every backend, read-only; exit 1 when one that is enabled is unreachable.
@@ -359,7 +368,8 @@ def rollback(name: ProjectionArg) -> None:
 def audit(
     name: ProjectionArg,
     repair: Annotated[
-        bool, typer.Option("--repair", help="Rewrite the drifted keys from the log, then audit again.")
+        bool,
+        typer.Option("--repair", help="Rewrite the drifted keys from the log, then audit again."),
     ] = False,
     examples: Annotated[int, typer.Option(min=0, help="Keys shown per kind of drift.")] = 10,
 ) -> None:
@@ -476,8 +486,10 @@ def demo(
     ] = False,
     data_dir: Annotated[
         Path,
-        typer.Option(envvar="SATELLITES_DEMO_DATA_DIR",
-                     help="Where the demo keeps its FAISS namespace and embedded servers' data."),
+        typer.Option(
+            envvar="SATELLITES_DEMO_DATA_DIR",
+            help="Where the demo keeps its FAISS namespace and embedded servers' data.",
+        ),
     ] = Path("./data/demo"),
 ) -> None:
     """Run the demo pipeline end to end in a namespace of its own: log, relay, projections,

@@ -162,4 +162,3 @@ def _groups(exchange: str, listing: str) -> list[Group]:
             group.messages += int(parts[1])
             group.consumers += int(parts[2])
     return [groups[name] for name in sorted(groups)]
-

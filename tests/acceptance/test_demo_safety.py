@@ -26,7 +26,7 @@ async def _fill(env: dict[str, str]) -> None:
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(f'CREATE TABLE "{schema}".customers (id int primary key, name text)')
-        await conn.execute(f'INSERT INTO "{schema}".customers VALUES (1, \'ada\'), (2, \'grace\')')
+        await conn.execute(f"INSERT INTO \"{schema}\".customers VALUES (1, 'ada'), (2, 'grace')")
     finally:
         await conn.close()
     client = aioredis.Redis.from_url(env["SATELLITES_REDIS_URL"])
@@ -42,8 +42,8 @@ async def _fill(env: dict[str, str]) -> None:
     finally:
         await es.close()
     faiss = Path(env["SATELLITES_FAISS_INDEX_PATH"])
-    faiss.mkdir(parents=True)
-    (faiss / "precious.bin").write_bytes(b"\x00" * 64)
+    await asyncio.to_thread(faiss.mkdir, parents=True)
+    await asyncio.to_thread((faiss / "precious.bin").write_bytes, b"\x00" * 64)
 
 
 async def _intact(env: dict[str, str]) -> dict[str, object]:
@@ -114,7 +114,8 @@ async def test_claim_clears_and_marks_what_it_created(cli_env: dict[str, str]) -
     finally:
         await client.aclose()
     assert left == [f"{prefix}__satellites_demo__".encode()]
-    assert sorted(p.name for p in faiss.iterdir()) == [".satellites-demo"]
+    names = await asyncio.to_thread(lambda: sorted(p.name for p in faiss.iterdir()))
+    assert names == [".satellites-demo"]
     es = AsyncElasticsearch(cli_env["SATELLITES_ELASTICSEARCH_URL"])
     try:
         marker = f"{cli_env['SATELLITES_ELASTICSEARCH_INDEX_PREFIX']}satellites-demo-marker"

@@ -98,7 +98,10 @@ async def _tamper(data: DataLayer, projection: Projection, sink: Sink) -> None:
         await r.hset(key("x1"), mapping={"p": "5", "d": "{}"})
         await r.set(key("x2"), b"not even a hash")
     elif projection.sink == "elasticsearch":
-        es, index = data.elasticsearch, f"{data.config.elasticsearch.index_prefix}{projection.target()}"
+        es, index = (
+            data.elasticsearch,
+            f"{data.config.elasticsearch.index_prefix}{projection.target()}",
+        )
         for k in ("k01", "k02", "k26"):
             await es.delete(index=index, id=k)
         await es.index(index=index, id="k03", document={"title": "corrupted", "n": 3})
@@ -148,7 +151,5 @@ async def test_audit_reports_exactly_the_tampered_keys_and_repair_fixes_them(
     assert again.clean, _drift(again)
     # and the repaired keys are what a replay would give
     if sink_kind == "redis":
-        doc = await data.redis.hgetall(
-            f"{data.config.redis.key_prefix}{projection.target()}:k03"
-        )
+        doc = await data.redis.hgetall(f"{data.config.redis.key_prefix}{projection.target()}:k03")
         assert json.loads(doc[b"d"]) == {"title": "k03 r1", "n": 3}

@@ -12,7 +12,7 @@ from satellites_es.errors import ConfigurationError
 from satellites_es.projections.discovery import ENTRY_POINT_GROUP
 from satellites_es.projections.service import load_projections
 
-MODULE = '''
+MODULE = """
 from satellites_es.projections import Projection, Upsert
 
 def handler(event):
@@ -21,7 +21,7 @@ def handler(event):
 {name} = Projection(name="{name}", version=1, sink="redis", event_types=("x.upserted",),
                     handler=handler)
 PROJECTIONS = {{"{name}": {name}}}
-'''
+"""
 
 
 @pytest.fixture
