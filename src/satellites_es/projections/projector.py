@@ -240,7 +240,6 @@ class Projector:
     def _columns(self, fields: VectorFields, sink: RunSink, page: PayloadBatch) -> _Batch:
         """A page of payloads as runs of columns; a payload the fields cannot take (no vector)
         sends the page down the one-change-at-a-time path, without that event."""
-
         def one_by_one() -> list[Change]:
             changes: list[Change] = []
             for i in range(len(page)):
@@ -283,7 +282,9 @@ class Projector:
         first = await self._isolate(changes[:half], poison)
         return first + await self._isolate(changes[half:], poison)
 
-    async def _last_tries(self, change: Change, error: BaseException, poison: list[Poison]) -> int:
+    async def _last_tries(
+        self, change: Change, error: BaseException, poison: list[Poison]
+    ) -> int:
         """Try a refused change alone up to the policy's attempts; then it is poison."""
         for attempt in range(1, self.projection.poison.attempts):
             await asyncio.sleep(backoff(attempt, initial=0.05, cap=1.0))
@@ -303,9 +304,7 @@ class Projector:
     async def _set_aside(self, poison: list[Poison]) -> None:
         """Park the batch's poison events, or stop on the first, as the policy says."""
         poison = await self._named(poison)
-        action = (
-            self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
-        )
+        action = self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
         if action == "stop":
             first = poison[0]
             raise PoisonEventError(self.projection.name, self.version, first.position,
@@ -477,15 +476,18 @@ async def follow_active(
     state: dict[str, Projector] = {}
     failures = 0
     next_retry = 0.0
+    counted, recount = -1, 0.0  # the projector's parked_count when status.parked was read
     async with store.listener() as listener:
         while not stop.is_set():
             try:
                 projector = await _follow_once(projection, sink, store, checkpoints, state,
                                                on_projector, flush_every)  # fmt: skip
-                if time.monotonic() >= next_retry:
+                if time.monotonic() >= next_retry:  # one indexed query a second when idle
                     next_retry = time.monotonic() + retry_interval
-                    await projector.retry_parked()
-                    status.parked = await _parked(projector)
+                    retried = await projector.retry_parked()
+                    if retried or counted != projector.parked_count or time.monotonic() > recount:
+                        status.parked = await _parked(projector)  # a discard elsewhere: <= 10 s
+                        counted, recount = projector.parked_count, time.monotonic() + 10.0
                 if projector.flush_error is not None:
                     await projector.flush_if_due()
                 status.save_error = projector.flush_error
