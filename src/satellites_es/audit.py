@@ -95,6 +95,8 @@ class AuditReport:
 
 
 Step = Callable[[int], None]
+#: A connection, pooled or not.
+Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
 
 
 async def audit(
@@ -132,7 +134,7 @@ async def audit(
 
 
 async def _folded(
-    conn: asyncpg.Connection[Any], sql: str, types: list[str], bound: int,
+    conn: Conn, sql: str, types: list[str], bound: int,
     projection: Projection, report: AuditReport, progress: Step | None,
 ) -> AsyncIterator[list[Expected]]:  # fmt: skip
     """The log folded per key, a chunk of keys at a time (see the module docstring)."""
@@ -182,7 +184,7 @@ def _event(row: asyncpg.Record) -> DataEvent:
 
 
 async def _unlogged(
-    conn: asyncpg.Connection[Any], sql: str, types: list[str], bound: int, sink: Sink,
+    conn: Conn, sql: str, types: list[str], bound: int, sink: Sink,
     judge: _Judge,
 ) -> None:  # fmt: skip
     """Keys the sink holds and no event has (pass 2)."""
@@ -207,7 +209,7 @@ class _Judge:
 
     def __init__(
         self, projection: Projection, sink: Sink, version: int, report: AuditReport,
-        conn: asyncpg.Connection[Any], head_sql: str, collect: bool,
+        conn: Conn, head_sql: str, collect: bool,
     ) -> None:  # fmt: skip
         self.projection, self.sink, self.version, self.report = projection, sink, version, report
         self.conn, self.head_sql, self.collect = conn, head_sql, collect

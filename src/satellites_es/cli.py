@@ -107,7 +107,7 @@ def command(group: typer.Typer, name: str | None = None, **options: Any) -> Call
 class _OneLineErrors(TyperGroup):
     """The root group: click's own usage errors as one line and exit 2, as ours are."""
 
-    def main(self, *args: Any, **kwargs: Any) -> NoReturn:  # type: ignore[override]
+    def main(self, *args: Any, **kwargs: Any) -> NoReturn:
         kwargs["standalone_mode"] = False
         try:
             code = super().main(*args, **kwargs)
