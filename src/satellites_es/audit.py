@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 from rich.console import Console
@@ -95,8 +95,9 @@ class AuditReport:
 
 
 Step = Callable[[int], None]
-#: A connection, pooled or not.
-Conn = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+if TYPE_CHECKING:  # asyncpg's classes are generic for the type checker only
+    #: A connection, pooled or not.
+    Conn: TypeAlias = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
 
 
 async def audit(

@@ -134,4 +134,4 @@ async def test_alembic_with_only_a_schema_migrates_the_configured_database(
                                    text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pg_config.database != "satellites"  # the configured one, not the default
-    assert (await catalog(pg_config))[2] == ["0002"]
+    assert (await catalog(pg_config))[2] == ["0003"]
