@@ -1241,6 +1241,37 @@ async def dump_sinks(
     return out, snapshot
 
 
+async def audit_sinks(
+    ns: Namespace, pool: asyncpg.Pool, projections: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The operator's check (:func:`satellites_es.audit.audit`) of every sink, beside the soak's
+    own comparison above: both must find the sinks equal to the log."""
+    from elasticsearch import AsyncElasticsearch
+
+    from satellites_es.audit import audit as audit_projection
+    from satellites_es.projections.es_sink import ElasticsearchSink
+    from satellites_es.projections.faiss_sink import FaissSink
+    from satellites_es.projections.redis_sink import RedisSink
+    from satellites_es.vectors import VectorIndex
+
+    out: dict[str, Any] = {}
+    redis = aioredis.Redis.from_url(ns.redis_url)
+    es = AsyncElasticsearch(ns.es_url, request_timeout=60)
+    index = VectorIndex(FaissConfig(index_path=ns.faiss_dir, dimension=DIMENSION))
+    await index.open()
+    try:
+        sinks = {"entities": RedisSink(redis, ns.redis_prefix),
+                 "documents": ElasticsearchSink(es, ns.es_prefix),
+                 "embeddings": FaissSink(index)}  # fmt: skip
+        for name, sink in sinks.items():
+            out[name] = await audit_projection(projections[name], sink, pool, ns.schema)
+    finally:
+        await index.close()
+        await es.close()
+        await redis.aclose()
+    return out
+
+
 async def sabotage(
     ns: Namespace, redis: aioredis.Redis, audit: Audit, entities: dict[str, KeyState],
     positions: list[int],
@@ -1504,6 +1535,7 @@ async def soak(args: argparse.Namespace) -> int:
             compare(name, expected[name], actual[name], verdict, vectors=name == "embeddings",
                     poison_keys=poison_keys)  # fmt: skip
         parked = await check_parked(verify_pool, ns, poisons.injected, by_id)
+        audits = await audit_sinks(ns, verify_pool, PROJECTIONS)
         head = positions[-1] if positions else 0
 
         # -- report -------------------------------------------------------------------------
@@ -1553,8 +1585,11 @@ async def soak(args: argparse.Namespace) -> int:
                 f"  problem: the FAISS snapshot holds position {snapshot_position}, "
                 f"the last embedding event is at {last_vector}"
             )
+        print("audit (satellites-es audit): " + " ".join(
+            f"{name}={'clean' if r.clean else r.counts}" for name, r in audits.items()))  # fmt: skip
         ok = verdict.lost == 0 and verdict.duplicated_effects == 0 and verdict.mismatched == 0
         ok = ok and verdict.poison_applied == 0 and parked.ok
+        ok = ok and all(r.clean for r in audits.values())
         exit_code = 0 if ok and p.caught_up else 1
         if not ok or not p.caught_up:
             for child in children:

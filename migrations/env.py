@@ -2,7 +2,9 @@
 
 Where to migrate, in order: the ``postgres`` attribute of the Alembic Config (a
 ``PostgresConfig``, set by :mod:`satellites_es.migrate`, which also hands over an open
-``connection``), ``-x url=... -x schema=...``, then the ``SATELLITES_POSTGRES_*`` environment.
+``connection``); otherwise the ``SATELLITES_POSTGRES_*`` environment, with ``-x url=...`` and
+``-x schema=...`` overriding its URL and schema. ``-x schema=NAME`` alone keeps the configured
+database (it once fell back to the default database ``satellites``).
 The tables carry no schema in the metadata: the connection's ``search_path`` is the target
 schema, created if missing, and Alembic's version table lives there too.
 """
@@ -10,6 +12,7 @@ schema, created if missing, and Alembic's version table lives there too.
 from __future__ import annotations
 
 import asyncio
+import os
 from logging.config import fileConfig
 
 from alembic import context
@@ -30,14 +33,15 @@ def target() -> PostgresConfig:
     if isinstance(pg, PostgresConfig):
         return pg
     x = context.get_x_argument(as_dictionary=True)
-    env: dict[str, str] = {}
+    env = dict(os.environ)
     if "url" in x:
         env["SATELLITES_POSTGRES_URL"] = x["url"]
+        # the URL names the database: a field variable would otherwise win over it
+        for part in ("HOST", "PORT", "DATABASE", "USER", "PASSWORD"):
+            env.pop(f"SATELLITES_POSTGRES_{part}", None)
     if "schema" in x:
         env["SATELLITES_POSTGRES_SCHEMA"] = x["schema"]
-    if env:
-        return DataLayerConfig.from_env(env).postgres
-    return DataLayerConfig.from_env().postgres
+    return DataLayerConfig.from_env(env).postgres
 
 
 def do_run_migrations(connection: Connection, schema: str) -> None:

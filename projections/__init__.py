@@ -1,21 +1,11 @@
-"""The projections the demo (and a typical retrieval backend) uses, defined in code.
+"""The demo's projections, re-exported for code that imports them from the checkout's root.
 
-* ``documents``: document events -> an Elasticsearch index with full-text fields;
-* ``embeddings``: embedding events -> a FAISS namespace with metadata (d=384, cosine);
-* ``entities``: entity events -> a Redis cache with a TTL.
-
-``satellites-es`` finds them through ``SATELLITES_PROJECTIONS_MODULE`` (default ``projections``),
-which must define ``PROJECTIONS``: a mapping of name to :class:`~satellites_es.Projection`.
+They live in the package (:mod:`satellites_es.demo.projections`) so that an installed wheel has
+them; this module is what ``SATELLITES_PROJECTIONS_MODULE=projections`` used to name.
 """
 
 from __future__ import annotations
 
-from satellites_es.projections import Projection
-
-from .documents import documents
-from .embeddings import embeddings
-from .entities import entities
-
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (documents, embeddings, entities)}
+from satellites_es.demo.projections import PROJECTIONS, documents, embeddings, entities
 
 __all__ = ["PROJECTIONS", "documents", "embeddings", "entities"]

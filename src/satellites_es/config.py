@@ -46,6 +46,41 @@ __all__ = [
 
 ENV_PREFIX = "SATELLITES_"
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: A Redis key prefix is matched with SCAN patterns (a rebuild's drop, the demo's reset): glob
+#: characters in it, or an empty prefix, would match keys that are not ours.
+_REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Elasticsearch index names are lower case and may not hold ``*``, ``,`` or ``?`` (an empty or
+#: wildcard-like prefix would make ``{prefix}*`` match every index of the cluster).
+_INDEX_PREFIX = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _require(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise ConfigurationError(name, message)
+
+
+def _check_port(name: str, port: int) -> None:
+    _require(1 <= port <= 65535, name, f"must be a port between 1 and 65535 (got {port})")
+
+
+def _check_positive(section: object, *names: str, zero: bool = False) -> None:
+    """Every named field of ``section`` above zero (``zero=True``: at least zero)."""
+    prefix = type(section).__name__.removesuffix("Config").lower()
+    for name in names:
+        value = getattr(section, name)
+        ok = value >= 0 if zero else value > 0
+        bound = "at least 0" if zero else "greater than 0"
+        _require(ok, f"{prefix}.{name}", f"must be {bound} (got {value})")
+
+
+def _check_url_port(url: str, name: str) -> None:
+    """A host URL's port parses and is in range (``urlsplit`` only checks lazily)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError as exc:  # "Port could not be cast to integer value as 'abc'"
+        raise ConfigurationError(name, f"invalid URL: {exc}") from None
+    if port is not None:
+        _check_port(name, port)
 
 
 def redact_url(url: str) -> str:
@@ -73,7 +108,7 @@ def _url_fields(url: str, default_port: int, *, user: str, path: str) -> dict[st
     query = parse_qs(p.query)
     out: dict[str, Any] = {
         "host": query.get("host", [p.hostname or "localhost"])[0],
-        "port": query.get("port", [p.port or default_port])[0],
+        "port": query.get("port", [default_port if p.port is None else p.port])[0],
     }
     if p.path.startswith("/") and len(p.path) > 1:
         out[path] = unquote(p.path[1:])
@@ -96,6 +131,14 @@ class RedisConfig:
     socket_timeout: float = 10.0
     socket_connect_timeout: float = 5.0
     key_prefix: str = "sat:"
+
+    def __post_init__(self) -> None:
+        _check_port("redis.port", self.port)
+        _check_positive(self, "db", zero=True)
+        _check_positive(self, "socket_timeout", "socket_connect_timeout")
+        _require(bool(_REDIS_PREFIX.match(self.key_prefix)), "redis.key_prefix",
+                 "must be 1-64 of A-Z a-z 0-9 _ . : - (no glob characters; empty matches "
+                 f"every key) (got {self.key_prefix!r})")  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -123,7 +166,13 @@ class PostgresConfig:
 
     def __post_init__(self) -> None:
         if not _IDENT.match(self.schema):
-            raise ConfigurationError("postgres.schema", "must match [a-z_][a-z0-9_]{0,62}")
+            raise ConfigurationError(
+                "postgres.schema",
+                f"must be 1-63 of a-z 0-9 _, not starting with a digit (got {self.schema!r})",
+            )
+        _check_port("postgres.port", self.port)
+        _check_positive(self, "min_connections", zero=True)
+        _check_positive(self, "max_connections", "command_timeout")
         if self.min_connections > self.max_connections:
             raise ConfigurationError(
                 "postgres.min_connections", "must not exceed postgres.max_connections"
@@ -191,8 +240,11 @@ class RabbitMQConfig:
     delivery_limit: int = 5
 
     def __post_init__(self) -> None:
-        if self.partitions < 1:
-            raise ConfigurationError("rabbitmq.partitions", "must be at least 1")
+        _check_port("rabbitmq.port", self.port)
+        _check_positive(self, "partitions", "prefetch", "publish_timeout")
+        _check_positive(self, "max_retries", "retry_backoff", zero=True)
+        _require(bool(self.exchange), "rabbitmq.exchange",
+                 "must not be empty (that is the broker's default exchange)")  # fmt: skip
         if self.delivery_limit < 0:
             raise ConfigurationError("rabbitmq.delivery_limit", "must be 0 (off) or more")
 
@@ -219,6 +271,17 @@ class ElasticsearchConfig:
     api_key: str | None = field(default=None, repr=False)
     request_timeout: float = 30.0
     index_prefix: str = "sat-"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.hosts), "elasticsearch.hosts", "needs at least one host URL")
+        for host in self.hosts:
+            _check_url_port(host, "elasticsearch.hosts")
+            _require(urlsplit(host).scheme in ("http", "https"), "elasticsearch.hosts",
+                     f"must be http:// or https:// URLs (got {redact_url(host)!r})")  # fmt: skip
+        _check_positive(self, "request_timeout")
+        _require(bool(_INDEX_PREFIX.match(self.index_prefix)), "elasticsearch.index_prefix",
+                 "must be 1-64 of a-z 0-9 _ . -, starting with a letter or digit (no wildcards; "
+                 f"empty matches every index) (got {self.index_prefix!r})")  # fmt: skip
 
     @classmethod
     def _from_url(cls, url: str) -> dict[str, Any]:
@@ -251,8 +314,7 @@ class FaissConfig:
     coalesce_max_batch: int = 256
 
     def __post_init__(self) -> None:
-        if self.dimension < 1:
-            raise ConfigurationError("faiss.dimension", "must be at least 1")
+        _check_positive(self, "dimension", "threads", "coalesce_max_batch")
 
 
 @dataclass(frozen=True)
@@ -266,6 +328,9 @@ class EventLogConfig:
     notify_channel: str = "satellites_events"
     read_batch_size: int = 1000
 
+    def __post_init__(self) -> None:
+        _check_positive(self, "max_payload_bytes", "read_batch_size")
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -276,6 +341,9 @@ class RelayConfig:
     poll_interval: float = 1.0
     #: Stand-by relays try to take the lead this often.
     standby_interval: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "batch_size", "confirm_window", "poll_interval", "standby_interval")
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -302,8 +370,12 @@ class DataLayerConfig:
     connect_timeout: float = 10.0
     #: How long stop() waits for background work to finish, in seconds.
     stop_timeout: float = 10.0
-    #: The module whose ``PROJECTIONS`` mapping defines the projections (see ``projections/``).
-    projections_module: str = "projections"
+    #: The module whose ``PROJECTIONS`` mapping defines the projections; None: the installed
+    #: ``satellites_es.projections`` entry points, else the demo's (see ``load_projections``).
+    projections_module: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "connect_timeout", "stop_timeout")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> DataLayerConfig:
@@ -314,7 +386,12 @@ class DataLayerConfig:
             name: _build_section(name, section_cls, source)
             for name, section_cls in _SECTIONS.items()
         }
-        return cls(**{**top, **sections, **overrides})
+        try:
+            return cls(**{**top, **sections, **overrides})
+        except ConfigurationError as exc:  # a top-level field: name its variable
+            raise ConfigurationError(
+                f"{ENV_PREFIX}{exc.field.split('.')[-1].upper()}", _reason(exc)
+            ) from exc
 
     def replace(self, **changes: Any) -> DataLayerConfig:
         return dataclasses.replace(self, **changes)
@@ -323,17 +400,32 @@ class DataLayerConfig:
 def _build_section(name: str, section_cls: type[Any], env: Mapping[str, str]) -> Any:
     prefix = f"{ENV_PREFIX}{name.upper()}_"
     values: dict[str, Any] = {}
-    url = env.get(f"{prefix}URL")
+    url_var = f"{prefix}URL"
+    url = env.get(url_var)
     if url and hasattr(section_cls, "_from_url"):
-        values.update(section_cls._from_url(url))
-    values.update(_parse_fields(section_cls, env, prefix))
+        try:
+            values.update(section_cls._from_url(url))
+        except ValueError as exc:  # urlsplit's port: "could not be cast", "out of range"
+            raise ConfigurationError(url_var, f"invalid URL: {exc}") from None
+    from_url = set(values)
+    fields = _parse_fields(section_cls, env, prefix)
+    values.update(fields)
     hints = typing.get_type_hints(section_cls)
     for key, raw in list(values.items()):
-        values[key] = _convert(f"{prefix}{key.upper()}", hints[key], raw)
+        source = url_var if key in from_url and key not in fields else f"{prefix}{key.upper()}"
+        values[key] = _convert(source, hints[key], raw)
     try:
         return section_cls(**values)
     except ConfigurationError as exc:
-        raise ConfigurationError(f"{prefix}{exc.field.split('.')[-1].upper()}", str(exc)) from exc
+        key = exc.field.split(".")[-1]
+        # a value that came from the URL is the URL's fault: name the variable the user set
+        var = url_var if key in from_url and key not in fields else f"{prefix}{key.upper()}"
+        raise ConfigurationError(var, _reason(exc)) from exc
+
+
+def _reason(exc: ConfigurationError) -> str:
+    """The message without the ``field: `` the error put in front of it."""
+    return str(exc).removeprefix(f"{exc.field}: ")
 
 
 def _parse_fields(

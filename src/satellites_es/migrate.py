@@ -30,12 +30,13 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .config import PostgresConfig
-from .errors import BackendUnavailableError, PersistenceError
+from .errors import BackendUnavailableError, ConfigurationError, PersistenceError
 from .sql import quote_schema
 
 __all__ = ["MIGRATIONS_DIR", "downgrade", "ensure_database", "upgrade"]
@@ -131,7 +132,9 @@ def _run_in_thread(pg: PostgresConfig, action: _Action) -> None:
     with _ALEMBIC_LOCK:
         try:
             action(alembic_config(pg))  # env.py opens the engine, in this thread's own loop
-        except (SQLAlchemyError, OSError) as exc:
+        except CommandError as exc:  # an unknown revision, or one that is not reachable
+            raise ConfigurationError("--revision", str(exc)) from exc
+        except (SQLAlchemyError, OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise PersistenceError(f"migration of schema {pg.schema!r} failed: {exc}") from exc
 
 

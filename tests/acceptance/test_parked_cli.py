@@ -29,8 +29,8 @@ FIXED = '''
     """The demo's projections with the documents handler fixed: a missing title is allowed."""
     import dataclasses
 
-    from projections import PROJECTIONS as DEMO
-    from projections.documents import to_change
+    from satellites_es.demo.projections import PROJECTIONS as DEMO
+    from satellites_es.demo.projections import document_change as to_change
     from satellites_es.projections import Upsert
 
 
@@ -73,7 +73,7 @@ def test_poison_events_from_the_command_line(cli_env: dict[str, str], tmp_path: 
     # the fix deployed: a service with the fixed handler applies the marked event
     (tmp_path / "fixedprojections.py").write_text(textwrap.dedent(FIXED))
     fixed_env = {**cli_env, "SATELLITES_PROJECTIONS_MODULE": "fixedprojections",
-                 "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}  # fmt: skip
+                 "PYTHONPATH": str(tmp_path)}  # fmt: skip
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("SATELLITES_")}
     proc = subprocess.Popen([*CLI, "run", "-p", "documents", "--http-port", str(port)],

@@ -118,3 +118,20 @@ async def test_ensure_database_creates_it_once(pg_config: PostgresConfig) -> Non
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+async def test_alembic_with_only_a_schema_migrates_the_configured_database(
+    postgres_url: str, pg_config: PostgresConfig
+) -> None:
+    """``alembic -x schema=NAME upgrade head`` once migrated the default database
+    ``satellites``, ignoring ``SATELLITES_POSTGRES_URL``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SATELLITES_")}
+    env["SATELLITES_POSTGRES_URL"] = postgres_url
+    cmd = [sys.executable, "-m", "alembic", "-x", f"schema={pg_config.schema}", "upgrade", "head"]
+    done = await asyncio.to_thread(subprocess.run, cmd, cwd=ROOT, env=env, capture_output=True,
+                                   text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert pg_config.database != "satellites"  # the configured one, not the default
+    assert (await catalog(pg_config))[2] == ["0003"]

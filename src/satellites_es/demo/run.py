@@ -10,26 +10,25 @@
 6. timings.
 
 The demo works in its own namespace (schema ``satellites_demo``, key prefix ``demo:``, index
-prefix ``demo-``, exchange ``satellites.demo``) and clears it first, so it can run again.
+prefix ``demo-``, exchange ``satellites.demo``, FAISS under its data directory), whatever the
+environment configures, and clears it first so it can run again; it refuses to clear a part of
+that namespace that it did not create (:mod:`.namespace`). Its projections are the package's
+own (:mod:`.projections`), loaded before anything is cleared.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..config import DataLayerConfig
 from ..events import DataEvent
 from ..facade import DataLayer
 from ..projections import Projection, rebuild
@@ -37,6 +36,7 @@ from ..projections.service import ProjectionService, build_sink, load_projection
 from ..vectors.codec import encode_vector
 from .corpus import Author, Document, sample_corpus
 from .embedder import HashingEmbedder
+from .namespace import claim
 from .stack import DemoStack
 
 __all__ = ["DemoReport", "run_demo"]
@@ -68,16 +68,19 @@ async def run_demo(
         with report.timed("services"):
             config = await exits.enter_async_context(stack)
         _show_services(out, stack)
-        await _reset(config, data_dir)
+        projections = load_projections(config.projections_module)
+        await claim(config)
         async with DataLayer(config) as data:
             await _show_versions(out, data)
-            await _pipeline(out, data, report, documents)
+            await _pipeline(out, data, report, documents, projections)
     _show_timings(out, report)
     return report
 
 
-async def _pipeline(out: Console, data: DataLayer, report: DemoReport, documents: int) -> None:
-    projections = load_projections(data.config.projections_module)
+async def _pipeline(
+    out: Console, data: DataLayer, report: DemoReport, documents: int,
+    projections: Mapping[str, Projection],
+) -> None:  # fmt: skip
     embedder = HashingEmbedder(384)
     out.print(f"[bold]Embedder:[/] {embedder.name}")
     delivered = _count_deliveries(data, report)
@@ -220,40 +223,6 @@ async def _rebuild(
             result = await rebuild(projection, sink, data.log, checkpoints, progress=progress)
     out.print(f"Rebuilt [bold]{projection.name}[/] into version {result.version} "
               f"(previous {result.previous}) and flipped; {result.events} events replayed.")  # fmt: skip
-
-
-async def _reset(config: DataLayerConfig, data_dir: Path) -> None:
-    """Clear the demo's own namespace so that every run starts from an empty log."""
-    conn = await asyncpg.connect(config.postgres.dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{config.postgres.schema}" CASCADE')
-    finally:
-        await conn.close()
-    shutil.rmtree(config.faiss.index_path, ignore_errors=True)
-    async with DataLayer(_only(config, "redis", "elasticsearch")) as data:
-        await _clear_redis(data)
-        await _clear_es(data)
-
-
-def _only(config: DataLayerConfig, *keep: str) -> DataLayerConfig:
-    off = {n: dataclasses.replace(getattr(config, n), enabled=False)
-           for n in ("postgres", "redis", "elasticsearch", "faiss", "rabbitmq") if n not in keep}  # fmt: skip
-    return config.replace(**off)
-
-
-async def _clear_redis(data: DataLayer) -> None:
-    if data.config.redis.enabled:
-        keys = [k async for k in data.redis.scan_iter(match=f"{data.config.redis.key_prefix}*")]
-        if keys:
-            await data.redis.unlink(*keys)
-
-
-async def _clear_es(data: DataLayer) -> None:
-    if data.config.elasticsearch.enabled:
-        prefix = data.config.elasticsearch.index_prefix
-        found = await data.elasticsearch.indices.get(index=f"{prefix}*", allow_no_indices=True)
-        for name in found.body:
-            await data.elasticsearch.indices.delete(index=name)
 
 
 async def _show_versions(out: Console, data: DataLayer) -> None:

@@ -25,16 +25,10 @@ from typing import Any
 from ..config import DataLayerConfig, redact_url
 from ..migrate import ensure_database
 from ..testing import EmulatedElasticsearch, port_open
+from .namespace import DEMO_ENV
 
 __all__ = ["DemoStack", "ServiceChoice"]
 
-DEMO_ENV = {
-    "SATELLITES_POSTGRES_SCHEMA": "satellites_demo",
-    "SATELLITES_REDIS_KEY_PREFIX": "demo:",
-    "SATELLITES_RABBITMQ_EXCHANGE": "satellites.demo",
-    "SATELLITES_ELASTICSEARCH_INDEX_PREFIX": "demo-",
-    "SATELLITES_FAISS_DIMENSION": "384",
-}
 _LOCAL = {
     "postgres": (5432, "postgresql://postgres@127.0.0.1:5432/satellites"),
     "redis": (6379, "redis://127.0.0.1:6379/0"),
@@ -60,7 +54,9 @@ class DemoStack:
 
     async def __aenter__(self) -> DataLayerConfig:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**DEMO_ENV, "SATELLITES_FAISS_INDEX_PATH": str(self.data_dir / "faiss"), **self.env}
+        # The connection settings come from the environment; the namespace is always the demo's
+        # own (see .namespace): a user's schema, prefixes or FAISS path are never the demo's.
+        env = {**self.env, **DEMO_ENV, "SATELLITES_FAISS_INDEX_PATH": str(self.data_dir / "faiss")}
         try:
             for name in ("postgres", "redis", "rabbitmq", "elasticsearch"):
                 env.update(await self._resolve(name, env))

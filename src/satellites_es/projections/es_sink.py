@@ -20,17 +20,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from elasticsearch.exceptions import ApiError
-from elasticsearch.helpers import async_scan, async_streaming_bulk
+from elasticsearch.exceptions import ApiError, TransportError
+from elasticsearch.helpers import async_bulk, async_scan, async_streaming_bulk
 
-from ..errors import BackendUnavailableError, RejectedChangesError
+from ..errors import BackendUnavailableError, ProjectionError, RejectedChangesError
 from ..faults import TRANSIENT_STATUS
 from .model import Change, Projection, Upsert
-from .sinks import SinkDump, translated
+from .sinks import Fix, Held, SinkDump, translated
 
 __all__ = ["TOMBSTONE", "ElasticsearchSink"]
 
@@ -166,6 +167,82 @@ class ElasticsearchSink:
     async def flush(self, projection: Projection, version: int) -> None:
         return None  # every write is already durable in the store
 
+    # -- audit: read keys with their positions (external versions), repair single keys -------------
+
+    async def scan_keys(
+        self, projection: Projection, version: int, chunk: int
+    ) -> AsyncIterator[list[str]]:
+        index = self.index(projection, version)
+        batch: list[str] = []
+        try:
+            await self.client.indices.refresh(index=index)
+            async for hit in async_scan(self.client, index=index, size=chunk, _source=False,
+                                        query={"query": {"match_all": {}}}):  # fmt: skip
+                batch.append(hit["_id"])
+                if len(batch) >= chunk:
+                    yield batch
+                    batch = []
+        except (ApiError, TransportError) as exc:
+            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
+        if batch:
+            yield batch
+
+    async def read_keys(
+        self, projection: Projection, version: int, keys: Sequence[str]
+    ) -> dict[str, Held]:
+        index = self.index(projection, version)
+        if not keys:
+            return {}
+        try:
+            found = await self.client.mget(index=index, ids=list(keys), realtime=True)
+        except (ApiError, TransportError) as exc:
+            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
+        out: dict[str, Held] = {}
+        for doc in found["docs"]:
+            if doc.get("found"):
+                src: Mapping[str, Any] = doc.get("_source", {})
+                held = None if src.get(TOMBSTONE) else dict(src)
+                out[doc["_id"]] = Held(int(doc["_version"]), held)
+        return out
+
+    def same(
+        self, projection: Projection, expected: Mapping[str, Any] | None,
+        held: Mapping[str, Any] | None,
+    ) -> bool:  # fmt: skip
+        return _normal(expected) == _normal(held)
+
+    async def repair(self, projection: Projection, version: int, fixes: Sequence[Fix]) -> int:
+        """Rewrite each key with ``version_type=external_gte`` at the highest of its log
+        position, the version it holds and the version's checkpoint (``Fix.floor``).
+
+        Elasticsearch cannot lower a document's version, and a deleted document's version is
+        kept for ``index.gc_deletes``, so a write at exactly the log position would be refused
+        for a document someone pushed up or deleted. Any version from the key's last event up to
+        the log's head gives the same effect: no earlier event applies, and every later event
+        has a higher position and still does. A document changed since the audit read it holds a
+        higher version still, and its write is refused (409) and left alone."""
+        index = self.index(projection, version)
+        actions: list[dict[str, Any]] = []
+        for f in fixes:
+            seen = 0 if f.seen is None or f.seen.position is None else f.seen.position
+            seen = max(seen, f.floor)
+            if f.want is None:
+                actions.append({"_op_type": "delete", "_index": index, "_id": f.key})
+                continue
+            action = self._action(index, f.want)
+            action.update(version=max(f.want.position, seen), version_type="external_gte")
+            actions.append(action)
+        try:
+            ok, errors = await async_bulk(self.client, actions, chunk_size=CHUNK,
+                                          raise_on_error=False, stats_only=False)  # fmt: skip
+        except TransportError as exc:
+            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
+        failures = [e for e in errors if _status(e) not in (404, 409)]  # type: ignore[union-attr]
+        if failures:
+            raise ProjectionError(f"elasticsearch repair of {index}: {failures[:3]}")
+        await self.client.indices.refresh(index=index)
+        return int(ok)
+
 
 def _status(item: Mapping[str, Any]) -> int:
     for detail in item.values():
@@ -185,3 +262,8 @@ def _reason(item: Mapping[str, Any]) -> str:
             text += f" ({cause.get('type')}: {cause.get('reason')})"
         return text
     return "no detail"
+
+
+def _normal(document: Mapping[str, Any] | None) -> str | None:
+    """A document as JSON with sorted keys: what equality of two sources means."""
+    return None if document is None else json.dumps(document, sort_keys=True)

@@ -116,11 +116,15 @@ async def rebuild(
         )  # fmt: skip
         events = 0
         while True:
-            result = await _outlasting(functools.partial(projector.catch_up, progress=progress), max_outage)
+            result = await _outlasting(
+                functools.partial(projector.catch_up, progress=progress), max_outage
+            )
             events += result.events
             if await store.head() - result.position < FLIP_THRESHOLD:
                 break
-        final = await _outlasting(functools.partial(projector.catch_up, progress=progress), max_outage)
+        final = await _outlasting(
+            functools.partial(projector.catch_up, progress=progress), max_outage
+        )
         await projector.flush()  # a local sink's snapshot, so a restart does not replay from zero
         await sink.activate(projection, version)
         previous = await checkpoints.set_active(projection.name, version)

@@ -20,13 +20,15 @@ the next event for its key, or by a rebuild.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from ..errors import ProjectionError
 from .model import Change, Projection, Upsert
-from .sinks import SinkDump, translated
+from .sinks import Fix, Held, SinkDump, translated
 
 __all__ = ["RedisSink"]
 
@@ -138,3 +140,115 @@ class RedisSink:
 
     async def flush(self, projection: Projection, version: int) -> None:
         return None  # every write is already durable in the store
+
+    # -- audit: read keys with their positions, repair single keys ---------------------------------
+
+    async def scan_keys(
+        self, projection: Projection, version: int, chunk: int
+    ) -> AsyncIterator[list[str]]:
+        head = len(self.key(projection, version, ""))
+        batch: list[str] = []
+        try:
+            async for k in self.client.scan_iter(match=self.key(projection, version, "*"),
+                                                 count=chunk):  # fmt: skip
+                batch.append((k.decode() if isinstance(k, bytes) else k)[head:])
+                if len(batch) >= chunk:
+                    yield batch
+                    batch = []
+        except RedisError as exc:
+            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
+        if batch:
+            yield batch
+
+    async def read_keys(
+        self, projection: Projection, version: int, keys: Sequence[str]
+    ) -> dict[str, Held]:
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(self.key(projection, version, key))
+                found = await pipe.execute(raise_on_error=False)  # a key of another type: WRONGTYPE
+        except RedisError as exc:
+            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
+        return {key: _held(fields) for key, fields in zip(keys, found, strict=True) if fields}
+
+    def same(
+        self, projection: Projection, expected: Mapping[str, Any] | None,
+        held: Mapping[str, Any] | None,
+    ) -> bool:  # fmt: skip
+        return _as_stored(expected) == _as_stored(held)
+
+    async def repair(self, projection: Projection, version: int, fixes: Sequence[Fix]) -> int:
+        """One compare-and-set script per chunk: a key is rewritten only if its position is still
+        the one the audit read (a live projector's newer write wins)."""
+        ttl = projection.ttl_seconds or 0
+        written = 0
+        try:
+            for start in range(0, len(fixes), CHUNK):
+                chunk = fixes[start : start + CHUNK]
+                args: list[Any] = []
+                for f in chunk:
+                    seen = "" if f.seen is None or f.seen.position is None else f.seen.position
+                    if f.want is None:
+                        args += [seen, 0, _REMOVE, ttl]
+                    else:
+                        doc = _as_stored(f.want.document if isinstance(f.want, Upsert) else None)
+                        args += [seen, f.want.position, doc or "", ttl]
+                keys = [self.key(projection, version, f.key) for f in chunk]
+                written += int(await self._repair_script(keys=keys, args=args))
+        except RedisError as exc:
+            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
+        return written
+
+    @property
+    def _repair_script(self) -> Any:
+        script = getattr(self, "_repair", None)
+        if script is None:
+            script = self._repair = self.client.register_script(_REPAIR)
+        return script
+
+
+#: ARGV per key: the position the audit saw ('' = none), the position to write, the document
+#: ('' = tombstone, _REMOVE = remove the key), the TTL.
+_REMOVE = "\x00remove"
+_REPAIR = """
+local written = 0
+for i, key in ipairs(KEYS) do
+  local base = (i - 1) * 4
+  local seen = ARGV[base + 1]
+  local cur = ''
+  if redis.call('TYPE', key).ok == 'hash' then cur = redis.call('HGET', key, 'p') or '' end
+  if cur == seen then
+    local pos, doc, ttl = ARGV[base + 2], ARGV[base + 3], tonumber(ARGV[base + 4])
+    redis.call('DEL', key)
+    if doc == '' then
+      redis.call('HSET', key, 'p', pos, 'x', '1')
+    elseif doc ~= '\\0remove' then
+      redis.call('HSET', key, 'p', pos, 'd', doc)
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    end
+    written = written + 1
+  end
+end
+return written
+"""
+
+
+def _held(fields: Mapping[bytes, bytes] | Exception) -> Held:
+    if isinstance(fields, Exception):  # not a hash: written by someone else
+        return Held(None, {"<not a projection hash>": str(fields)})
+    raw = fields.get(b"p")
+    position = int(raw) if raw is not None and raw.lstrip(b"-").isdigit() else None
+    if b"x" in fields:
+        return Held(position, None)
+    doc = fields.get(b"d")
+    try:
+        document = None if doc is None else dict(json.loads(doc))
+    except (ValueError, TypeError):
+        document = {"<unreadable>": doc.decode(errors="replace") if doc else ""}
+    return Held(position, document if document is not None else {"<no document>": True})
+
+
+def _as_stored(document: Mapping[str, Any] | None) -> str | None:
+    """A document as the sink stores it (compact JSON): what equality means here."""
+    return None if document is None else json.dumps(document, separators=(",", ":"), sort_keys=True)

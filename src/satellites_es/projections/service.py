@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
-import sys
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ProjectionError
@@ -51,23 +48,12 @@ def build_sink(projection: Projection, data: DataLayer) -> Sink:
     return FaissSink(data.vectors)
 
 
-def load_projections(module: str = "projections") -> dict[str, Projection]:
-    """``PROJECTIONS`` from ``module`` (the working directory is searched too)."""
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError:
-        if str(Path.cwd()) in sys.path:
-            raise ConfigurationError(
-                "SATELLITES_PROJECTIONS_MODULE", f"no module {module!r}"
-            ) from None
-        sys.path.insert(0, str(Path.cwd()))
-        return load_projections(module)
-    found = getattr(mod, "PROJECTIONS", None)
-    if not isinstance(found, Mapping):
-        raise ConfigurationError(
-            "SATELLITES_PROJECTIONS_MODULE", f"{module} has no PROJECTIONS mapping"
-        )
-    return dict(found)
+def load_projections(module: str | None = None) -> dict[str, Projection]:
+    """The projections: ``module``'s ``PROJECTIONS`` if named, else those of the installed
+    ``satellites_es.projections`` entry points, else the demo's (see :mod:`.discovery`)."""
+    from .discovery import discover
+
+    return discover(module)
 
 
 #: A follower that ran this long before failing starts its backoff again from the shortest.

@@ -21,7 +21,8 @@ isolates the change that made it fail).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ..errors import BackendUnavailableError, ProjectionError, SatellitesError
@@ -31,10 +32,35 @@ from .model import Change, Delete, Projection
 if TYPE_CHECKING:
     from .fields import VectorRun
 
-__all__ = ["RunSink", "Sink", "SinkDump", "translated"]
+__all__ = ["Fix", "Held", "RunSink", "Sink", "SinkDump", "translated"]
 
 #: key -> document, or None for a tombstone.
 SinkDump = dict[str, Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a sink holds for one key, as the audit reads it."""
+
+    #: The position it was written at; None where the sink kept none (a write from outside).
+    position: int | None
+    #: The document; None for a tombstone.
+    document: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One key the audit found drifted, and what the log says it must hold."""
+
+    key: str
+    #: The change to write (at its log position); None: the key must not be there at all.
+    want: Change | None
+    #: What the audit read; a sink that can compare-and-set writes only if it still holds it.
+    seen: Held | None
+    #: The version's checkpoint: every position up to it is applied, and none of the key's
+    #: events lies between its log position and this one. A sink that cannot write below what
+    #: it holds (Elasticsearch) may write at any position up to here with the same effect.
+    floor: int = 0
 
 
 class Sink(Protocol):
@@ -63,6 +89,28 @@ class Sink(Protocol):
 
     async def flush(self, projection: Projection, version: int) -> None:
         """Make what was applied durable where the sink is not already (FAISS: a snapshot)."""
+
+    # -- audit (satellites_es.audit): read a version key by key, and repair single keys ----------
+
+    def scan_keys(
+        self, projection: Projection, version: int, chunk: int
+    ) -> AsyncIterator[list[str]]:
+        """Every key the version holds (documents and tombstones), ``chunk`` at a time."""
+
+    async def read_keys(
+        self, projection: Projection, version: int, keys: Sequence[str]
+    ) -> dict[str, Held]:
+        """What the version holds for each of ``keys``, with its position (absent keys left out)."""
+
+    def same(
+        self, projection: Projection, expected: Mapping[str, Any] | None,
+        held: Mapping[str, Any] | None,
+    ) -> bool:  # fmt: skip
+        """Whether a held document is what the expected one becomes in this sink."""
+
+    async def repair(self, projection: Projection, version: int, fixes: Sequence[Fix]) -> int:
+        """Write each fix's change at its log position (or remove the key); returns how many were
+        written. A key that changed since the audit read it is left alone."""
 
 
 @runtime_checkable

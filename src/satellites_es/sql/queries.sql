@@ -291,3 +291,24 @@ WHERE kind = $1 AND name = $2 AND version = $3 AND position = ANY($4::bigint[]);
 DELETE FROM {schema}.parked_events
 WHERE kind = $1 AND name = $2 AND ($3::bigint[] IS NULL OR position = ANY($3::bigint[]))
 RETURNING position;
+
+-- name: audit_fold
+-- The audit's fold: every event of the projection's types up to the sink's checkpoint, by key
+-- then position, so a key's events arrive together and the client holds one key at a time
+-- (Postgres sorts, on disk past work_mem; the client's memory stays bounded).
+SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+FROM {schema}.events
+WHERE type = ANY($1::text[]) AND position <= $2
+ORDER BY key, position;
+
+-- name: audit_count
+SELECT count(*) FROM {schema}.events WHERE type = ANY($1::text[]) AND position <= $2;
+
+-- name: audit_unlogged_keys
+-- Of the keys a sink holds (copied into the session's temporary table audit_keys), those that
+-- no event of the projection's types up to the checkpoint has: candidates for "extra".
+SELECT k.key FROM audit_keys k
+WHERE NOT EXISTS (
+    SELECT 1 FROM {schema}.events e
+    WHERE e.key = k.key AND e.type = ANY($1::text[]) AND e.position <= $2
+);
