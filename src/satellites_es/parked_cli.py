@@ -10,6 +10,7 @@ events themselves always stay in the log.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
@@ -34,7 +35,11 @@ parked_app = typer.Typer(
     no_args_is_help=True,
 )
 console = Console()
-err_console = Console(stderr=True)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, as every CLI error is (plain text: rich would wrap it)."""
+    print(f"satellites-es: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 NameArg = Annotated[str, typer.Argument(help="The projection (or, with --relay, the relay).")]
 RelayOpt = Annotated[bool, typer.Option("--relay", help="NAME is a relay, not a projection.")]
@@ -49,7 +54,7 @@ def _run(work: Callable[[ParkedEvents, DataLayerConfig], Awaitable[T]]) -> T:
     try:
         config = DataLayerConfig.from_env()
     except ConfigurationError as exc:
-        err_console.print(f"configuration error: {exc}", markup=False)
+        _say(f"configuration error: {exc}")
         raise typer.Exit(2) from exc
 
     async def go() -> T:
@@ -66,7 +71,7 @@ def _run(work: Callable[[ParkedEvents, DataLayerConfig], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except SatellitesError as exc:
-        err_console.print(f"failed: {exc}", markup=False)
+        _say(str(exc))
         raise typer.Exit(1) from exc
 
 
@@ -127,7 +132,7 @@ def parked_retry(
 
     marked, failed = _run(go)
     if not marked:
-        err_console.print(f"no parked event of {kind} {name} matches", markup=False)
+        _say(f"no parked event of {kind} {name} matches")
         raise typer.Exit(1)
     console.print(f"{kind} {name}: {len(marked) - len(failed)} of {len(marked)} parked event(s) "
                   "applied", markup=False)  # fmt: skip
@@ -135,7 +140,7 @@ def parked_retry(
         why = ("marked for retry, but no consumer applied it yet (is one of it running? the "
                "next one that runs will)" if r.status == "retry"
                else f"failed again: {r.error_type}: {r.error}")  # fmt: skip
-        err_console.print(f"position {r.position} (key {r.key!r}): {why}"[:300], markup=False)
+        _say(f"position {r.position} (key {r.key!r}): {why}"[:300])
     if failed:
         raise typer.Exit(1)
 
@@ -152,7 +157,7 @@ def parked_discard(
     rows = _run(lambda parked, _: parked.entries(kind, name, limit=100_000))
     chosen = [r for r in rows if position is None or r.position in position]
     if not chosen:
-        err_console.print(f"no parked event of {kind} {name} matches", markup=False)
+        _say(f"no parked event of {kind} {name} matches")
         raise typer.Exit(1)
     shown = ", ".join(str(r.position) for r in chosen[:20]) + (" ..." if len(chosen) > 20 else "")
     console.print(f"this discards {len(chosen)} parked event(s) of {kind} {name} (positions "

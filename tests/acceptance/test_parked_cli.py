@@ -73,7 +73,7 @@ def test_poison_events_from_the_command_line(cli_env: dict[str, str], tmp_path: 
     # the fix deployed: a service with the fixed handler applies the marked event
     (tmp_path / "fixedprojections.py").write_text(textwrap.dedent(FIXED))
     fixed_env = {**cli_env, "SATELLITES_PROJECTIONS_MODULE": "fixedprojections",
-                 "PYTHONPATH": str(tmp_path)}  # fmt: skip
+                 "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("SATELLITES_")}
     proc = subprocess.Popen([*CLI, "run", "-p", "documents", "--http-port", str(port)],
