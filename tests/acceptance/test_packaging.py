@@ -88,6 +88,6 @@ def test_an_installed_wheel_runs_the_demo_and_a_rebuild_outside_the_repository(
                   SATELLITES_FAISS_INDEX_PATH=str(data_dir / "faiss"),
                   SATELLITES_FAISS_DIMENSION="384", SATELLITES_REDIS_KEY_PREFIX="demo:",
                   SATELLITES_ELASTICSEARCH_INDEX_PREFIX="demo-",
-                  SATELLITES_RABBITMQ_EXCHANGE="satellites.demo")  # fmt: skip
+                  SATELLITES_RABBITMQ_EXCHANGE="satellites.demo.events")  # fmt: skip
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     assert "embeddings: version 3 is active (previous 2); 150 events replayed" in rebuilt.stdout

@@ -70,5 +70,5 @@ async def test_replay_refills_a_group_that_was_deleted_and_recreated(
 
 def test_replay_into_a_group_without_queues_is_a_clear_error(config_env: dict[str, str]) -> None:
     result = run_cli(["replay", "nobody-here"], _env(config_env), 120)
-    assert result.returncode == 1
-    assert "has no queues" in result.stdout + result.stderr
+    assert result.returncode == 2  # naming a group that does not exist: a usage error
+    assert "has no queues" in result.stderr and len(result.stderr.strip().splitlines()) == 1

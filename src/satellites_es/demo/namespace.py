@@ -5,7 +5,7 @@ did that in the *configured* namespace: ``SATELLITES_POSTGRES_SCHEMA=myapp satel
 dropped the user's schema, their Redis keys, ES indices and FAISS directory. Now:
 
 * the demo always works in :data:`DEMO_ENV` (schema ``satellites_demo``, key prefix ``demo:``,
-  index prefix ``demo-``, exchange ``satellites.demo``, FAISS under its ``--data-dir``),
+  index prefix ``demo-``, exchange ``satellites.demo.events``, FAISS under its ``--data-dir``),
   whatever the environment says; only the connection settings come from the environment;
 * each part of that namespace carries a marker the demo wrote when it created it (a comment on
   the schema, a Redis key, an Elasticsearch index, a file in the FAISS directory);
@@ -36,7 +36,7 @@ __all__ = ["DEMO_ENV", "DemoNamespaceError", "claim"]
 DEMO_ENV: Mapping[str, str] = {
     "SATELLITES_POSTGRES_SCHEMA": "satellites_demo",
     "SATELLITES_REDIS_KEY_PREFIX": "demo:",
-    "SATELLITES_RABBITMQ_EXCHANGE": "satellites.demo",
+    "SATELLITES_RABBITMQ_EXCHANGE": "satellites.demo.events",
     "SATELLITES_ELASTICSEARCH_INDEX_PREFIX": "demo-",
     "SATELLITES_FAISS_DIMENSION": "384",
     "SATELLITES_PROJECTIONS_MODULE": "satellites_es.demo.projections",

@@ -10,7 +10,7 @@
 6. timings.
 
 The demo works in its own namespace (schema ``satellites_demo``, key prefix ``demo:``, index
-prefix ``demo-``, exchange ``satellites.demo``, FAISS under its data directory), whatever the
+prefix ``demo-``, exchange ``satellites.demo.events``, FAISS under its data directory), whatever the
 environment configures, and clears it first so it can run again; it refuses to clear a part of
 that namespace that it did not create (:mod:`.namespace`). Its projections are the package's
 own (:mod:`.projections`), loaded before anything is cleared.
