@@ -2,7 +2,7 @@
 
 Threads. Every FAISS write and every large search runs in a ThreadPoolExecutor of
 ``FaissConfig.threads`` workers; a search small enough that the thread hop would cost more than
-it (one HNSW or IVF query, ~1 ms at most) runs on the event loop. Each namespace has a readers-writer lock: searches, ``get`` and the copy taken
+it (one HNSW or IVF query) runs on the event loop. Each namespace has a readers-writer lock: searches, ``get`` and the copy taken
 by ``save`` share it; upserts, deletes, ``load`` and ``drop_namespace`` take it alone. A write
 whose caller is cancelled still finishes in its thread before the lock is released, so a
 cancellation never leaves a half-applied batch.
@@ -419,9 +419,9 @@ class VectorIndex:
         """Answer on the event loop if the search is small (a single HNSW or IVF query: see
         ``Namespace.search_inline``) and the read lock is free now, else None.
 
-        A thread hop costs a small search more than FAISS does: the handoff, the wake-ups of
-        both threads and the GIL passing between them came to ~0.35 ms against a ~0.45 ms
-        HNSW search. The lock is taken without waiting and never ahead of a queued writer,
+        A thread hop costs a small search about as much as FAISS does: the handoff, the wake-ups
+        of both threads and the GIL passing between them (BENCHMARKS.md, "Vectors on
+        approximate indexes"). The lock is taken without waiting and never ahead of a queued writer,
         so writes keep their turn; under it nothing writes, as on a worker.
         """
         if slot.dropped or not slot.lock.try_read():

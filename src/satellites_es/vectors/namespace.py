@@ -61,7 +61,7 @@ COMPACT_FRACTION = 0.25
 COMPACT_MIN = 64
 #: Batches at least this large are added to FAISS in a helper thread, beside the bookkeeping.
 OVERLAP_MIN = 1024
-#: A search estimated at most this many multiply-adds may run on the event loop (~1 ms here):
+#: A search estimated at most this many multiply-adds may run on the event loop:
 #: a thread hop and its wake-ups cost more than a small HNSW or IVF search itself.
 INLINE_MAX_WORK = 2_000_000
 _UNSET: Any = object()

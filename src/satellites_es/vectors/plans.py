@@ -1,9 +1,9 @@
 """Search plans: what a search of one namespace needs besides the queries, built once per write.
 
 A plan holds, for one filter, the labels it allows, the FAISS ``IDSelector`` over them and the
-``SearchParameters`` per ``k``. Building them costs more than an approximate search itself: on
-100k vectors a 10% filter's ``IDSelectorBatch`` of 10,000 labels took longer than the HNSW search
-it restricted, and even a bare ``SearchParametersHNSW`` costs ~6 us a query. A caller of raw FAISS
+``SearchParameters`` per ``k``. Building them per query costs more than the approximate search
+they restrict (a filter's ``IDSelectorBatch`` over its labels, and even a bare
+``SearchParametersHNSW``; BENCHMARKS.md, "Vectors on approximate indexes", has the figures). A caller of raw FAISS
 builds its selector once and reuses it; so does :class:`PlanCache`, until the namespace changes.
 
 Validity. Every write bumps the namespace's ``version``; a plan records the version it was built

@@ -107,8 +107,8 @@ def check_vectors(
 
 def check_query(vector: Any, dimension: int, *, normalise: bool) -> Float32Array:
     """``check_vectors`` for the usual single query, a float32 vector of the right length, at a
-    third of its cost (~11 us against ~4 on one HNSW query's ~150 us budget; cosine ~30 against
-    ~5). Its squared norm is one dot product: finite only if every element is (an overflow to
+    fraction of its cost, which weighs on a fast HNSW query (BENCHMARKS.md has the figures). Its
+    squared norm is one dot product: finite only if every element is (an overflow to
     infinity falls back to the full check), and its root is the norm under ``cosine``. Anything
     else takes the full check. The result is a fresh ``(1, dimension)`` array: a queued query
     must not see the caller change its buffer."""
