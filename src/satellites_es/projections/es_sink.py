@@ -25,13 +25,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
-from elasticsearch.exceptions import ApiError, TransportError
+from elasticsearch.exceptions import ApiError
 from elasticsearch.helpers import async_bulk, async_scan, async_streaming_bulk
 
 from ..errors import BackendUnavailableError, ProjectionError, RejectedChangesError
 from ..faults import TRANSIENT_STATUS
 from .model import Change, Projection, Upsert
-from .sinks import Fix, Held, SinkDump, translated
+from .sinks import Fix, Held, SinkDump, chunked, translated
 
 __all__ = ["TOMBSTONE", "ElasticsearchSink"]
 
@@ -173,19 +173,12 @@ class ElasticsearchSink:
         self, projection: Projection, version: int, chunk: int
     ) -> AsyncIterator[list[str]]:
         index = self.index(projection, version)
-        batch: list[str] = []
-        try:
+        with translated("elasticsearch", f"scan {index}"):
             await self.client.indices.refresh(index=index)
-            async for hit in async_scan(self.client, index=index, size=chunk, _source=False,
-                                        query={"query": {"match_all": {}}}):  # fmt: skip
-                batch.append(hit["_id"])
-                if len(batch) >= chunk:
-                    yield batch
-                    batch = []
-        except (ApiError, TransportError) as exc:
-            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
-        if batch:
-            yield batch
+            hits = async_scan(self.client, index=index, size=chunk, _source=False,
+                              query={"query": {"match_all": {}}})  # fmt: skip
+            async for batch in chunked((hit["_id"] async for hit in hits), chunk):
+                yield batch
 
     async def read_keys(
         self, projection: Projection, version: int, keys: Sequence[str]
@@ -193,10 +186,8 @@ class ElasticsearchSink:
         index = self.index(projection, version)
         if not keys:
             return {}
-        try:
+        with translated("elasticsearch", f"read keys of {index}"):
             found = await self.client.mget(index=index, ids=list(keys), realtime=True)
-        except (ApiError, TransportError) as exc:
-            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
         out: dict[str, Held] = {}
         for doc in found["docs"]:
             if doc.get("found"):
@@ -232,11 +223,9 @@ class ElasticsearchSink:
             action = self._action(index, f.want)
             action.update(version=max(f.want.position, seen), version_type="external_gte")
             actions.append(action)
-        try:
+        with translated("elasticsearch", f"repair {index}"):
             ok, errors = await async_bulk(self.client, actions, chunk_size=CHUNK,
                                           raise_on_error=False, stats_only=False)  # fmt: skip
-        except TransportError as exc:
-            raise ProjectionError(f"elasticsearch sink {index}: {exc}") from exc
         failures = [e for e in errors if _status(e) not in (404, 409)]  # type: ignore[union-attr]
         if failures:
             raise ProjectionError(f"elasticsearch repair of {index}: {failures[:3]}")

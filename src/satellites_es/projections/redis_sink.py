@@ -24,11 +24,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from ..errors import ProjectionError
 from .model import Change, Projection, Upsert
-from .sinks import Fix, Held, SinkDump, translated
+from .sinks import Fix, Held, SinkDump, chunked, translated
 
 __all__ = ["RedisSink"]
 
@@ -147,29 +145,20 @@ class RedisSink:
         self, projection: Projection, version: int, chunk: int
     ) -> AsyncIterator[list[str]]:
         head = len(self.key(projection, version, ""))
-        batch: list[str] = []
-        try:
-            async for k in self.client.scan_iter(match=self.key(projection, version, "*"),
-                                                 count=chunk):  # fmt: skip
-                batch.append((k.decode() if isinstance(k, bytes) else k)[head:])
-                if len(batch) >= chunk:
-                    yield batch
-                    batch = []
-        except RedisError as exc:
-            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
-        if batch:
-            yield batch
+        with translated("redis", f"scan {projection.target(version)}"):
+            found = self.client.scan_iter(match=self.key(projection, version, "*"), count=chunk)
+            names = ((k.decode() if isinstance(k, bytes) else k)[head:] async for k in found)
+            async for batch in chunked(names, chunk):
+                yield batch
 
     async def read_keys(
         self, projection: Projection, version: int, keys: Sequence[str]
     ) -> dict[str, Held]:
-        try:
+        with translated("redis", f"read keys of {projection.target(version)}"):
             async with self.client.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.hgetall(self.key(projection, version, key))
                 found = await pipe.execute(raise_on_error=False)  # a key of another type: WRONGTYPE
-        except RedisError as exc:
-            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
         return {key: _held(fields) for key, fields in zip(keys, found, strict=True) if fields}
 
     def same(
@@ -183,7 +172,7 @@ class RedisSink:
         the one the audit read (a live projector's newer write wins)."""
         ttl = projection.ttl_seconds or 0
         written = 0
-        try:
+        with translated("redis", f"repair {projection.target(version)}"):
             for start in range(0, len(fixes), CHUNK):
                 chunk = fixes[start : start + CHUNK]
                 args: list[Any] = []
@@ -196,8 +185,6 @@ class RedisSink:
                         args += [seen, f.want.position, doc or "", ttl]
                 keys = [self.key(projection, version, f.key) for f in chunk]
                 written += int(await self._repair_script(keys=keys, args=args))
-        except RedisError as exc:
-            raise ProjectionError(f"redis sink {projection.target(version)}: {exc}") from exc
         return written
 
     @property

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from ..errors import BackendUnavailableError, ProjectionError, SatellitesError
 from ..faults import is_transient
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from .fields import VectorRun
 
 __all__ = ["Fix", "Held", "RunSink", "Sink", "SinkDump", "translated"]
+
+T = TypeVar("T")
 
 #: key -> document, or None for a tombstone.
 SinkDump = dict[str, Mapping[str, Any] | None]
@@ -139,3 +141,15 @@ def translated(backend: str, what: str) -> Iterator[None]:
         if is_transient(exc):
             raise BackendUnavailableError(backend, reason) from exc
         raise ProjectionError(f"{backend} sink {reason}") from exc
+
+
+async def chunked(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    """``items`` in lists of ``size`` (the last one shorter), as a sink streams its keys."""
+    batch: list[T] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
