@@ -183,7 +183,7 @@ class Projector:
                 except Exception as exc:
                     if is_transient(exc):
                         raise
-                    tally.applied += await self._isolate(batch.changes(), batch.poison)
+                    tally.applied += await self._isolate(batch.changes(), exc, batch.poison)
         if batch.poison:
             await self._set_aside(batch.poison)
         tally.position = batch.last
@@ -261,26 +261,31 @@ class Projector:
         write = functools.partial(sink.apply_runs, self.projection, self.version, runs)
         return _Batch(len(page), last, len(page), write, one_by_one, poison)
 
-    async def _isolate(self, changes: Sequence[Change], poison: list[Poison]) -> int:
-        """Apply ``changes`` after the sink refused them together: the part the sink names as
-        refused, or halves of them down to one change, are set aside into ``poison``; every
-        other change is applied. Returns how many the sink applied."""
+    async def _isolate(
+        self, changes: Sequence[Change], error: BaseException, poison: list[Poison]
+    ) -> int:
+        """Apply ``changes``, which the sink refused together with ``error``: the ones the sink
+        named as refused, or halves of them down to one change, are set aside into ``poison``;
+        every other change is applied. Returns how many the sink applied."""
+        if isinstance(error, RejectedChangesError):  # the sink applied all but these
+            applied = error.applied
+            for change in changes:
+                if change.position in error.rejected:
+                    applied += await self._last_tries(change, error, poison)
+            return applied
+        if len(changes) <= 1:
+            return await self._last_tries(changes[0], error, poison) if changes else 0
+        half = len(changes) // 2
+        first = await self._apply_part(changes[:half], poison)
+        return first + await self._apply_part(changes[half:], poison)
+
+    async def _apply_part(self, changes: Sequence[Change], poison: list[Poison]) -> int:
         try:
             return await self.sink.apply(self.projection, self.version, changes)
         except Exception as exc:
             if is_transient(exc):
                 raise
-            if isinstance(exc, RejectedChangesError):
-                applied = exc.applied
-                for change in changes:
-                    if change.position in exc.rejected:
-                        applied += await self._last_tries(change, exc, poison)
-                return applied
-            if len(changes) == 1:
-                return await self._last_tries(changes[0], exc, poison)
-        half = len(changes) // 2
-        first = await self._isolate(changes[:half], poison)
-        return first + await self._isolate(changes[half:], poison)
+            return await self._isolate(changes, exc, poison)
 
     async def _last_tries(
         self, change: Change, error: BaseException, poison: list[Poison]
