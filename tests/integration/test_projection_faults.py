@@ -417,3 +417,32 @@ async def test_a_postgres_cut_under_a_follower_is_ridden_out(
             assert await sink.dump(p, 1) == await sink.dump(fresh, 1)
         finally:
             await pool.close()
+
+
+@pytest.mark.es
+@pytest.mark.parametrize("kind", ["redis", "elasticsearch"])
+async def test_a_rebuild_waits_out_a_sink_cut_and_completes(
+    kind: str, cuttable: Any, store: EventStore, checkpoints: Checkpoints
+) -> None:
+    """A rebuild is long-running too: a cut in the middle is waited out, not fatal."""
+    from satellites_es.projections import rebuild
+
+    c = await cuttable(kind)
+    p = make_projection(kind, name=f"rb_{kind}")
+    for r in range(6):
+        await store.append([item(f"k{i}", r) for i in range(500)])
+    cut_done = asyncio.Event()
+
+    def progress(step: Any) -> None:
+        if step.position >= 1000 and not c.proxy.blocked and not cut_done.is_set():
+            c.proxy.cut()
+            asyncio.get_running_loop().call_later(3.0, c.proxy.restore)
+            cut_done.set()
+
+    result = await asyncio.wait_for(
+        rebuild(p, c.sink, store, checkpoints, progress=progress, batch_size=250), 120
+    )
+    assert cut_done.is_set() and result.position == await store.head()
+    fresh = make_projection(kind, name=f"rbf_{kind}")
+    await Projector(fresh, c.direct, store, checkpoints).catch_up()
+    assert await c.direct.dump(p, result.version) == await c.direct.dump(fresh, 1)
