@@ -44,7 +44,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("SELECT sequence_events_v1()")
+    op.execute("SELECT sequence_events_v1(NULL)")
     for name in reversed(CREATED):
         op.execute(load(f"drop_{name}"))
     op.execute(load("create_append_events_v1"))

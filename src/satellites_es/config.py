@@ -341,9 +341,13 @@ class RelayConfig:
     poll_interval: float = 1.0
     #: Stand-by relays try to take the lead this often.
     standby_interval: float = 1.0
+    #: The leader numbers events committed inside producers' transactions this often (seconds):
+    #: the bound on how long such an event waits to become readable.
+    sequence_interval: float = 0.01
 
     def __post_init__(self) -> None:
-        _check_positive(self, "batch_size", "confirm_window", "poll_interval", "standby_interval")
+        _check_positive(self, "batch_size", "confirm_window", "poll_interval", "standby_interval",
+                        "sequence_interval")  # fmt: skip
 
 
 _SECTIONS: dict[str, type[Any]] = {

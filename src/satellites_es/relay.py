@@ -31,6 +31,11 @@ over the same way: it is supervised by its own retry loop and never dies silentl
 configuration or lifecycle error ends :meth:`Relay.run`. Wake-ups come from the log's NOTIFY
 listener, with a poll every ``poll_interval`` as the fallback.
 
+**The sequencer's tick.** The leader also numbers the events producers committed in their own
+transactions (:meth:`EventStore.sequence <satellites_es.store.EventStore.sequence>`) every
+``sequence_interval``: such appends send no NOTIFY, and the sequencer's NOTIFY is what wakes the
+followers (the store's module docstring has the design).
+
 **Events the broker can never take** (:class:`~satellites_es.errors.UndeliverableError`: a
 routing key over 255 bytes, from an event appended before ``append`` refused such types) are
 parked (:mod:`satellites_es.parking`, kind ``relay``) and passed: the cursor moves over them, so
@@ -365,12 +370,14 @@ class Relay:
         work = asyncio.create_task(self._publish_loop(), name=f"relay-{self.name}-publish")
         watch = asyncio.create_task(self._watch_lease(), name=f"relay-{self.name}-lease")
         retry = asyncio.create_task(self._retry_parked(), name=f"relay-{self.name}-retry")
+        tick = asyncio.create_task(self._sequence(), name=f"relay-{self.name}-sequencer")
+        tasks = {work, watch, retry, tick}
         try:
-            done, _ = await asyncio.wait({work, watch, retry}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, watch, retry):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(work, watch, retry, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         error = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
         if isinstance(error, LeadershipLost):
             logger.warning("relay %s: lost the lock session; fenced, back to standby", self.name)
@@ -379,6 +386,15 @@ class Relay:
             await self._pause(self._config.standby_interval)  # let a healthier standby lead
         elif error is not None:
             raise error
+
+    async def _sequence(self) -> None:
+        """Number what producers committed in their own transactions, every
+        ``sequence_interval``: those appends send no NOTIFY (it would serialise their commits),
+        so the leader's tick is what makes them readable promptly; the sequencer's own NOTIFY
+        then wakes every follower, this relay's publish loop included."""
+        while not self._stopping.is_set():
+            await self._store.sequence()
+            await self._pause(self._config.sequence_interval)
 
     async def _watch_lease(self) -> None:
         """Raise :class:`LeadershipLost` as soon as the lock's session is known to be gone."""

@@ -221,7 +221,7 @@ class EventStore:
         checks use :meth:`head`.
         """
         with _translated("sequence"):
-            value = await self._pool.fetchval(self._sql["sequence"])
+            value = await self._pool.fetchval(self._sql["sequence"], self.channel)
         return int(value)
 
     async def sequenced(self, result: AppendResult) -> AppendResult:
@@ -236,7 +236,7 @@ class EventStore:
         if not ids:
             return result
         with _translated("sequenced"):
-            rows = await self._pool.fetch(self._sql["sequenced"], ids)
+            rows = await self._pool.fetch(self._sql["sequenced"], ids, self.channel)
         positions: dict[str, int | None] = {row[0]: row[1] for row in rows}
         missing = [i for i in ids if positions.get(i) is None]
         if missing:

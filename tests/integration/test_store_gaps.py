@@ -84,11 +84,11 @@ async def test_a_held_transaction_delays_only_itself(
     held = make_event("held")
     committed: list[tuple[str, float]] = []  # (id, when it committed)
 
-    async def others(stop: asyncio.Event) -> None:
+    async def others(stop: asyncio.Event, p: int) -> None:
         async with pool.acquire() as conn:
             i = 0
             while not stop.is_set():
-                event = make_event(f"other-{i % 20}", payload={"i": i})
+                event = make_event(f"other-{p}-{i % 5}", payload={"i": i})
                 if i % 2:
                     await store.append(event)
                 else:
@@ -103,19 +103,24 @@ async def test_a_held_transaction_delays_only_itself(
         tx = conn.transaction()
         await tx.start()
         assert (await store.append(held, conn=conn)).last_position == 0  # pending: no position
-        producers = asyncio.create_task(others(stop), name="others")
+        producers = [asyncio.create_task(others(stop, p)) for p in range(4)]
         await asyncio.sleep(2.5)
         stop.set()
-        await producers
+        await asyncio.gather(*producers)
         assert held.id not in reader.arrived
+        await asyncio.sleep(0.2)  # the follower reads the others' last events
+        read_before = [e.position or 0 for e in reader.seen]
         await tx.commit()
+        committed_at = time.monotonic()
     done.set()
     await asyncio.wait_for(follower, 30)
 
     assert len(committed) >= 200, "other producers were held up"
     late = [(i, reader.arrived[i] - at) for i, at in committed if reader.arrived[i] - at > 0.5]
     assert not late, f"{len(late)} events read later than 0.5 s after commit: {late[:3]}"
-    assert reader.seen[-1].id == held.id  # numbered after it committed, above everything
+    [read_held] = [e for e in reader.seen if e.id == held.id]
+    assert reader.arrived[held.id] >= committed_at  # read once it committed, not before
+    assert (read_held.position or 0) > max(read_before)  # numbered above all read meanwhile
     reader.check([i for i, _ in committed] + [held.id], [])
 
 

@@ -213,9 +213,13 @@ DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, 
 -- order (above), and the sequencer numbers in insertion order.
 --
 -- Who sequences. Readers do, before they read (EventStore.sequence, called by the relay, the
--- projectors, catch-up and open-ended reads when woken by the producer's NOTIFY or by their
--- poll): whichever comes first does the work, the others find nothing pending. There is no
--- process to run or elect, and nothing stalls if one dies.
+-- projectors, catch-up and open-ended reads): whichever comes first does the work, the others
+-- find nothing pending, and nothing stalls if one dies. The relay's leader also runs it every
+-- relay.sequence_interval (10 ms), and the sequencer NOTIFYs the log's listeners when it
+-- numbered something. A pending append itself sends no NOTIFY: every transaction that notifies
+-- takes one database-wide lock at commit (PreCommit_Notify), which would serialise the commits
+-- of all producers again; only holders of the sequencer lock notify, and they are serialised
+-- anyway.
 --
 -- Autocommitted appends (no caller transaction) take a fast path: if the sequencer lock is free
 -- (try-lock, never waited for) the append numbers the pending rows and then its own events
@@ -234,14 +238,15 @@ DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, 
 CREATE SEQUENCE events_pending_seq AS bigint;
 
 -- name: create_sequence_pending_v1
-CREATE FUNCTION sequence_pending_v1()
+CREATE FUNCTION sequence_pending_v1(channel text)
 RETURNS bigint
 LANGUAGE plpgsql
 VOLATILE
 SECURITY DEFINER
 SET search_path FROM CURRENT
 AS $fn$
--- The sequencer's work; the caller holds the sequencer lock. Returns the new head.
+-- The sequencer's work; the caller holds the sequencer lock. Returns the new head, and wakes
+-- the log's listeners on ``channel`` when it numbered something (NULL: the caller will).
 DECLARE
     base bigint;
     numbered bigint;
@@ -252,12 +257,15 @@ BEGIN
           FROM events x WHERE x.position < 0) AS p
     WHERE e.position = p.pending;
     GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 AND channel IS NOT NULL THEN
+        PERFORM pg_notify(channel, (base + numbered)::text);
+    END IF;
     RETURN base + numbered;
 END
 $fn$;
 
 -- name: create_sequence_events_v1
-CREATE FUNCTION sequence_events_v1()
+CREATE FUNCTION sequence_events_v1(channel text)
 RETURNS bigint
 LANGUAGE plpgsql
 VOLATILE
@@ -268,12 +276,12 @@ AS $fn$
 -- (never for a producer: producers inside their own transactions never take this lock).
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()));
-    RETURN sequence_pending_v1();
+    RETURN sequence_pending_v1(channel);
 END
 $fn$;
 
 -- name: create_sequenced_positions_v1
-CREATE FUNCTION sequenced_positions_v1(wanted text[])
+CREATE FUNCTION sequenced_positions_v1(wanted text[], channel text)
 RETURNS TABLE (out_id text, out_position bigint)
 LANGUAGE plpgsql
 VOLATILE
@@ -282,7 +290,7 @@ SET search_path FROM CURRENT
 AS $fn$
 -- Sequence, then the positions of the events with these ids (NULL: not committed yet).
 BEGIN
-    PERFORM sequence_events_v1();
+    PERFORM sequence_events_v1(channel);
     RETURN QUERY
     SELECT e.id, CASE WHEN e.position > 0 THEN e.position END
     FROM events e WHERE e.id = ANY(wanted);
@@ -290,13 +298,13 @@ END
 $fn$;
 
 -- name: drop_sequenced_positions_v1
-DROP FUNCTION sequenced_positions_v1(text[]);
+DROP FUNCTION sequenced_positions_v1(text[], text);
 
 -- name: drop_sequence_events_v1
-DROP FUNCTION sequence_events_v1();
+DROP FUNCTION sequence_events_v1(text);
 
 -- name: drop_sequence_pending_v1
-DROP FUNCTION sequence_pending_v1();
+DROP FUNCTION sequence_pending_v1(text);
 
 -- name: drop_sequencer_v1
 DROP SEQUENCE events_pending_seq;
@@ -316,9 +324,10 @@ DROP SEQUENCE events_pending_seq;
 -- fast path every attempt first numbers what became pending meanwhile: a same-stream append
 -- that committed while we waited for it must be numbered before our next version.
 --
--- Pending numbers follow the batch order (nextval in the scan of the batch), but rows are
--- inserted in (resource, key) order: two batches that share streams then wait for each other's
--- versions in one order and cannot deadlock. (Separate appends inside one producer transaction
+-- Pending numbers follow the batch order (nextval in the scan of the batch), but pending rows
+-- are inserted in (resource, key) order: two batches that share streams then wait for each
+-- other's versions in one order and cannot deadlock. (The fast path needs no such order: a wait
+-- of its own ends in its lock_timeout.) (Separate appends inside one producer transaction
 -- still can, like any two transactions writing rows in opposite orders; Postgres then aborts
 -- one and the caller gets ConcurrencyError: retry the transaction.)
 CREATE FUNCTION append_events_v2(
@@ -371,32 +380,50 @@ BEGIN
         -- to insert (we collide with it and go round again), and one that committed before it
         -- is numbered here, below us.
         IF locked THEN
-            base := sequence_pending_v1();
+            base := sequence_pending_v1(NULL);
         END IF;
 
         BEGIN
-            WITH input AS MATERIALIZED (
-                SELECT x.*,
-                       CASE WHEN base IS NULL THEN -nextval('events_pending_seq')
-                            ELSE base + x.ord END AS new_position
+            IF base IS NOT NULL THEN
+                -- Fast path: positions base + 1, ... in batch order; inserted in batch order (a
+                -- wait on another producer here ends in lock_timeout, never in a deadlock).
+                INSERT INTO events AS e
+                    (position, id, resource, key, version, type, source, payload, "timestamp")
+                SELECT base + x.ord, x.id, x.resource, x.key, heads[x.s] + x.seq, x.type,
+                       x.source, x.payload, x."timestamp"
                 FROM unnest(ids, resources, keys, types, sources, payloads, timestamps,
                             stream_of, seqs)
                      WITH ORDINALITY
-                     AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord)
-            ),
-            inserted AS (
-                INSERT INTO events AS e
-                    (position, id, resource, key, version, type, source, payload, "timestamp")
-                SELECT i.new_position, i.id, i.resource, i.key, heads[i.s] + i.seq, i.type,
-                       i.source, i.payload, i."timestamp"
-                FROM input i
-                ORDER BY i.resource, i.key, i.seq
-                RETURNING e.position, e.id, e.version
-            )
-            SELECT array_agg(i.position), array_agg(i.id), array_agg(i.version),
-                   array_agg(false)
-            INTO r_position, r_id, r_version, r_duplicate
-            FROM inserted i;
+                     AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord);
+                SELECT array_agg(base + x.ord ORDER BY x.ord), ids,
+                       array_agg(heads[x.s] + x.seq ORDER BY x.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM unnest(stream_of, seqs) WITH ORDINALITY AS x(s, seq, ord);
+            ELSE
+                -- Pending: numbers in batch order, rows inserted in (resource, key) order.
+                WITH input AS MATERIALIZED (
+                    SELECT x.*, -nextval('events_pending_seq') AS new_position
+                    FROM unnest(ids, resources, keys, types, sources, payloads, timestamps,
+                                stream_of, seqs)
+                         WITH ORDINALITY
+                         AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord)
+                ),
+                inserted AS (
+                    INSERT INTO events AS e
+                        (position, id, resource, key, version, type, source, payload,
+                         "timestamp")
+                    SELECT i.new_position, i.id, i.resource, i.key, heads[i.s] + i.seq, i.type,
+                           i.source, i.payload, i."timestamp"
+                    FROM input i
+                    ORDER BY i.resource, i.key, i.seq
+                )
+                SELECT array_agg(i.new_position ORDER BY i.ord), ids,
+                       array_agg(heads[i.s] + i.seq ORDER BY i.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM input i;
+            END IF;
             EXIT;
         EXCEPTION WHEN unique_violation THEN
             NULL;
@@ -454,8 +481,12 @@ BEGIN
         END;
     END LOOP;
 
-    IF EXISTS (SELECT 1 FROM unnest(r_duplicate) AS d(duplicate) WHERE NOT d.duplicate) THEN
-        PERFORM pg_notify(channel, coalesce(base, 0)::text);
+    -- Only the fast path wakes the listeners: it holds the sequencer lock, so its NOTIFY adds
+    -- no contention. A pending append must not notify: every transaction that notifies takes
+    -- one database-wide lock at commit (PreCommit_Notify), which would serialise the commits
+    -- of all producers again. Its events are announced by the sequencer that numbers them.
+    IF locked THEN
+        PERFORM pg_notify(channel, base::text);
     END IF;
     RETURN QUERY
     SELECT * FROM unnest(r_position, r_id, r_version, r_duplicate);
@@ -499,6 +530,9 @@ BEGIN
         SELECT CASE WHEN e.position > 0 THEN e.position END, e.id, e.version, true
         FROM events e WHERE e.id = new_id;
         IF FOUND THEN
+            IF locked THEN  -- an earlier round may have numbered pending events
+                PERFORM pg_notify(channel, '0');
+            END IF;
             RETURN;
         END IF;
 
@@ -509,7 +543,7 @@ BEGIN
                 USING ERRCODE = 'SAT01', DETAIL = stream_version::text;
         END IF;
         IF locked THEN  -- numbered after the version lookup: see append_events_v2
-            new_position := sequence_pending_v1() + 1;
+            new_position := sequence_pending_v1(NULL) + 1;
         ELSE
             new_position := -nextval('events_pending_seq');
         END IF;
@@ -528,7 +562,9 @@ BEGIN
         END;
     END LOOP;
 
-    PERFORM pg_notify(channel, greatest(new_position, 0)::text);
+    IF locked THEN  -- a pending append must not notify: see append_events_v2
+        PERFORM pg_notify(channel, new_position::text);
+    END IF;
     RETURN QUERY
     SELECT CASE WHEN new_position > 0 THEN new_position END, new_id, stream_version + 1, false;
 END
@@ -547,7 +583,7 @@ REVOKE ALL ON FUNCTION
     append_events_v2(text[], text[], text[], text[], text[], jsonb[], timestamptz[],
                      integer[], integer[], integer[], integer, text, boolean),
     append_event_v2(text, text, text, text, text, jsonb, timestamptz, integer, text, boolean),
-    sequence_pending_v1(), sequence_events_v1(), sequenced_positions_v1(text[])
+    sequence_pending_v1(text), sequence_events_v1(text), sequenced_positions_v1(text[], text)
 FROM PUBLIC;
 
 -- name: append
@@ -563,11 +599,11 @@ FROM {schema}.append_event_v2($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9
 
 -- name: sequence
 -- Number the committed pending events (see create_sequencer_v1); the head after it.
-SELECT {schema}.sequence_events_v1();
+SELECT {schema}.sequence_events_v1($1::text);
 
 -- name: sequenced
 -- Sequence, then the positions of the events with these ids (NULL: not committed).
-SELECT out_id, out_position FROM {schema}.sequenced_positions_v1($1::text[]);
+SELECT out_id, out_position FROM {schema}.sequenced_positions_v1($1::text[], $2::text);
 
 -- name: read
 -- (the jsonb column itself: asyncpg receives its text; a ::text cast is twice as slow to fetch)
