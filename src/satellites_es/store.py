@@ -679,7 +679,7 @@ def _conflict(
         # Two producer transactions appended to the same streams in opposite orders (in
         # separate appends: one batch inserts in a fixed order); Postgres aborted this one.
         return ConcurrencyError(first.resource, first.key, expected, None)
-    if isinstance(exc, asyncpg.UniqueViolationError):
+    if isinstance(exc, asyncpg.UniqueViolationError | asyncpg.SerializationError):
         # Only reachable when the caller's snapshot is older than a same-stream append that
         # committed (REPEATABLE READ or SERIALIZABLE): the version index caught it; retry the tx.
         return ConcurrencyError(first.resource, first.key, expected, None)
