@@ -122,7 +122,7 @@ from satellites_es.migrate import upgrade  # noqa: E402
 from satellites_es.parking import ConsumerKind  # noqa: E402
 from satellites_es.projections import Checkpoints, Delete, Upsert  # noqa: E402
 from satellites_es.sql import queries  # noqa: E402
-from satellites_es.store import EventStore  # noqa: E402
+from satellites_es.store import AppendResult, EventStore  # noqa: E402
 from satellites_es.testing import (  # noqa: E402
     EmulatedElasticsearch,
     TcpProxy,
@@ -903,8 +903,10 @@ async def append_raw(pool: asyncpg.Pool, store: EventStore, event: DataEvent) ->
     sql = queries(store.schema)["append_one"]
     row = await pool.fetchrow(
         sql, event.id, event.resource, event.key, event.type, event.source,
-        json.dumps(dict(event.payload)), event.timestamp, None, store.channel,
+        json.dumps(dict(event.payload)), event.timestamp, None, store.channel, True,
     )  # fmt: skip
+    if row["out_position"] is None:  # stored pending (the sequencer was busy): number it
+        return (await store.sequenced(AppendResult(events=(event,)))).last_position
     return int(row["out_position"])
 
 

@@ -17,6 +17,7 @@ from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.parking import ParkedEvents
 from satellites_es.sql import queries
+from satellites_es.store import AppendResult
 
 LONG_TYPE = "t." + "x" * 300  # its routing key p<n>.<type> is over 255 bytes
 
@@ -45,6 +46,8 @@ async def _append_unchecked(data: DataLayer, event: DataEvent) -> int:
         '{"k": "bad"}', datetime.now(UTC), None, data.log.channel, True,
     )  # fmt: skip
     assert row is not None
+    if row["out_position"] is None:  # stored pending (the relay's sequencer tick was busy)
+        return (await data.log.sequenced(AppendResult(events=(event,)))).last_position
     return int(row["out_position"])
 
 
