@@ -284,6 +284,7 @@ class Relay:
             return 0
         try:
             self._cursor = await self._load_cursor()
+            await self._store.sequence()  # no leader tick runs here
             async with contextlib.aclosing(self._batches()) as batches:
                 async for batch in batches:
                     await self._publish_batch(batch)
@@ -391,10 +392,11 @@ class Relay:
         """Number what producers committed in their own transactions, every
         ``sequence_interval``: those appends send no NOTIFY (it would serialise their commits),
         so the leader's tick is what makes them readable promptly; the sequencer's own NOTIFY
-        then wakes every follower, this relay's publish loop included."""
-        while not self._stopping.is_set():
+        then wakes every follower, this relay's publish loop included. It runs until the
+        publish loop ends (cancelled then), so a stop still lets that loop drain its window."""
+        while True:
             await self._store.sequence()
-            await self._pause(self._config.sequence_interval)
+            await asyncio.sleep(self._config.sequence_interval)
 
     async def _watch_lease(self) -> None:
         """Raise :class:`LeadershipLost` as soon as the lock's session is known to be gone."""
@@ -552,7 +554,8 @@ class Relay:
 
     def _batches(self, after: int | None = None) -> AsyncGenerator[list[DataEvent], None]:
         start = self._cursor if after is None else after
-        batches = self._store.read(after=start, batch_size=self._config.batch_size)
+        # no sequencing here: the leader's tick (_sequence) does it and its NOTIFY wakes us
+        batches = self._store.read(after=start, batch_size=self._config.batch_size, sequence=False)
         return cast(AsyncGenerator[list[DataEvent], None], batches)  # an async generator
 
     async def _publish_batch(self, batch: list[DataEvent]) -> None:

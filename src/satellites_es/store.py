@@ -256,9 +256,11 @@ class EventStore:
         until: int | None = None,
         types: Collection[str] | None = None,
         read_ahead: bool = False,
+        sequence: bool = True,
     ) -> AsyncIterator[list[DataEvent]]:
         """Events with ``after < position <= until``, in position order, a batch at a time.
-        Without ``until`` the log is sequenced first, so every append committed before the
+        Without ``until`` the log is sequenced first (unless ``sequence=False``: a caller that
+        sequences on its own, like the relay's leader), so every append committed before the
         call is read.
 
         Keyset pagination (``position > last``), one short query per batch: memory stays
@@ -281,6 +283,8 @@ class EventStore:
             query = self._sql["read"]
         else:
             query, extra = self._sql["read_types"], _type_filter(types)
+        if until is None and sequence:
+            await self.sequence()
         async for rows in self._pages(query, extra, after, until, batch_size, read_ahead):
             yield [_event(row) for row in rows]
 
@@ -312,6 +316,8 @@ class EventStore:
             )
         wanted = _type_filter(types)
         extra = None if wanted is None else (*wanted, text_field)
+        if until is None:
+            await self.sequence()
         pages = self._pages(self._sql["read_payloads"], extra, after, until, batch_size, read_ahead)
         async for rows in pages:
             yield _payload_batch(rows, text_field)
@@ -334,8 +340,6 @@ class EventStore:
         upper = _MAX_POSITION if until is None else until
         if after >= upper or extra is None:
             return
-        if until is None:  # open-ended: include every append committed before this call
-            await self.sequence()
         args = extra
 
         async def fetch(cursor: int) -> list[asyncpg.Record]:
