@@ -30,6 +30,10 @@ class Metrics:
         r = self.registry
         self.log_head = Gauge("satellites_log_head_position", "Last position in the event log "
                               "(its rate is the append rate).", registry=r)  # fmt: skip
+        self.log_pending = Gauge(
+            "satellites_log_pending_events", "Events committed inside producers' transactions "
+            "and not numbered yet (near 0 while a relay leader ticks the sequencer).", registry=r,
+        )  # fmt: skip
         self.relay_lag = Gauge("satellites_relay_lag_events", "Events in the log not yet "
                                "published by the relay.", registry=r)  # fmt: skip
         self.relay_oldest = Gauge("satellites_relay_oldest_unpublished_seconds", "Age of the "
@@ -68,6 +72,7 @@ class Metrics:
                     self.dead_letters.labels(group).set(info["dlq"])
         if data.config.log.enabled and data.config.postgres.enabled:
             self.log_head.set(await data.log.head())
+            self.log_pending.set(await data.log.pending())
         if service is not None:
             await self._projections(service)
 

@@ -389,6 +389,13 @@ class EventStore:
             value = await self._pool.fetchval(self._sql["head"])
         return int(value)
 
+    async def pending(self) -> int:
+        """How many committed events wait for the sequencer (read-only: for health and metrics;
+        near 0 while a relay leader ticks it, growing when no reader runs at all)."""
+        with _translated("pending"):
+            value = await self._pool.fetchval(self._sql["pending"])
+        return int(value)
+
     def listener(self) -> LogListener:
         """A :class:`LogListener` on this log's channel, on a connection of its own."""
         return LogListener(self._connect, self.channel)

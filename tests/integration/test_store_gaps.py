@@ -289,9 +289,12 @@ async def test_positions_of_an_append_inside_a_transaction_come_after_commit(
         assert [e.version for e in result.events] == [1, 1]
         with pytest.raises(PersistenceError, match="committed"):
             await store.sequenced(result)  # not committed yet: no positions to give
+        assert await store.pending() == 0  # not committed: nobody sees it
         await tx.commit()
+    assert await store.pending() == 2  # committed, not numbered yet (no reader has run)
     done = await store.sequenced(result)
     assert [e.position for e in done.events] == [1, 2]
+    assert await store.pending() == 0
     retried = await store.append(result.events[0])  # a retry of a sequenced event
     assert retried.duplicates == (result.events[0].id,) and retried.last_position == 1
 

@@ -642,6 +642,10 @@ ORDER BY version;
 -- The highest position (pending events, below zero, are not in the sequence yet).
 SELECT coalesce(max(position), 0) FROM {schema}.events WHERE position > 0;
 
+-- name: pending
+-- Committed events not numbered yet (an index range below zero; read-only).
+SELECT count(*) FROM {schema}.events WHERE position < 0;
+
 -- name: read_payloads
 -- read_types for a replay that needs only the position, key, type and payload of an event. The
 -- long string field $5 (an encoded vector) is sent as raw text beside the rest of the payload,
