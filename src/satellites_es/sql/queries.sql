@@ -532,40 +532,44 @@ BEGIN
         PERFORM set_config('lock_timeout', '20ms', true);  -- never wait long holding the lock
     END IF;
 
+    -- Insert first (a new event is the usual case): the unique indexes are the id check. Only
+    -- when nothing was inserted, or expected_version does not match, is the id looked up: a
+    -- retry of a stored event is reported as a duplicate, not as a conflict.
     LOOP
+        SELECT coalesce(max(e.version), 0) INTO stream_version FROM events e
+        WHERE e.resource = new_resource AND e.key = new_key;
+        IF expected IS NULL OR stream_version = expected THEN
+            IF locked THEN  -- numbered after the version lookup: see append_events_v2
+                new_position := sequence_pending_v1(NULL) + 1;
+            ELSE
+                new_position := -nextval('events_pending_seq');
+            END IF;
+            -- ON CONFLICT DO NOTHING, not an exception block: no subtransaction (a producer
+            -- appending many times in one transaction would pile them up). It waits for an
+            -- in-flight append of the same id or stream version; if that one commits, nothing
+            -- is inserted here.
+            INSERT INTO events
+                (position, id, resource, key, version, type, source, payload, "timestamp")
+            VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
+                    new_source, new_payload, new_timestamp)
+            ON CONFLICT DO NOTHING;
+            EXIT WHEN FOUND;
+        END IF;
+
         RETURN QUERY
         SELECT CASE WHEN e.position > 0 THEN e.position END, e.id, e.version, true
         FROM events e WHERE e.id = new_id;
         IF FOUND THEN
-            IF locked THEN  -- an earlier round may have numbered pending events
+            IF locked THEN  -- this or an earlier round may have numbered pending events
                 PERFORM pg_notify(channel, '0');
             END IF;
             RETURN;
         END IF;
-
-        SELECT coalesce(max(e.version), 0) INTO stream_version FROM events e
-        WHERE e.resource = new_resource AND e.key = new_key;
         IF expected IS NOT NULL AND stream_version <> expected THEN
             RAISE EXCEPTION 'stream version conflict'
                 USING ERRCODE = 'SAT01', DETAIL = stream_version::text;
         END IF;
-        IF locked THEN  -- numbered after the version lookup: see append_events_v2
-            new_position := sequence_pending_v1(NULL) + 1;
-        ELSE
-            new_position := -nextval('events_pending_seq');
-        END IF;
-
-        -- ON CONFLICT DO NOTHING, not an exception block: no subtransaction on the common
-        -- path (a producer appending many times in one transaction would pile them up). It
-        -- waits for an in-flight append of the same id or stream version; if that commits,
-        -- nothing is inserted and we look again.
-        INSERT INTO events
-            (position, id, resource, key, version, type, source, payload, "timestamp")
-        VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
-                new_source, new_payload, new_timestamp)
-        ON CONFLICT DO NOTHING;
-        EXIT WHEN FOUND;
-        IF NOT may_retry THEN
+        IF NOT may_retry THEN  -- the version was taken by an append our snapshot cannot see
             RAISE EXCEPTION 'stream version conflict' USING ERRCODE = 'unique_violation';
         END IF;
     END LOOP;
