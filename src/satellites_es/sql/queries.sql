@@ -741,3 +741,44 @@ WHERE NOT EXISTS (
     SELECT 1 FROM {schema}.events e
     WHERE e.key = k.key AND e.type = ANY($1::text[]) AND e.position > 0 AND e.position <= $2
 );
+
+-- Projection bookkeeping (satellites_es.projections.checkpoints): a checkpoint per (projection,
+-- version), and which version is active (and the one before it, for a rollback).
+
+-- name: checkpoint_get
+SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1 AND version = $2;
+
+-- name: checkpoint_save
+-- Only forward (GREATEST): two projectors racing cannot move it back. Committed without waiting
+-- for the WAL flush (synchronous_commit off for this statement's transaction): a Postgres crash
+-- may lose the last checkpoints, and the projector then replays a little more, which the sinks'
+-- positions make harmless.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO {schema}.projection_checkpoints (projection, version, position)
+SELECT $1::text, $2::int, $3::bigint FROM relaxed
+ON CONFLICT (projection, version) DO UPDATE
+SET position = GREATEST(projection_checkpoints.position, EXCLUDED.position), updated_at = now();
+
+-- name: checkpoint_versions
+SELECT version FROM {schema}.projection_checkpoints WHERE projection = $1 ORDER BY version;
+
+-- name: checkpoint_forget
+DELETE FROM {schema}.projection_checkpoints WHERE projection = $1 AND version = $2;
+
+-- name: version_active
+SELECT active_version, previous_version FROM {schema}.projection_versions WHERE projection = $1;
+
+-- name: version_set_active
+-- The version it replaces becomes the previous one (kept for a rollback), unless it is the same.
+INSERT INTO {schema}.projection_versions AS v (projection, active_version)
+VALUES ($1, $2)
+ON CONFLICT (projection) DO UPDATE
+SET previous_version = CASE WHEN v.active_version = EXCLUDED.active_version
+                            THEN v.previous_version ELSE v.active_version END,
+    active_version = EXCLUDED.active_version, updated_at = now()
+RETURNING previous_version;
+
+-- name: version_swap
+UPDATE {schema}.projection_versions
+SET active_version = $2, previous_version = $3, updated_at = now()
+WHERE projection = $1;
