@@ -38,7 +38,7 @@ from .config import (
     RedisConfig,
 )
 from .health import BackendHealth, Health, probe
-from .sql import quote_schema
+from .sql import queries
 from .vectors.persistence import snapshot_namespaces
 
 __all__ = ["check"]
@@ -120,25 +120,19 @@ async def _postgres(pg: PostgresConfig, log_enabled: bool, timeout: float) -> Ma
 
 async def _log_state(conn: asyncpg.Connection[Any], schema: str) -> Mapping[str, Any]:
     """Head, relay cursors and projection positions, or why there is no log to read."""
-    quoted = quote_schema(schema)
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{quoted}.events")
-    if not exists:
+    sql = queries(schema)
+    if not await conn.fetchval(sql["health_log_exists"]):
         return {"state": f"not migrated: schema {schema!r} has no event log "
                          "(run 'satellites-es migrate')"}  # fmt: skip
-    head = int(await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {quoted}.events"))
-    cursors = await conn.fetch(f"SELECT name, position FROM {quoted}.relay_cursors ORDER BY name")
-    relay: dict[str, Any] = {"head": head}
+    head = int(await conn.fetchval(sql["head"]))
+    cursors = await conn.fetch(sql["health_cursors"])
+    relay: dict[str, Any] = {"head": head, "pending": int(await conn.fetchval(sql["pending"]))}
     if cursors:
         cursor = min(int(r["position"]) for r in cursors)
         relay.update(cursor=cursor, lag=max(0, head - cursor))
     else:
         relay.update(cursor=None, lag=head, state="no relay has run")
-    rows = await conn.fetch(
-        f"SELECT v.projection, v.active_version, c.position"
-        f" FROM {quoted}.projection_versions v LEFT JOIN {quoted}.projection_checkpoints c"
-        f" ON c.projection = v.projection AND c.version = v.active_version"
-        f" ORDER BY v.projection"
-    )
+    rows = await conn.fetch(sql["health_projections"])
     projections = {
         r["projection"]: f"v{r['active_version']} at {r['position'] or 0} "
         f"(lag {max(0, head - int(r['position'] or 0))})"

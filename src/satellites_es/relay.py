@@ -74,7 +74,7 @@ from .errors import (
 from .events import DataEvent, EventBus
 from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import ParkedEvents, Poison
-from .sql import quote_schema
+from .sql import queries
 from .store import EventStore
 from .tracing import span
 
@@ -98,20 +98,6 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 RETRY_INTERVAL = 1.0
 
 AfterConfirm = Callable[[Sequence[DataEvent]], Awaitable[None]]
-
-_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1))"
-_CURSOR_SQL = """
-INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
-ON CONFLICT (name) DO NOTHING;
-"""
-_LOAD_SQL = "SELECT position FROM {schema}.relay_cursors WHERE name = $1"
-_ADVANCE_SQL = """
-UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
-WHERE name = $1 AND position < $2
-"""
-_OLDEST_SQL = """
-SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1
-"""
 
 
 class RelayState(enum.Enum):
@@ -172,12 +158,7 @@ class Relay:
         dsn: str | None = None,
         after_confirm: AfterConfirm | None = None,
     ) -> None:
-        quoted = quote_schema(schema)
-        self._sql = {
-            k: v.replace("{schema}", quoted)
-            for k, v in (("init", _CURSOR_SQL), ("load", _LOAD_SQL),
-                         ("advance", _ADVANCE_SQL), ("oldest", _OLDEST_SQL))
-        }  # fmt: skip
+        self._sql = queries(schema)  # relay_* blocks of sql/queries.sql
         self.name = name
         self._store, self._bus, self._pool, self._config = store, bus, pool, config
         self._lock_key = f"{schema}.{name}"
@@ -231,7 +212,7 @@ class Relay:
         """Cursor, lag, age of the oldest unpublished event (seconds), published, state."""
         self._head = await self._store.head()
         cursor = self._cursor if self._state is RelayState.ACTIVE else await self._read_cursor()
-        oldest = await self._pool.fetchval(self._sql["oldest"], cursor)
+        oldest = await self._pool.fetchval(self._sql["relay_oldest"], cursor)
         age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
         return {
             "name": self.name, "state": self._state.value, "cursor": cursor,
@@ -242,7 +223,7 @@ class Relay:
         }  # fmt: skip
 
     async def _read_cursor(self) -> int:
-        value = await self._pool.fetchval(self._sql["load"], self.name)
+        value = await self._pool.fetchval(self._sql["relay_cursor_load"], self.name)
         return int(value or 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -331,7 +312,7 @@ class Relay:
             await self._open_connection()
         assert self._conn is not None
         async with self._conn_lock:
-            got = bool(await self._conn.fetchval(_LOCK_SQL, self._lock_key))
+            got = bool(await self._conn.fetchval(self._sql["relay_lock"], self._lock_key))
         if got:
             logger.info("relay %s: took the lead (backend %s)", self.name, self.lease_backend_pid)
         return got
@@ -636,8 +617,8 @@ class Relay:
     async def _load_cursor(self) -> int:
         conn = self._lease()
         async with self._conn_lock:
-            await conn.execute(self._sql["init"], self.name)
-            value = await conn.fetchval(self._sql["load"], self.name)
+            await conn.execute(self._sql["relay_cursor_init"], self.name)
+            value = await conn.fetchval(self._sql["relay_cursor_load"], self.name)
         return int(value or 0)
 
     async def _advance(self, position: int | None) -> None:
@@ -647,7 +628,7 @@ class Relay:
         conn = self._lease()
         with span("relay.advance", relay=self.name, published=position - self._cursor):
             async with self._conn_lock:
-                await conn.execute(self._sql["advance"], self.name, position)
+                await conn.execute(self._sql["relay_cursor_advance"], self.name, position)
         self._cursor = position
 
     def _lease(self) -> asyncpg.Connection[asyncpg.Record]:

@@ -782,3 +782,40 @@ RETURNING previous_version;
 UPDATE {schema}.projection_versions
 SET active_version = $2, previous_version = $3, updated_at = now()
 WHERE projection = $1;
+
+-- The relay (satellites_es.relay): its cursor per relay name, and its leadership lock.
+
+-- name: relay_lock
+-- Leader election: a session advisory lock on the relay's own connection, keyed by
+-- "<schema>.<name>" ($1), held for as long as that session lives.
+SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1));
+
+-- name: relay_cursor_init
+INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: relay_cursor_load
+SELECT position FROM {schema}.relay_cursors WHERE name = $1;
+
+-- name: relay_cursor_advance
+-- Only forward: a fenced relay's late write cannot move a newer leader's cursor back.
+UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
+WHERE name = $1 AND position < $2;
+
+-- name: relay_oldest
+SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1;
+
+-- The read-only health check (satellites_es.healthcheck), on a read-only connection.
+
+-- name: health_log_exists
+SELECT to_regclass('{schema}.events') IS NOT NULL;
+
+-- name: health_cursors
+SELECT name, position FROM {schema}.relay_cursors ORDER BY name;
+
+-- name: health_projections
+SELECT v.projection, v.active_version, c.position
+FROM {schema}.projection_versions v
+LEFT JOIN {schema}.projection_checkpoints c
+       ON c.projection = v.projection AND c.version = v.active_version
+ORDER BY v.projection;
