@@ -577,8 +577,13 @@ BEGIN
     IF locked THEN  -- a pending append must not notify: see append_events_v2
         PERFORM pg_notify(channel, new_position::text);
     END IF;
-    RETURN QUERY
-    SELECT CASE WHEN new_position > 0 THEN new_position END, new_id, stream_version + 1, false;
+    -- The output row from variables (RETURN NEXT), not a query: the common path runs one
+    -- lookup and one insert, nothing else.
+    out_position := CASE WHEN new_position > 0 THEN new_position END;
+    out_id := new_id;
+    out_version := stream_version + 1;
+    out_duplicate := false;
+    RETURN NEXT;
 END
 $fn$;
 
