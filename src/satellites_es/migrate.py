@@ -102,11 +102,16 @@ async def ensure_database(pg: PostgresConfig) -> bool:
 async def connect_engine(pg: PostgresConfig) -> AsyncEngine:
     """An engine whose connections have ``search_path`` = ``pg.schema``, created if missing."""
     await _create_schema(pg)
-    return create_async_engine(
-        pg.sqlalchemy_url,
-        poolclass=NullPool,
-        connect_args={"server_settings": {"search_path": pg.schema}},
-    )
+
+    # Connections come from the DSN, not from SQLAlchemy's URL: asyncpg reads libpq's TLS
+    # parameters (sslmode, sslrootcert, ...) there, while SQLAlchemy's asyncpg dialect would
+    # hand URL query parameters to asyncpg.connect() as keywords it does not take.
+    async def connect() -> asyncpg.Connection[asyncpg.Record]:
+        return await asyncpg.connect(
+            pg.dsn, timeout=pg.command_timeout, server_settings={"search_path": pg.schema}
+        )
+
+    return create_async_engine(pg.sqlalchemy_url, poolclass=NullPool, async_creator=connect)
 
 
 async def _create_schema(pg: PostgresConfig) -> None:
