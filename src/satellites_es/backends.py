@@ -29,7 +29,14 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from .config import ElasticsearchConfig, PostgresConfig, RedisConfig
 from .errors import BackendRefusedError, BackendUnavailableError
-from .tls import PG_SSL_IN_USE, elasticsearch_tls, is_refusal, postgres_tls, redis_tls
+from .tls import (
+    PG_SSL_IN_USE,
+    elasticsearch_tls,
+    is_refusal,
+    postgres_tls,
+    redis_tls,
+    refusal_reason,
+)
 
 __all__ = [
     "Backend",
@@ -78,7 +85,8 @@ async def connect_with_retry(
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(timeout),
                 wait=wait_exponential(multiplier=0.1, max=1.0),
-                retry=retry_if_exception(lambda exc: not is_refusal(exc)),
+                # an Exception, not a cancellation, and not a refusal (it would recur)
+                retry=retry_if_exception(lambda e: isinstance(e, Exception) and not is_refusal(e)),
                 reraise=True,
             ):
                 with attempt:
@@ -91,7 +99,8 @@ async def connect_with_retry(
     except Exception as exc:
         reason = scrub(f"{type(exc).__name__}: {exc}", secrets)
         if is_refusal(exc):
-            raise BackendRefusedError(backend.name, f"refused: {reason}") from exc
+            why = scrub(refusal_reason(exc), secrets)
+            raise BackendRefusedError(backend.name, f"refused: {why}") from exc
         raise BackendUnavailableError(
             backend.name, f"unreachable after {attempts} attempts in {timeout:g}s: {reason}"
         ) from exc

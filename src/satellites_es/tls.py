@@ -37,6 +37,7 @@ __all__ = [
     "postgres_tls",
     "rabbitmq_tls",
     "redis_tls",
+    "refusal_reason",
 ]
 
 #: SELECT: whether this session is under TLS (the server's word, not the client's intent).
@@ -120,6 +121,13 @@ def is_refusal(exc: BaseException) -> bool:
         or isinstance(e, TlsError | asyncpg.InvalidAuthorizationSpecificationError)
         for e in _chain(exc)
     )
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """The most telling error of a refusal: the TLS error inside the driver's wrapper (the
+    Elasticsearch client says only "TLS error"), else ``exc`` itself."""
+    inner = next((e for e in _chain(exc) if isinstance(e, ssl.SSLError)), exc)
+    return f"{type(inner).__name__}: {inner}"
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
