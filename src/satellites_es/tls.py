@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from aiohttp import ServerFingerprintMismatch
 from elastic_transport import TlsError
 
 from .config import ElasticsearchConfig, PostgresConfig, RabbitMQConfig, RedisConfig
@@ -118,7 +119,9 @@ def is_refusal(exc: BaseException) -> bool:
     """True if ``exc`` (or an error it wraps) is final: TLS refused, login refused."""
     return any(
         (isinstance(e, ssl.SSLError) and not isinstance(e, _CUT))
-        or isinstance(e, TlsError | asyncpg.InvalidAuthorizationSpecificationError)
+        or isinstance(
+            e, TlsError | ServerFingerprintMismatch | asyncpg.InvalidAuthorizationSpecificationError
+        )
         for e in _chain(exc)
     )
 
@@ -126,7 +129,9 @@ def is_refusal(exc: BaseException) -> bool:
 def refusal_reason(exc: BaseException) -> str:
     """The most telling error of a refusal: the TLS error inside the driver's wrapper (the
     Elasticsearch client says only "TLS error"), else ``exc`` itself."""
-    inner = next((e for e in _chain(exc) if isinstance(e, ssl.SSLError)), exc)
+    inner = next(
+        (e for e in _chain(exc) if isinstance(e, ssl.SSLError | ServerFingerprintMismatch)), exc
+    )
     return f"{type(inner).__name__}: {inner}"
 
 

@@ -208,11 +208,13 @@ class RedisTls:
 class TlsProxy(TcpProxy):
     """A TLS-terminating proxy: TLS with a client certificate in front, plain TCP behind."""
 
-    def __init__(self, target_host: str, target_port: int, pki: Pki) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, pki: Pki, *, client_cert: bool = True
+    ) -> None:
         super().__init__(target_host, target_port)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca)
         context.load_cert_chain(pki.server_pem, pki.server_key)
-        context.verify_mode = ssl.CERT_REQUIRED
+        context.verify_mode = ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE
         self.context = context
 
     async def start(self) -> TlsProxy:
