@@ -296,10 +296,12 @@ class DataLayer:
             await asyncio.gather(self._relay_task, return_exceptions=True)
 
     async def _migrate(self) -> None:
-        from .migrate import upgrade
+        from .migrate import auto_upgrade
 
         try:
-            await upgrade(self.config.postgres)
+            await auto_upgrade(self.config.postgres)
+        except ConfigurationError:
+            raise  # a role that cannot migrate an outdated schema: the message says who can
         except Exception as exc:
             raise BackendUnavailableError("postgres", f"migration failed: {exc}") from exc
 

@@ -150,8 +150,15 @@ class PgCluster:
                             "-m", "immediate", "-w", "stop"], capture_output=True, timeout=60)  # fmt: skip
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def url(self, user: str = "admin", password: str = PG_ADMIN_PASSWORD, *,
-            database: str = "postgres", ca: str | None = None, **params: str) -> str:
+    def url(
+        self,
+        user: str = "admin",
+        password: str = PG_ADMIN_PASSWORD,
+        *,
+        database: str = "postgres",
+        ca: str | None = None,
+        **params: str,
+    ) -> str:
         """A URL with the client certificate and its encrypted key (``ca``: sslrootcert)."""
         query = {
             "sslrootcert": ca or self.pki.ca,

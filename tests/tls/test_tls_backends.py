@@ -6,6 +6,7 @@ encrypted and verified with the right CA, refuse a CA from an unrelated authorit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import time
@@ -166,8 +167,13 @@ async def test_postgres_needs_the_client_certificate_and_checks_the_chain_in_ver
         ("redis", {"SATELLITES_REDIS_SSL_CERT_REQS": "none"}),
         ("rabbitmq", {"SATELLITES_RABBITMQ_NO_VERIFY_SSL": "true"}),
         ("elasticsearch", {"SATELLITES_ELASTICSEARCH_VERIFY_CERTS": "false"}),
-        ("postgres", {"SATELLITES_POSTGRES_SSLMODE": "require", "SATELLITES_POSTGRES_SSLROOTCERT":
-                      "/nonexistent-ca.pem"}),
+        (
+            "postgres",
+            {
+                "SATELLITES_POSTGRES_SSLMODE": "require",
+                "SATELLITES_POSTGRES_SSLROOTCERT": "/nonexistent-ca.pem",
+            },
+        ),
     ],
 )
 async def test_verification_turned_off_on_purpose_says_so_in_health(
@@ -179,16 +185,20 @@ async def test_verification_turned_off_on_purpose_says_so_in_health(
         env["SATELLITES_POSTGRES_URL"] = env["SATELLITES_POSTGRES_URL"].replace(
             f"sslrootcert={pki.rogue}&", ""
         )
-    with pytest.warns(Warning) if backend == "elasticsearch" else _nothing():
+    with pytest.warns(Warning) if backend == "elasticsearch" else contextlib.nullcontext():
         async with DataLayer(DataLayerConfig.from_env(env)) as data:
             details = (await data.health()).details[backend].details
     _assert_tls(dict(details), verified=False)
 
 
+def _pin(pem: str) -> str:
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(Path(pem).read_text())).hexdigest()
+
+
 async def test_elasticsearch_fingerprint_pinning(pki: Pki, es_url: str) -> None:
     """A pinned server certificate is verified without any CA. (elasticsearch-py's aiohttp node
     sends no client certificate when pinning, so this proxy asks for none.)"""
-    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(Path(pki.server_pem).read_text())).hexdigest()
+    pin = _pin(pki.server_pem)
     target = urlsplit(es_url)
     async with TlsProxy(target.hostname or "", target.port or 9200, pki, client_cert=False) as p:
         env = {"SATELLITES_ELASTICSEARCH_URL": f"https://127.0.0.1:{p.port}",
@@ -202,11 +212,3 @@ async def test_elasticsearch_fingerprint_pinning(pki: Pki, es_url: str) -> None:
         layer = DataLayer(DataLayerConfig.from_env(env), optional=["elasticsearch"])
         with pytest.raises(BackendRefusedError, match="elasticsearch"):
             await layer.start()
-
-
-class _nothing:  # noqa: N801 - a stand-in for pytest.warns where no warning is expected
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None

@@ -131,8 +131,10 @@ def test_an_unknown_url_parameter_is_an_error_naming_it(var: str, url: str, para
         ({"SATELLITES_REDIS_SSL_CERTFILE": "/c.pem"}, "SATELLITES_REDIS_SSL_CERTFILE"),
         ({"SATELLITES_RABBITMQ_CAFILE": "/ca.pem"}, "SATELLITES_RABBITMQ_CAFILE"),
         ({"SATELLITES_ELASTICSEARCH_CA_CERTS": "/ca.pem"}, "SATELLITES_ELASTICSEARCH_CA_CERTS"),
-        ({"SATELLITES_POSTGRES_URL": "postgresql://h/db?sslmode=disable&sslrootcert=/ca.pem"},
-         "sslrootcert"),
+        (
+            {"SATELLITES_POSTGRES_URL": "postgresql://h/db?sslmode=disable&sslrootcert=/ca.pem"},
+            "sslrootcert",
+        ),
         ({"SATELLITES_ELASTICSEARCH_URL": "https://es:9200/?ca_certs=/x"}, "query parameters"),
         ({"SATELLITES_REDIS_URL": "http://h/0"}, "scheme"),
     ],
