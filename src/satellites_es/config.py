@@ -436,8 +436,8 @@ class RabbitMQConfig:
             params=("cafile", "certfile", "keyfile", "no_verify_ssl"),
             schemes={"amqp": {}, "amqps": {"ssl": True}},
         )  # fmt: skip
-        if out["port"] == 0:  # no port in the URL: the scheme's own (5671 for amqps)
-            del out["port"]
+        if urlsplit(url).port is None and "port" not in parse_qs(urlsplit(url).query):
+            del out["port"]  # no port in the URL: the scheme's own (5671 for amqps)
         return out
 
 
