@@ -13,7 +13,7 @@ import pytest
 
 from satellites_es.testing import unique_name
 
-from .support import REDIS_PASSWORD, PgCluster, Pki, RedisTls, TlsProxy, make_pki
+from .support import REDIS_PASSWORD, PgCluster, Pki, RedisTls, TlsProxy, make_pki, running
 
 ES_PASSWORD = "es-s3cret"
 BACKENDS = ("postgres", "redis", "rabbitmq", "elasticsearch")
@@ -30,20 +30,12 @@ def pki() -> Iterator[Pki]:
 
 @pytest.fixture(scope="session")
 def pg_cluster(pki: Pki) -> Iterator[PgCluster]:
-    cluster = PgCluster(pki)
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    yield from running(PgCluster(pki))
 
 
 @pytest.fixture(scope="session")
 def redis_tls(pki: Pki) -> Iterator[RedisTls]:
-    server = RedisTls(pki)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    yield from running(RedisTls(pki))
 
 
 @pytest.fixture

@@ -30,8 +30,10 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from satellites_es.testing import TcpProxy, free_port, port_open
 
@@ -87,6 +89,23 @@ def make_pki(directory: Path) -> Pki:
     for key in directory.glob("*.key"):
         key.chmod(0o600)
     return Pki(directory)
+
+
+class _Server(Protocol):
+    def start(self) -> object: ...
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Server)
+
+
+def running(server: S) -> Iterator[S]:
+    """Yield ``server`` started; stop it afterwards, whatever happened (for fixtures)."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def _as_postgres() -> list[str]:
