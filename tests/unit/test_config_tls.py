@@ -173,3 +173,37 @@ def test_a_secret_file_that_cannot_be_read_or_is_ambiguous_is_an_error(tmp_path:
         DataLayerConfig.from_env({"SATELLITES_REDIS_PASSWORD_FILE": str(tmp_path / "pw"),
                                   "SATELLITES_REDIS_PASSWORD": "other"})  # fmt: skip
     assert "s3cret" not in str(info.value) and "other" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "section", "field"),
+    [
+        ("SATELLITES_POSTGRES_SSLMODE", "require", "postgres", "sslmode"),
+        ("SATELLITES_POSTGRES_SSLROOTCERT", "/ca.pem", "postgres", "sslrootcert"),
+        ("SATELLITES_POSTGRES_SSLCERT", "/c.pem", "postgres", "sslcert"),
+        ("SATELLITES_POSTGRES_SSLKEY", "/c.key", "postgres", "sslkey"),
+        ("SATELLITES_POSTGRES_SSLPASSWORD", "key-s3cret", "postgres", "sslpassword"),
+        ("SATELLITES_REDIS_SSL_CA_CERTS", "/ca.pem", "redis", "ssl_ca_certs"),
+        ("SATELLITES_REDIS_SSL_CERTFILE", "/c.pem", "redis", "ssl_certfile"),
+        ("SATELLITES_REDIS_SSL_KEYFILE", "/c.key", "redis", "ssl_keyfile"),
+        ("SATELLITES_REDIS_SSL_CERT_REQS", "optional", "redis", "ssl_cert_reqs"),
+        ("SATELLITES_RABBITMQ_CAFILE", "/ca.pem", "rabbitmq", "cafile"),
+        ("SATELLITES_RABBITMQ_CERTFILE", "/c.pem", "rabbitmq", "certfile"),
+        ("SATELLITES_RABBITMQ_KEYFILE", "/c.key", "rabbitmq", "keyfile"),
+        ("SATELLITES_ELASTICSEARCH_CA_CERTS", "/ca.pem", "elasticsearch", "ca_certs"),
+        ("SATELLITES_ELASTICSEARCH_CLIENT_CERT", "/c.pem", "elasticsearch", "client_cert"),
+        ("SATELLITES_ELASTICSEARCH_CLIENT_KEY", "/c.key", "elasticsearch", "client_key"),
+    ],
+)
+def test_every_tls_field_variable_sets_its_field_and_the_driver_form(
+    var: str, value: str, section: str, field: str
+) -> None:
+    tls_on = {"SATELLITES_REDIS_SSL": "true", "SATELLITES_RABBITMQ_SSL": "true",
+              "SATELLITES_ELASTICSEARCH_URL": "https://es:9200"}  # fmt: skip
+    config = getattr(DataLayerConfig.from_env({**tls_on, var: value}), section)
+    assert getattr(config, field) == value
+    assert config.tls_options()[field] == value  # what the adapter hands to the driver
+    if section == "postgres":
+        assert f"{field}={value}" in config.dsn
+    if section == "rabbitmq":
+        assert f"{field}={value}" in config.url
