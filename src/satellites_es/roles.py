@@ -18,6 +18,9 @@ the schema owned by the owner. The object privileges are granted by :func:`grant
 migration (``migrate.upgrade`` calls it, as the owner, when the group roles exist), so a
 migration that adds a function or a table is followed by its grants in the same transaction.
 
+Group roles are cluster-wide while schemas are per database: two databases with a schema of
+the same name share its group roles, so give each deployment's schema a name of its own.
+
 The lists below are the one place that says who may call what: a migration that adds a function
 for producers or readers adds its name here. Postgres grants EXECUTE on every new function to
 PUBLIC; :func:`grant` revokes that for the functions listed here, so a reader cannot append.
@@ -68,7 +71,7 @@ READER_WRITES: tuple[str, ...] = (
 )
 #: TEMPORARY, until migration 0004 creates the append functions SECURITY DEFINER itself (then
 #: set this to ()): the v1 append functions of migration 0001 are plain (SECURITY INVOKER), so
-#: :func:`grant` makes them run as their owner. They already pin ``search_path``.
+#: :func:`grant` makes them run as their owner, with ``search_path`` = the schema, then pg_temp.
 MAKE_SECURITY_DEFINER: tuple[str, ...] = ("append_events_v1", "append_event_v1")
 
 _ROLE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -106,7 +109,9 @@ async def grant(conn: asyncpg.Connection[Any], schema: str) -> bool:
         names, s,
     ))  # fmt: skip
     statements = [f"GRANT USAGE ON SCHEMA {s} TO {p}, {r}"]
-    statements += [f"ALTER FUNCTION {s}.{fn} SECURITY DEFINER"
+    # pg_temp last: a definer function that searched the caller's temporary schema first could
+    # be handed a temporary table named "events" (PostgreSQL's advice for SECURITY DEFINER)
+    statements += [f"ALTER FUNCTION {s}.{fn} SECURITY DEFINER SET search_path = {s}, pg_temp"
                    for fn in MAKE_SECURITY_DEFINER if fn in present]  # fmt: skip
     statements += [f"REVOKE EXECUTE ON FUNCTION {s}.{fn} FROM PUBLIC"
                    for fn in (*PRODUCER_FUNCTIONS, *READER_FUNCTIONS) if fn in present]  # fmt: skip

@@ -80,6 +80,13 @@ async def test_owner_migrates_producer_appends_reader_relays_and_projects(
             await data.log.append(_event("a", 2), conn=conn, expected_version=1)
         with pytest.raises(ConcurrencyError):
             await data.log.append(_event("a", 3), expected_version=1)
+        async with data.postgres.acquire() as conn:  # a decoy "events" in its temporary schema
+            await conn.execute(
+                "CREATE TEMP TABLE events (position bigint, id text, resource text, key text,"
+                " version int, type text, source text, payload jsonb, timestamp timestamptz)"
+            )
+            await data.log.append(_event("d", 1), conn=conn)  # still lands in the real log
+            assert await conn.fetchval("SELECT count(*) FROM pg_temp.events") == 0
         async with data.postgres.acquire() as conn:
             for sql in ("UPDATE {s}.events SET type = 'x'", "DELETE FROM {s}.events",
                         "TRUNCATE {s}.events", "SELECT count(*) FROM {s}.events",
@@ -98,11 +105,11 @@ async def test_owner_migrates_producer_appends_reader_relays_and_projects(
     reader.events.subscribe_all(handler)
     async with reader:
         for _ in range(200):
-            if len(got) >= 5:
+            if len(got) >= 6:
                 break
             await asyncio.sleep(0.05)
         assert sorted((e.key, e.version) for e in got) == [
-            ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1)
+            ("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1), ("d", 1)
         ]  # fmt: skip
         async with reader.postgres.acquire() as conn:
             for sql in ("UPDATE {s}.events SET type = 'x'", "DELETE FROM {s}.events",
@@ -117,8 +124,8 @@ async def test_owner_migrates_producer_appends_reader_relays_and_projects(
             sink = FaissSink(vectors)
             await ensure_active(p, sink, checkpoints)
             result = await Projector(p, sink, reader.log, checkpoints).catch_up()
-            assert result.position == await reader.log.head() == 5
-            assert await checkpoints.get(p.name, 1) == 5
+            assert result.position == await reader.log.head() == 6
+            assert await checkpoints.get(p.name, 1) == 6
 
 
 async def test_a_role_that_cannot_migrate_an_outdated_schema_is_told_who_can(
