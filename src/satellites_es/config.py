@@ -46,6 +46,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import ConfigurationError
+from .sql import SCHEMA_NAME
 
 __all__ = [
     "DataLayerConfig",
@@ -60,7 +61,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "SATELLITES_"
-_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: A Redis key prefix is matched with SCAN patterns (a rebuild's drop, the demo's reset): glob
 #: characters in it, or an empty prefix, would match keys that are not ours.
 _REDIS_PREFIX = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -276,7 +276,7 @@ class PostgresConfig:
     sslpassword: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not _IDENT.match(self.schema):
+        if not SCHEMA_NAME.match(self.schema):
             raise ConfigurationError(
                 "postgres.schema",
                 f"must be 1-63 of a-z 0-9 _, not starting with a digit (got {self.schema!r})",
