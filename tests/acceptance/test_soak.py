@@ -1,4 +1,4 @@
-"""The soak (``bench/soak.py``) in short: 90 seconds of steady appends under random faults
+"""The soak (``python -m bench.soak``) in short: 90 seconds of steady appends under random faults
 (SIGKILLed relays and projectors, terminated Postgres sessions, a RabbitMQ restart, Redis and
 Elasticsearch cut at a TCP proxy for 5-60 s) with poison events of every kind among them, then
 every sink compared with the log key by key, every position checked as delivered by the bus, and
@@ -30,7 +30,7 @@ def test_short_soak_loses_nothing_duplicates_nothing_and_matches_the_log() -> No
         if os.environ.get(var):
             env[var] = os.environ[var]
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "90", "--rate", "150",
+        [sys.executable, "-m", "bench.soak", "--seconds", "90", "--rate", "150",
          "--keys", "200", "--seed", "8", "--catchup-timeout", "180"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
