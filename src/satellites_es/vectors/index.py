@@ -47,7 +47,15 @@ from .coalesce import QueryCoalescer
 from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
-from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
+from .persistence import (
+    Snapshot,
+    decode_snapshot,
+    encode_snapshot,
+    read_snapshot,
+    remove_namespace_dir,
+    snapshot_namespaces,
+    write_snapshot,
+)
 from .validation import (
     check_id,
     check_ids,
@@ -381,6 +389,26 @@ class VectorIndex:
         for name in names:
             await self._load(name)
 
+    async def export_snapshot(self, namespace: str) -> dict[str, bytes]:
+        """The files of a snapshot of ``namespace`` as it is now, in memory (for an object
+        store: :mod:`.snapshot_store`); the local snapshot on disk is left alone."""
+        slot = self._slot(namespace)
+        async with slot.lock.read():
+            ns = self._live(slot)
+            data, state = await self._run(ns.snapshot)
+        return await self._run(encode_snapshot, ns.spec, data, state)
+
+    async def restore_snapshot(
+        self, files: dict[str, bytes], manifest_sha: str, name: str, where: Callable[[str], str]
+    ) -> None:
+        """Verify ``files`` (a snapshot of ``name`` from elsewhere) as ``load`` verifies a local
+        one, naming ``where(file)`` in a :class:`CorruptIndexError`, then serve it. It is not
+        saved on disk until the next ``save``."""
+        self._check_open()
+        check_namespace(name)
+        got = await self._run(decode_snapshot, name, files, manifest_sha, where)
+        await self._adopt(got, saved=False)
+
     # ---- internals -----------------------------------------------------------------------
 
     async def _save(self, slot: _Slot) -> None:
@@ -395,14 +423,18 @@ class VectorIndex:
 
     async def _load(self, name: str) -> None:
         spec, index, state = await self._run(read_snapshot, self._root / name, name)
-        loaded = Namespace(spec, index, state)
-        slot = self._slots.get(name)
+        await self._adopt(Snapshot(spec, index, state), saved=True)
+
+    async def _adopt(self, snapshot: Snapshot, *, saved: bool) -> None:
+        loaded = Namespace(snapshot.spec, snapshot.index, snapshot.state)
+        version = loaded.version if saved else -1
+        slot = self._slots.get(snapshot.spec.name)
         if slot is None:
-            self._install(loaded).saved_version = loaded.version
+            self._install(loaded).saved_version = version
             return
         async with slot.save_lock, slot.lock.write():
             slot.ns = loaded
-            slot.saved_version = loaded.version
+            slot.saved_version = version
 
     async def _search(
         self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
