@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
-
-from collections.abc import Callable
-from typing import Any
-
 from rich.console import Console
+from rich.table import Table
 
 from .config import DataLayerConfig
 from .errors import ConfigurationError, ProjectionError

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,13 @@ from tests.replica_support import (
     assert_matches_log,
     embedding_events,
     log_fold,
-    s3,  # noqa: F401  (fixture)
+    running_s3,
 )
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    yield from running_s3(monkeypatch)
 
 
 @contextlib.asynccontextmanager
@@ -82,7 +87,11 @@ async def test_bootstrapped_replica_answers_like_the_one_that_made_the_snapshot(
             result = await p2.catch_up()
             assert boot is not None
             status = boot.status[NAMESPACE]
-            assert (status.source, status.snapshot, status.position) == ("store", published, position)
+            assert (status.source, status.snapshot, status.position) == (
+                "store",
+                published,
+                position,
+            )
             assert status.refused == [] and status.store_error is None
             assert result.events == len(tail)  # only the log after the snapshot was read
             assert await _answers(second, queries) == expected  # ids, scores, metadata
@@ -200,7 +209,10 @@ async def test_store_errors_name_the_object_never_the_credentials(
     with pytest.raises(BackendUnavailableError) as caught:
         await snapshots.pointer(NAMESPACE)
     message = str(caught.value)
-    assert caught.value.backend == "object_store" and f"{down.url('x')}/{NAMESPACE}/{POINTER}" in message
+    assert (
+        caught.value.backend == "object_store"
+        and f"{down.url('x')}/{NAMESPACE}/{POINTER}" in message
+    )
     for secret in (AWS_ENV["AWS_SECRET_ACCESS_KEY"], AWS_ENV["AWS_ACCESS_KEY_ID"]):
         assert secret not in message and secret not in caplog.text
     assert "\n" not in message  # one line, not the client's debug dump
@@ -247,4 +259,3 @@ async def test_store_down_at_start_serves_from_the_local_snapshot_or_the_log(
     empty = await serve(tmp_path / "two", 30)  # a new disk: the whole log
     assert empty["replica"]["source"] == "log" and empty["replica"]["store"] == "down"
     assert empty["state"] == "running"
-
