@@ -105,13 +105,11 @@ class Replica:
                 return None  # the local snapshot is as new: nothing to download
             status.phase, status.done, status.total = "downloading", 0, snapshot.bytes
             try:
-                files = await self.store.download(
-                    namespace, snapshot, progress=status_adder(status)
-                )
+                got = await self.store.download(namespace, snapshot, status_adder(status))
                 status.phase = "loading"
                 await self.vectors.restore_snapshot(
-                    files, snapshot.manifest_sha256, namespace,
-                    self.store.describe(namespace, snapshot),
+                    got.files, snapshot.manifest_sha256, namespace,
+                    self.store.describe(namespace, snapshot), got.sha256,
                 )  # fmt: skip
             except CorruptIndexError as exc:
                 self._refuse(namespace, status, exc)

@@ -399,14 +399,19 @@ class VectorIndex:
         return await self._run(encode_snapshot, ns.spec, data, state)
 
     async def restore_snapshot(
-        self, files: dict[str, bytes], manifest_sha: str, name: str, where: Callable[[str], str]
+        self,
+        files: dict[str, bytes],
+        manifest_sha: str,
+        name: str,
+        where: Callable[[str], str],
+        digests: dict[str, str] | None = None,
     ) -> None:
-        """Verify ``files`` (a snapshot of ``name`` from elsewhere) as ``load`` verifies a local
-        one, naming ``where(file)`` in a :class:`CorruptIndexError`, then serve it. It is not
-        saved on disk until the next ``save``."""
+        """Verify ``files`` (a snapshot of ``name`` from elsewhere; ``digests``: their sha256
+        if already computed) as ``load`` verifies a local one, naming ``where(file)`` in a
+        :class:`CorruptIndexError`, then serve it. It is saved on disk at the next ``save``."""
         self._check_open()
         check_namespace(name)
-        got = await self._run(decode_snapshot, name, files, manifest_sha, where)
+        got = await self._run(decode_snapshot, name, files, manifest_sha, where, digests)
         await self._adopt(got, saved=False)
 
     # ---- internals -----------------------------------------------------------------------

@@ -33,6 +33,7 @@ failure of the store itself (unreachable, refused, timed out, denied) is a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -41,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 import obstore
@@ -55,7 +56,7 @@ from .validation import check_namespace
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
 
-__all__ = ["BACKEND", "POINTER", "Pointer", "RemoteSnapshot", "SnapshotStore"]
+__all__ = ["BACKEND", "POINTER", "Download", "Pointer", "RemoteSnapshot", "SnapshotStore"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +88,14 @@ class RemoteSnapshot:
     @property
     def seq(self) -> int:
         return int(self.id.split("-", 1)[0])
+
+
+@dataclass(frozen=True)
+class Download:
+    """A snapshot's files as downloaded, with the sha256 of each computed on the way."""
+
+    files: dict[str, bytes]
+    sha256: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -164,19 +173,20 @@ class SnapshotStore:
 
     async def download(
         self, namespace: str, snapshot: RemoteSnapshot, progress: Progress | None = None
-    ) -> dict[str, bytes]:
-        """The three files of ``snapshot`` as stored (verify them with ``decode_snapshot``); a
-        missing file is a :class:`CorruptIndexError` naming it."""
+    ) -> Download:
+        """The three files of ``snapshot`` as stored, each hashed as it arrives (verify them
+        with ``decode_snapshot``); a missing file is a :class:`CorruptIndexError` naming it."""
         base = self._base(namespace, snapshot.id)
 
-        async def one(file: str) -> bytes:
-            data = await self._get(f"{base}/{file}", progress)
-            if data is None:
+        async def one(file: str) -> tuple[bytes, str]:
+            got = await self._get(f"{base}/{file}", progress, hashed=True)
+            if got is None:
                 raise CorruptIndexError(self.where(f"{base}/{file}"), "missing from the store")
-            return data
+            return got
 
         got = await asyncio.gather(*(one(f) for f in FILES))
-        return dict(zip(FILES, got, strict=True))
+        return Download({f: data for f, (data, _) in zip(FILES, got, strict=True)},
+                        {f: digest for f, (_, digest) in zip(FILES, got, strict=True)})  # fmt: skip
 
     def describe(self, namespace: str, snapshot: RemoteSnapshot) -> Callable[[str], str]:
         """``where`` for ``decode_snapshot``: a file's object URL."""
@@ -243,15 +253,26 @@ class SnapshotStore:
             for meta in batch:
                 yield meta["path"]
 
-    async def _get(self, key: str, progress: Progress | None = None) -> bytes | None:
-        """An object's bytes, None if it does not exist."""
+    @overload
+    async def _get(self, key: str) -> bytes | None: ...
+    @overload
+    async def _get(
+        self, key: str, progress: Progress | None, *, hashed: Literal[True]
+    ) -> tuple[bytes, str] | None: ...
+
+    async def _get(
+        self, key: str, progress: Progress | None = None, *, hashed: bool = False
+    ) -> bytes | tuple[bytes, str] | None:
+        """An object's bytes (and, ``hashed``, their sha256, computed in a worker thread chunk by
+        chunk while the client fetches the next), None if it does not exist."""
         what = f"read {self.where(key)}"
         try:
             result = await _translated(what, obstore.get_async(self._store, key))
         except FileNotFoundError:
             return None
-        if progress is None:
+        if not hashed:
             return bytes(await _translated(what, result.bytes_async()))
+        hasher = hashlib.sha256()
         chunks = []
         stream = result.stream(min_chunk_size=STREAM_CHUNK)
         while True:
@@ -259,9 +280,11 @@ class SnapshotStore:
                 chunk = await _translated(what, stream.__anext__())
             except StopAsyncIteration:
                 break
+            await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
             chunks.append(chunk)
-            progress(len(chunk))
-        return b"".join(chunks)
+            if progress is not None:
+                progress(len(chunk))
+        return b"".join(chunks), hasher.hexdigest()
 
     async def _put(self, key: str, data: bytes) -> None:
         await self._call(f"write {self.where(key)}", obstore.put_async(
