@@ -1,4 +1,5 @@
-"""What the replica tests share: an S3-compatible server per test, embedding events, and the
+"""What the replica tests share: an S3-compatible server per test (the ``s3`` fixture, which the
+integration and acceptance conftests import), embedding events, and the
 log folded key by key to compare a replica with."""
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ DIM = 384
 NAMESPACE = "embeddings_v1"  # the demo's embeddings projection, version 1
 
 
-def running_s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    """For a test's ``s3`` fixture: a moto server of its own on a free port, stopped
-    afterwards; this process's client finds the dummy credentials in the environment, as the
-    standard chain reads them."""
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
+    """A moto server of this test's own on a free port, stopped afterwards; this process's
+    client finds the dummy credentials in the environment, as the standard chain reads them."""
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     server = S3Server().start()

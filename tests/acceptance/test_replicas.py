@@ -41,18 +41,12 @@ from tests.replica_support import (
     assert_matches_log,
     embedding_events,
     log_fold,
-    running_s3,
 )
 
 from .conftest import CLI, run_cli
 from .test_service_cli import _get, _wait_http
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    yield from running_s3(monkeypatch)
 
 
 class SlowProxy:

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,7 @@ from tests.replica_support import (
     assert_matches_log,
     embedding_events,
     log_fold,
-    running_s3,
 )
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    yield from running_s3(monkeypatch)
 
 
 @contextlib.asynccontextmanager
@@ -57,6 +51,15 @@ async def replica(
         sink = FaissSink(vectors, boot)
         version = await ensure_active(embeddings, sink, checkpoints)
         yield vectors, boot, Projector(embeddings, sink, store, checkpoints, version=version)
+
+
+async def _publish_from(
+    path: Path, store: EventStore, checkpoints: Checkpoints, snapshots: SnapshotStore
+) -> tuple[int, str | None]:
+    """A replica on ``path`` catches up with the log and publishes its snapshot, then stops."""
+    async with replica(path, store, checkpoints, snapshots) as (vectors, _, projector):
+        await projector.catch_up()
+        return await publish_now(vectors, snapshots, NAMESPACE)
 
 
 async def _answers(vectors: VectorIndex, queries: np.ndarray) -> list[Any]:
@@ -145,9 +148,7 @@ async def test_every_snapshot_refused_means_a_replay_from_the_log(
     rng = random.Random(22)
     snapshots = SnapshotStore(s3.url("all-bad"), endpoint=s3.endpoint)
     await store.append(embedding_events(rng, 200, keys=100))
-    async with replica(tmp_path / "a", store, checkpoints, snapshots) as (first, _, projector):
-        await projector.catch_up()
-        _, only = await publish_now(first, snapshots, NAMESPACE)
+    _, only = await _publish_from(tmp_path / "a", store, checkpoints, snapshots)
     await _corrupt(snapshots, f"{NAMESPACE}/snapshots/{only}/{INDEX_FILE}", "truncated")
     async with replica(tmp_path / "b", store, checkpoints, snapshots) as (second, boot, p2):
         result = await p2.catch_up()
@@ -188,9 +189,7 @@ async def test_a_shared_volume_works_as_the_store(
     rng = random.Random(24)
     snapshots = SnapshotStore((tmp_path / "volume").as_uri())
     await store.append(embedding_events(rng, 200, keys=100))
-    async with replica(tmp_path / "a", store, checkpoints, snapshots) as (first, _, projector):
-        await projector.catch_up()
-        _, published = await publish_now(first, snapshots, NAMESPACE)
+    _, published = await _publish_from(tmp_path / "a", store, checkpoints, snapshots)
     assert (tmp_path / "volume" / NAMESPACE / POINTER).is_file()
     async with replica(tmp_path / "b", store, checkpoints, snapshots) as (second, boot, p2):
         assert (await p2.catch_up()).events == 0

@@ -66,6 +66,7 @@ __all__ = [
     "Snapshot",
     "decode_snapshot",
     "encode_snapshot",
+    "is_safe_name",
     "read_snapshot",
     "remove_namespace_dir",
     "snapshot_namespaces",
@@ -145,11 +146,11 @@ def snapshot_namespaces(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if _is_safe_name(p.name) and (p / CURRENT).is_file()
+        p.name for p in root.iterdir() if is_safe_name(p.name) and (p / CURRENT).is_file()
     )
 
 
-def _is_safe_name(name: str) -> bool:
+def is_safe_name(name: str) -> bool:
     """Directories that could not have been created by us (``.tmp-*``, odd names) are skipped."""
     try:
         check_namespace(name)

@@ -50,7 +50,14 @@ from obstore.store import LocalStore, S3Store
 
 from ..config import FaissConfig, redact_url
 from ..errors import BackendUnavailableError, ConfigurationError, CorruptIndexError
-from .persistence import FILES, INDEX_FILE, MANIFEST_FILE, META_FILE, manifest_sha256
+from .persistence import (
+    FILES,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    META_FILE,
+    is_safe_name,
+    manifest_sha256,
+)
 from .validation import check_namespace
 
 if TYPE_CHECKING:
@@ -167,7 +174,7 @@ class SnapshotStore:
         out = []
         for prefix in listed["common_prefixes"]:
             name = prefix.rstrip("/").rsplit("/", 1)[-1]
-            if _safe(name) and await self.pointer(name) is not None:
+            if is_safe_name(name) and await self.pointer(name) is not None:
                 out.append(name)
         return sorted(out)
 
@@ -312,14 +319,6 @@ def _first_line(exc: BaseException) -> str:
     """The client's message without its multi-line debug dump (which quotes whole responses)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-
-
-def _safe(name: str) -> bool:
-    try:
-        check_namespace(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _open(url: str, endpoint: str | None, connect_timeout: float, retries: int) -> Any:
