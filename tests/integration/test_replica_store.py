@@ -101,18 +101,21 @@ async def test_bootstrapped_replica_answers_like_the_one_that_made_the_snapshot(
             await assert_matches_log(second, NAMESPACE, await log_fold(store))
 
 
-async def _corrupt(snapshots: SnapshotStore, key: str, how: str) -> None:
-    """Damage one object in place: one byte changed, or cut to half its length."""
+async def _corrupt(snapshots: SnapshotStore, key: str, how: str, other: str = "") -> None:
+    """Damage one object in place: one byte changed, cut to half its length, or ``swapped``
+    for the same file of another snapshot (whole and valid, but not this snapshot's)."""
     raw: Any = snapshots._store  # the client itself: the damage must not go through our code
-    data = bytearray(bytes(await (await obstore.get_async(raw, key)).bytes_async()))
+    data = bytearray(bytes(await (await obstore.get_async(raw, other or key)).bytes_async()))
     if how == "byte":
         data[len(data) // 2] ^= 0x01
-    else:
+    elif how == "truncated":
         data = data[: len(data) // 2]
     await obstore.put_async(raw, key, bytes(data))
 
 
-@pytest.mark.parametrize(("how", "file"), [("byte", INDEX_FILE), ("truncated", META_FILE)])
+@pytest.mark.parametrize(
+    ("how", "file"), [("byte", INDEX_FILE), ("truncated", META_FILE), ("swapped", META_FILE)]
+)
 async def test_damaged_snapshot_is_refused_naming_the_object_and_the_previous_is_used(
     store: EventStore, checkpoints: Checkpoints, tmp_path: Path, s3: S3Server,
     caplog: pytest.LogCaptureFixture, how: str, file: str,
@@ -128,7 +131,7 @@ async def test_damaged_snapshot_is_refused_naming_the_object_and_the_previous_is
         _, newer = await publish_now(first, snapshots, NAMESPACE)
     assert older is not None and newer is not None
     damaged = f"{NAMESPACE}/snapshots/{newer}/{file}"
-    await _corrupt(snapshots, damaged, how)
+    await _corrupt(snapshots, damaged, how, other=damaged.replace(newer, older))
     await store.append(embedding_events(rng, 50, keys=250))
 
     caplog.set_level(logging.ERROR, logger="satellites_es.projections.replica")

@@ -324,12 +324,10 @@ def _first_line(exc: BaseException) -> str:
 def _open(url: str, endpoint: str | None, connect_timeout: float, retries: int) -> Any:
     parts = urlsplit(url)
     if parts.scheme == "file":
-        root = Path(unquote(parts.path))
-        if not parts.path.startswith("/"):
-            raise ConfigurationError(
-                "SATELLITES_FAISS_SNAPSHOT_URL", "file:// needs an absolute path"
-            )
-        return LocalStore(root, mkdir=True)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigurationError("SATELLITES_FAISS_SNAPSHOT_URL",
+                                     "file:// needs an absolute path (file:///mnt/shared)")  # fmt: skip
+        return LocalStore(Path(unquote(parts.path)), mkdir=True)
     if parts.scheme != "s3" or not parts.netloc:
         raise ConfigurationError("SATELLITES_FAISS_SNAPSHOT_URL",
                                  f"must be s3://bucket/prefix or file:///path (got {redact_url(url)!r})")  # fmt: skip
