@@ -17,7 +17,7 @@ import numpy as np
 import obstore
 import pytest
 
-from satellites_es.config import DataLayerConfig, FaissConfig
+from satellites_es.config import DataLayerConfig, FaissConfig, PostgresConfig
 from satellites_es.demo.projections import embeddings
 from satellites_es.errors import BackendUnavailableError
 from satellites_es.facade import DataLayer
@@ -26,7 +26,7 @@ from satellites_es.projections import Checkpoints, Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.replica import Replica
 from satellites_es.projections.service import ProjectionService
-from satellites_es.projections.snapshotter import publish_now
+from satellites_es.projections.snapshotter import Lease, Snapshotter, publish_now
 from satellites_es.store import EventStore
 from satellites_es.testing_s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
@@ -50,6 +50,7 @@ async def replica(
         boot = Replica(vectors, snapshots) if snapshots is not None else None
         sink = FaissSink(vectors, boot)
         version = await ensure_active(embeddings, sink, checkpoints)
+        await sink.activate(embeddings, version)
         yield vectors, boot, Projector(embeddings, sink, store, checkpoints, version=version)
 
 
@@ -261,3 +262,40 @@ async def test_store_down_at_start_serves_from_the_local_snapshot_or_the_log(
     empty = await serve(tmp_path / "two", 30)  # a new disk: the whole log
     assert empty["replica"]["source"] == "log" and empty["replica"]["store"] == "down"
     assert empty["state"] == "running"
+
+
+async def test_one_snapshotter_uploads_when_due_while_the_other_stands_by(
+    store: EventStore, checkpoints: Checkpoints, tmp_path: Path, s3: S3Server,
+    migrated: PostgresConfig,
+) -> None:  # fmt: skip
+    rng = random.Random(26)
+    snapshots = SnapshotStore(s3.url("leader"), endpoint=s3.endpoint)
+    key = f"{migrated.schema}.embeddings"
+    async with (
+        replica(tmp_path / "a", store, checkpoints, snapshots) as (va, _, pa),
+        replica(tmp_path / "b", store, checkpoints, snapshots) as (vb, _, pb),
+    ):
+        a, b = (Snapshotter(embeddings, v, snapshots, Lease(migrated.dsn, key), every_events=100,
+                            every_seconds=3600.0) for v in (va, vb))  # fmt: skip
+        try:
+
+            async def step(n: int) -> tuple[bool, bool]:
+                await store.append(embedding_events(rng, n, keys=500))
+                await pa.catch_up()
+                await pb.catch_up()
+                return await a.run_once(), await b.run_once()
+
+            assert await step(60) == (False, False)  # 60 events: not due yet
+            assert await step(60) == (True, False)  # due: a took the lease, b stands by
+            assert (a.status.state, b.status.state) == ("leader", "standby")
+            pointer = await snapshots.pointer(NAMESPACE)
+            assert pointer is not None and pointer.snapshots[0].position == await store.head()
+            await a.lease.release()  # the leader's session ends (a crash frees it too)
+            await store.append(embedding_events(rng, 120, keys=500))
+            await pb.catch_up()
+            assert await b.run_once() and b.status.state == "leader"  # b took over
+            await pa.catch_up()
+            assert not await a.run_once() and a.status.state == "standby"  # due, not leading
+        finally:
+            await a.lease.release()
+            await b.lease.release()

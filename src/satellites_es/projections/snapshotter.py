@@ -115,6 +115,7 @@ class Snapshotter:
         self.every_events, self.every_seconds = every_events, every_seconds
         self.poll_interval = poll_interval
         self.status = SnapshotterStatus()
+        self._namespace: str | None = None
         self._last_position: int | None = None
         self._last_time = time.monotonic()
 
@@ -148,6 +149,8 @@ class Snapshotter:
         namespace = self.vectors.alias_target(self.projection.name)
         if namespace is None or namespace not in await self.vectors.namespaces():
             return False
+        if namespace != self._namespace:  # a rebuild flipped the projection: another pointer
+            self._namespace, self._last_position = namespace, None
         if self._last_position is None:
             pointer = await self.store.pointer(namespace)
             self._last_position = (
