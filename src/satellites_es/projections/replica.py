@@ -9,8 +9,8 @@ is then ready after one download and the log's tail, instead of a replay of the 
 projector that called it replays the log from the loaded snapshot's position.
 
 What is never done: serve a snapshot that fails verification. The download is verified in memory
-(:meth:`~satellites_es.vectors.VectorIndex.restore_snapshot`: hashes, sizes, index against
-metadata) before it replaces anything; a refused snapshot is named in the log, counted in
+(:mod:`~satellites_es.vectors.persistence`'s ``decode_*`` steps: hashes, sizes, index against
+metadata) before it replaces anything (:meth:`~satellites_es.vectors.VectorIndex.adopt_snapshot`); a refused snapshot is named in the log, counted in
 ``refused`` (health and ``/metrics``), and the previous one the pointer keeps is tried next. If
 none is usable, or the store cannot be reached (``store_error``), the replica keeps its local
 snapshot or, with none, replays the log: the store being down costs time, never availability.
@@ -18,6 +18,7 @@ snapshot or, with none, replays the log: the store being down costs time, never 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,16 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, CorruptIndexError
 from ..vectors import VectorIndex
+from ..vectors.persistence import (
+    INDEX_FILE,
+    MANIFEST_FILE,
+    META_FILE,
+    Snapshot,
+    assemble,
+    decode_index,
+    decode_state,
+    open_manifest,
+)
 from ..vectors.snapshot_store import RemoteSnapshot, SnapshotStore
 
 __all__ = ["Replica", "ReplicaStatus"]
@@ -105,17 +116,35 @@ class Replica:
                 return None  # the local snapshot is as new: nothing to download
             status.phase, status.done, status.total = "downloading", 0, snapshot.bytes
             try:
-                got = await self.store.download(namespace, snapshot, status_adder(status))
-                status.phase = "loading"
-                await self.vectors.restore_snapshot(
-                    got.files, snapshot.manifest_sha256, namespace,
-                    self.store.describe(namespace, snapshot), got.sha256,
-                )  # fmt: skip
+                await self.vectors.adopt_snapshot(await self._load(namespace, snapshot, status))
             except CorruptIndexError as exc:
                 self._refuse(namespace, status, exc)
                 continue
             return snapshot
         return None
+
+    async def _load(
+        self, namespace: str, snapshot: RemoteSnapshot, status: ReplicaStatus
+    ) -> Snapshot:
+        """Download and verify ``snapshot``: the metadata (small) is verified and parsed in a
+        worker while the index is still arriving, then the index; nothing is served until every
+        check of :func:`~satellites_es.vectors.persistence.decode_snapshot` has passed."""
+        store, where = self.store, self.store.describe(namespace, snapshot)
+        progress = status_adder(status)
+        data, sha = await store.fetch(namespace, snapshot, MANIFEST_FILE, progress)
+        manifest = open_manifest(namespace, data, snapshot.manifest_sha256, where, sha)
+        index_task = asyncio.create_task(store.fetch(namespace, snapshot, INDEX_FILE, progress))
+        try:
+            data, sha = await store.fetch(namespace, snapshot, META_FILE, progress)
+            state = await asyncio.to_thread(decode_state, manifest, data, where, sha)
+            data, sha = await index_task
+        finally:
+            if not index_task.done():  # the metadata was refused: stop the index's download
+                index_task.cancel()
+                await asyncio.gather(index_task, return_exceptions=True)
+        status.phase = "loading"
+        index = await asyncio.to_thread(decode_index, manifest, data, where, sha)
+        return await asyncio.to_thread(assemble, manifest, index, state, where)
 
     def _refuse(self, namespace: str, status: ReplicaStatus, exc: CorruptIndexError) -> None:
         status.refused.append(str(exc))

@@ -49,7 +49,6 @@ from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
 from .persistence import (
     Snapshot,
-    decode_snapshot,
     encode_snapshot,
     read_snapshot,
     remove_namespace_dir,
@@ -398,21 +397,13 @@ class VectorIndex:
             data, state = await self._run(ns.snapshot)
         return await self._run(encode_snapshot, ns.spec, data, state)
 
-    async def restore_snapshot(
-        self,
-        files: dict[str, bytes],
-        manifest_sha: str,
-        name: str,
-        where: Callable[[str], str],
-        digests: dict[str, str] | None = None,
-    ) -> None:
-        """Verify ``files`` (a snapshot of ``name`` from elsewhere; ``digests``: their sha256
-        if already computed) as ``load`` verifies a local one, naming ``where(file)`` in a
-        :class:`CorruptIndexError`, then serve it. It is saved on disk at the next ``save``."""
+    async def adopt_snapshot(self, snapshot: Snapshot) -> None:
+        """Serve ``snapshot``, verified elsewhere (an object store's download, through
+        :mod:`.persistence`'s ``decode_*`` steps), in place of its namespace; it is written to
+        disk at the next ``save``."""
         self._check_open()
-        check_namespace(name)
-        got = await self._run(decode_snapshot, name, files, manifest_sha, where, digests)
-        await self._adopt(got, saved=False)
+        check_namespace(snapshot.spec.name)
+        await self._adopt(snapshot, saved=False)
 
     # ---- internals -----------------------------------------------------------------------
 

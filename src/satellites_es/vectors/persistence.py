@@ -63,10 +63,17 @@ __all__ = [
     "INDEX_FILE",
     "MANIFEST_FILE",
     "META_FILE",
+    "Manifest",
     "Snapshot",
+    "assemble",
+    "decode_index",
     "decode_snapshot",
+    "decode_state",
     "encode_snapshot",
+    "install_snapshot",
     "is_safe_name",
+    "manifest_sha256",
+    "open_manifest",
     "read_snapshot",
     "remove_namespace_dir",
     "snapshot_namespaces",
@@ -263,23 +270,60 @@ def decode_snapshot(
     """Verify the files of a snapshot of namespace ``name`` and load them: the manifest must hash
     to ``manifest_sha``, each file must have its manifest's size and sha256, the index and the
     metadata must agree. Raises :class:`CorruptIndexError` naming ``where(file)``. ``digests``:
-    the sha256 of files already hashed as they arrived (a download), not hashed again."""
+    the sha256 of files already hashed as they arrived (a download), not hashed again.
+
+    The same steps one at a time (:func:`open_manifest`, :func:`decode_state`,
+    :func:`decode_index`, :func:`assemble`) let a download verify and parse one file while the
+    next is still arriving."""
     digests = digests or {}
+    manifest = open_manifest(name, files[MANIFEST_FILE], manifest_sha, where,
+                             digests.get(MANIFEST_FILE))  # fmt: skip
+    index = decode_index(manifest, files[INDEX_FILE], where, digests.get(INDEX_FILE))
+    state = decode_state(manifest, files[META_FILE], where, digests.get(META_FILE))
+    return assemble(manifest, index, state, where)
 
-    def sha(file: str) -> str:
-        return digests.get(file) or _sha256(files[file])
 
-    if sha(MANIFEST_FILE) != manifest_sha:
+@dataclass(frozen=True)
+class Manifest:
+    """A snapshot's manifest, verified against its pointer."""
+
+    spec: NamespaceSpec
+    body: dict[str, Any]
+
+
+def open_manifest(
+    name: str, data: bytes, expected_sha: str, where: Callable[[str], str], sha: str | None = None
+) -> Manifest:
+    """The manifest of a snapshot of ``name``, if it hashes to ``expected_sha`` (its pointer's)."""
+    if (sha or _sha256(data)) != expected_sha:
         raise CorruptIndexError(where(MANIFEST_FILE), "checksum does not match its pointer")
-    manifest = _parse_manifest(where(MANIFEST_FILE), files[MANIFEST_FILE], name)
-    spec = NamespaceSpec.from_json(manifest["spec"])
-    for file in (INDEX_FILE, META_FILE):
-        _check_file(where(file), files[file], manifest["files"][file], sha(file))
-    index = _load_index(where(INDEX_FILE), files[INDEX_FILE], spec, manifest)
+    body = _parse_manifest(where(MANIFEST_FILE), data, name)
+    return Manifest(NamespaceSpec.from_json(body["spec"]), body)
+
+
+def decode_index(
+    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+) -> Any:
+    """The FAISS index, once its size and sha256 are the manifest's."""
+    _check_file(where(INDEX_FILE), data, manifest.body["files"][INDEX_FILE], sha or _sha256(data))
+    return _load_index(where(INDEX_FILE), data, manifest.spec, manifest.body)
+
+
+def decode_state(
+    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+) -> NamespaceState:
+    """The ids, metadata and positions, once their size and sha256 are the manifest's."""
+    _check_file(where(META_FILE), data, manifest.body["files"][META_FILE], sha or _sha256(data))
     with _gc_paused():
-        state = _parse_state(where(META_FILE), files[META_FILE], manifest)
+        return _parse_state(where(META_FILE), data, manifest.body)
+
+
+def assemble(
+    manifest: Manifest, index: Any, state: NamespaceState, where: Callable[[str], str]
+) -> Snapshot:
+    """The snapshot, once the index and the metadata agree label for label."""
     _check_labels(where(META_FILE), index, state)
-    return Snapshot(spec, index, state)
+    return Snapshot(manifest.spec, index, state)
 
 
 @contextlib.contextmanager

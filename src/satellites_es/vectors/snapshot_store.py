@@ -181,19 +181,22 @@ class SnapshotStore:
     async def download(
         self, namespace: str, snapshot: RemoteSnapshot, progress: Progress | None = None
     ) -> Download:
-        """The three files of ``snapshot`` as stored, each hashed as it arrives (verify them
-        with ``decode_snapshot``); a missing file is a :class:`CorruptIndexError` naming it."""
-        base = self._base(namespace, snapshot.id)
-
-        async def one(file: str) -> tuple[bytes, str]:
-            got = await self._get(f"{base}/{file}", progress, hashed=True)
-            if got is None:
-                raise CorruptIndexError(self.where(f"{base}/{file}"), "missing from the store")
-            return got
-
-        got = await asyncio.gather(*(one(f) for f in FILES))
+        """The three files of ``snapshot`` at once (see :meth:`fetch`)."""
+        got = await asyncio.gather(*(self.fetch(namespace, snapshot, f, progress) for f in FILES))
         return Download({f: data for f, (data, _) in zip(FILES, got, strict=True)},
                         {f: digest for f, (_, digest) in zip(FILES, got, strict=True)})  # fmt: skip
+
+    async def fetch(
+        self, namespace: str, snapshot: RemoteSnapshot, file: str, progress: Progress | None = None
+    ) -> tuple[bytes, str]:
+        """One file of ``snapshot`` as stored, with its sha256 computed as it arrives (verify it
+        with :mod:`.persistence`'s ``decode_*``); a missing one is a :class:`CorruptIndexError`
+        naming it."""
+        key = f"{self._base(namespace, snapshot.id)}/{file}"
+        got = await self._get(key, progress, hashed=True)
+        if got is None:
+            raise CorruptIndexError(self.where(key), "missing from the store")
+        return got
 
     def describe(self, namespace: str, snapshot: RemoteSnapshot) -> Callable[[str], str]:
         """``where`` for ``decode_snapshot``: a file's object URL."""
