@@ -257,6 +257,7 @@ async def test_store_down_at_start_serves_from_the_local_snapshot_or_the_log(
     local = await serve(tmp_path / "one", 30)  # same disk: its own snapshot
     assert local["state"] == "running" and local["ok"], local
     assert local["replica"]["source"] == "local" and local["replica"]["store"] == "down"
+    assert local["replica"]["phase"] == "ready"
     assert "object_store" in local["replica"]["store_error"]
     assert 'satellites_snapshot_store_up{projection="embeddings"} 0.0' in local["metrics"]
     empty = await serve(tmp_path / "two", 30)  # a new disk: the whole log

@@ -48,8 +48,8 @@ class ReplicaStatus:
     """Where a replica's namespace came from, for ``health()`` and ``/metrics``.
 
     ``phase``: ``checking`` (reading the pointer), ``downloading`` (``done``/``total`` bytes),
-    ``loading`` (verifying and loading), then ``replaying`` (the log after ``position``; the
-    follower reports ``running`` once it has caught up). ``source``: ``store``, ``local`` or
+    ``loading`` (verifying and loading), then ``replaying`` (the log after ``position``), and in
+    health ``ready`` once the follower has caught up (it then reports ``running``). ``source``: ``store``, ``local`` or
     ``log``. ``refused``: snapshots that failed verification, each with the object and why.
     """
 

@@ -187,6 +187,8 @@ class ProjectionService:
             out["replica"] = booted.to_dict()
             if out["state"] == "starting":
                 out["state"] = "bootstrapping"
+            elif out["state"] == "running":  # caught up with the log once: the tail is done
+                out["replica"]["phase"] = "ready"
         if name in self.snapshotters:
             out["snapshotter"] = self.snapshotters[name].status.to_dict()
 
