@@ -92,9 +92,8 @@ class Metrics:
             self.parked.labels(name).set(info["parked"])
             if "replica" in info:
                 self.snapshots_refused.labels(name).set(len(info["replica"]["refused"]))
-                up = info["replica"]["store"] == "ok" and not info.get("snapshotter", {}).get(
-                    "error"
-                )
+                down = info.get("snapshotter", {}).get("store_down", False)
+                up = info["replica"]["store"] == "ok" and not down
                 self.snapshot_store_up.labels(name).set(1.0 if up else 0.0)
 
     def render(self) -> bytes:

@@ -31,7 +31,7 @@ import asyncpg
 from ..faults import backoff, is_transient
 from ..vectors import VectorIndex
 from ..vectors.persistence import MANIFEST_FILE
-from ..vectors.snapshot_store import SnapshotStore
+from ..vectors.snapshot_store import BACKEND, SnapshotStore
 from .model import Projection
 
 __all__ = ["Lease", "Snapshotter", "SnapshotterStatus", "publish_now"]
@@ -79,7 +79,8 @@ class SnapshotterStatus:
     published: str | None = None  # the last snapshot this process published
     position: int | None = None  # its position
     uploads: int = 0
-    error: str | None = None
+    error: str | None = None  # the last failure, until an upload succeeds
+    store_down: bool = False  # that failure was the object store's
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -136,6 +137,7 @@ class Snapshotter:
                 except Exception as exc:
                     failures += 1
                     self.status.error = f"{type(exc).__name__}: {exc}"
+                    self.status.store_down = getattr(exc, "backend", None) == BACKEND
                     logger.log(logging.WARNING if is_transient(exc) else logging.ERROR,
                                "snapshotter %s: %s; trying again later", self.projection.name,
                                exc, exc_info=None if is_transient(exc) else exc)  # fmt: skip
@@ -170,7 +172,7 @@ class Snapshotter:
         self.status.state = "leader"
         position, published = await publish_now(self.vectors, self.store, namespace)
         self._last_position, self._last_time = position, time.monotonic()
-        self.status.error = None
+        self.status.error, self.status.store_down = None, False
         if published is not None:
             self.status.published, self.status.position = published, position
             self.status.uploads += 1
