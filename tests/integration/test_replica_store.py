@@ -300,3 +300,21 @@ async def test_one_snapshotter_uploads_when_due_while_the_other_stands_by(
         finally:
             await a.lease.release()
             await b.lease.release()
+
+
+async def test_a_publisher_that_lost_the_race_never_moves_the_pointer_back(s3: S3Server) -> None:
+    """Two publishers read the same pointer; the later position commits first (its files are
+    small), then the earlier one's conditional rewrite is refused and it publishes nothing."""
+    url = s3.url("race")
+    first, second = (SnapshotStore(url, endpoint=s3.endpoint) for _ in range(2))
+
+    def files(size: int, tag: bytes) -> dict[str, bytes]:
+        return {INDEX_FILE: tag * size, META_FILE: tag, "MANIFEST.json": tag + b"manifest"}
+
+    slow, fast = await asyncio.gather(
+        first.publish(NAMESPACE, files(30_000_000, b"a"), position=100, count=1),
+        second.publish(NAMESPACE, files(10, b"b"), position=200, count=1),
+    )
+    assert slow is None and fast is not None
+    pointer = await first.pointer(NAMESPACE)
+    assert pointer is not None and [s.id for s in pointer.snapshots] == [fast.id]

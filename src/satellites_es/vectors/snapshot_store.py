@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from urllib.parse import unquote, urlsplit
 
 import obstore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
 from obstore.store import LocalStore, S3Store
 
 from ..config import FaissConfig, redact_url
@@ -71,6 +72,8 @@ T = TypeVar("T")
 BACKEND = "object_store"
 POINTER = "POINTER"
 POINTER_FORMAT = 1
+#: Conditional rewrites of a pointer that another publisher keeps changing, before giving up.
+POINTER_TRIES = 3
 _ID = re.compile(r"(\d{9})-[0-9a-f]{8}")
 #: Parts of a multipart upload, and how many go at once (obstore's ``put`` parameters).
 CHUNK_SIZE = 16 * 1024 * 1024
@@ -163,9 +166,18 @@ class SnapshotStore:
 
     async def pointer(self, namespace: str) -> Pointer | None:
         """The namespace's pointer; None if nothing was ever published for it."""
+        return (await self._pointer(namespace))[0]
+
+    async def _pointer(self, namespace: str) -> tuple[Pointer | None, str | None]:
+        """The pointer and its ETag (what a conditional rewrite of it names)."""
         key = f"{check_namespace(namespace)}/{POINTER}"
-        data = await self._get(key)
-        return None if data is None else Pointer.decode(self.where(key), namespace, data)
+        what = f"read {self.where(key)}"
+        try:
+            result = await _translated(what, obstore.get_async(self._store, key))
+        except FileNotFoundError:
+            return None, None
+        data = bytes(await _translated(what, result.bytes_async()))
+        return Pointer.decode(self.where(key), namespace, data), result.meta.get("e_tag")
 
     async def namespaces(self) -> list[str]:
         """Namespaces with a pointer in the store."""
@@ -209,13 +221,17 @@ class SnapshotStore:
         self, namespace: str, files: Mapping[str, bytes], *, position: int, count: int
     ) -> RemoteSnapshot | None:
         """Upload a snapshot of ``namespace`` (its :func:`encode_snapshot` files, which hold
-        ``count`` vectors up to log ``position``), publish it, prune the old ones. Returns None
-        without uploading when the store already holds a snapshot at or past ``position``."""
-        previous = await self.pointer(namespace)
+        ``count`` vectors up to log ``position``), publish it, prune the old ones. Returns None,
+        and publishes nothing, when the store holds a snapshot at or past ``position``.
+
+        The pointer is rewritten only if it is still the one read before the upload (S3's
+        ``If-Match``, ``If-None-Match`` for the first; a ``file://`` store cannot, and relies on
+        the snapshotter's lease alone): two publishers racing (a leader that lost its lease
+        without knowing yet) never move it back to an older position or drop the other's entry.
+        """
+        previous, etag = await self._pointer(namespace)
         kept = previous.snapshots if previous is not None else ()
-        if kept and kept[0].position >= position:
-            logger.info("snapshot of %s at %d not published: %s is at %d", namespace, position,
-                        self.where(f"{namespace}/{POINTER}"), kept[0].position)  # fmt: skip
+        if self._newer(namespace, kept, position):
             return None
         seq = max((s.seq for s in kept), default=0) + 1
         snapshot = RemoteSnapshot(
@@ -226,10 +242,39 @@ class SnapshotStore:
         base = self._base(namespace, snapshot.id)
         await asyncio.gather(*(self._put(f"{base}/{f}", files[f]) for f in (INDEX_FILE, META_FILE)))
         await self._put(f"{base}/{MANIFEST_FILE}", files[MANIFEST_FILE])
-        pointer = Pointer(namespace, (snapshot, *kept[: self.keep - 1]))
-        await self._put(f"{namespace}/{POINTER}", pointer.encode())  # the commit point
-        await self._prune(namespace, pointer, below=seq)
-        return snapshot
+        for _ in range(POINTER_TRIES):
+            pointer = Pointer(namespace, (snapshot, *kept[: self.keep - 1]))
+            if await self._put_pointer(namespace, pointer, etag):  # the commit point
+                await self._prune(namespace, pointer, below=seq)
+                return snapshot
+            previous, etag = await self._pointer(namespace)  # another published meanwhile
+            kept = previous.snapshots if previous is not None else ()
+            if self._newer(namespace, kept, position):
+                return None  # our files are pruned by a later publish
+        raise BackendUnavailableError(BACKEND, f"{self.where(f'{namespace}/{POINTER}')} changed "
+                                      f"under {POINTER_TRIES} tries to publish")  # fmt: skip
+
+    def _newer(self, namespace: str, kept: tuple[RemoteSnapshot, ...], position: int) -> bool:
+        if kept and kept[0].position >= position:
+            logger.info("snapshot of %s at %d not published: %s is at %d", namespace, position,
+                        self.where(f"{namespace}/{POINTER}"), kept[0].position)  # fmt: skip
+            return True
+        return False
+
+    async def _put_pointer(self, namespace: str, pointer: Pointer, etag: str | None) -> bool:
+        """Write the pointer if it is still at ``etag`` (absent, if None); False if it is not."""
+        key = f"{namespace}/{POINTER}"
+        mode: Any = "overwrite"
+        if not isinstance(self._store, LocalStore):
+            mode = "create" if etag is None else {"e_tag": etag}
+        try:
+            await _translated(f"write {self.where(key)}",
+                              obstore.put_async(self._store, key, pointer.encode(), mode=mode))  # fmt: skip
+        except BackendUnavailableError as exc:
+            if isinstance(exc.__cause__, PreconditionError | AlreadyExistsError):
+                return False
+            raise
+        return True
 
     async def _prune(self, namespace: str, pointer: Pointer, below: int) -> None:
         """Delete our snapshots that the pointer no longer names (the old ones, and those of an
