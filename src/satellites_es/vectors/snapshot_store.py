@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import obstore
@@ -205,7 +205,7 @@ class SnapshotStore:
         with :mod:`.persistence`'s ``decode_*``); a missing one is a :class:`CorruptIndexError`
         naming it."""
         key = f"{self._base(namespace, snapshot.id)}/{file}"
-        got = await self._get(key, progress, hashed=True)
+        got = await self._get_hashed(key, progress)
         if got is None:
             raise CorruptIndexError(self.where(key), "missing from the store")
         return got
@@ -308,25 +308,16 @@ class SnapshotStore:
             for meta in batch:
                 yield meta["path"]
 
-    @overload
-    async def _get(self, key: str) -> bytes | None: ...
-    @overload
-    async def _get(
-        self, key: str, progress: Progress | None, *, hashed: Literal[True]
-    ) -> tuple[bytes, str] | None: ...
-
-    async def _get(
-        self, key: str, progress: Progress | None = None, *, hashed: bool = False
-    ) -> bytes | tuple[bytes, str] | None:
-        """An object's bytes (and, ``hashed``, their sha256, computed in a worker thread chunk by
-        chunk while the client fetches the next), None if it does not exist."""
+    async def _get_hashed(
+        self, key: str, progress: Progress | None = None
+    ) -> tuple[bytes, str] | None:
+        """An object's bytes and their sha256, computed in a worker thread chunk by chunk while
+        the client fetches the next; None if it does not exist."""
         what = f"read {self.where(key)}"
         try:
             result = await _translated(what, obstore.get_async(self._store, key))
         except FileNotFoundError:
             return None
-        if not hashed:
-            return bytes(await _translated(what, result.bytes_async()))
         hasher = hashlib.sha256()
         chunks = []
         stream = result.stream(min_chunk_size=STREAM_CHUNK)
