@@ -509,6 +509,10 @@ from .parked_cli import parked_app  # noqa: E402  (its own module: one command g
 
 app.add_typer(parked_app, name="parked")
 
+from .snapshots_cli import register as register_snapshots  # noqa: E402  (its own module)
+
+app.add_typer(register_snapshots(command), name="snapshots")
+
 
 @command(app)
 def replay(

@@ -521,9 +521,31 @@ class FaissConfig:
     threads: int = 2
     #: Concurrent single queries on one namespace are coalesced into one batched search.
     coalesce_max_batch: int = 256
+    #: Replicas from object storage (:mod:`satellites_es.vectors.snapshot_store`):
+    #: ``s3://bucket/prefix`` or ``file:///shared/volume``; None: local snapshots only.
+    #: Credentials come from the standard AWS environment/credential chain, never from here.
+    snapshot_url: str | None = None
+    #: An S3-compatible endpoint (MinIO, R2, a test server); None: AWS.
+    snapshot_endpoint: str | None = None
+    #: Snapshots kept in the store (older ones that we made are deleted).
+    snapshot_keep: int = 3
+    #: The snapshotter (one process, leader-elected) uploads after this many events...
+    snapshot_every_events: int = 100_000
+    #: ... or this many seconds after its last upload, if anything was applied since.
+    snapshot_every_seconds: float = 300.0
+    #: This process may become the snapshotter; False: it only downloads.
+    snapshot_upload: bool = True
 
     def __post_init__(self) -> None:
         _check_positive(self, "dimension", "threads", "coalesce_max_batch")
+        _check_positive(self, "snapshot_keep", "snapshot_every_events", "snapshot_every_seconds")
+        if self.snapshot_url is not None:
+            _require(urlsplit(self.snapshot_url).scheme in ("s3", "file"), "faiss.snapshot_url",
+                     f"must be s3://bucket/prefix or file:///path (got {redact_url(self.snapshot_url)!r})")  # fmt: skip
+        if self.snapshot_endpoint is not None:
+            _check_url_port(self.snapshot_endpoint, "faiss.snapshot_endpoint")
+            _require(urlsplit(self.snapshot_endpoint).scheme in ("http", "https"),
+                     "faiss.snapshot_endpoint", "must be an http:// or https:// URL")  # fmt: skip
 
 
 @dataclass(frozen=True)
