@@ -48,6 +48,7 @@ from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
 from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
+from .searcher import SearchThreads
 from .validation import (
     check_id,
     check_ids,
@@ -97,6 +98,7 @@ class VectorIndex:
         #: Read-side names for namespaces: a projection's name -> its active version's namespace.
         self._aliases: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._searcher: SearchThreads | None = None
         self._state = _State.NEW
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -108,6 +110,8 @@ class VectorIndex:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, self._config.threads), thread_name_prefix="faiss"
         )
+        self._searcher = SearchThreads(self._config.threads)
+        self._searcher.start()
         self._state = _State.OPEN
         try:
             await self._run(self._root.mkdir, parents=True, exist_ok=True)
@@ -124,6 +128,9 @@ class VectorIndex:
         for slot in list(self._slots.values()):
             await slot.coalescer.close()
         self._state = _State.CLOSED
+        searcher, self._searcher = self._searcher, None
+        if searcher is not None:
+            await searcher.close()
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
@@ -405,13 +412,26 @@ class VectorIndex:
             slot.saved_version = loaded.version
 
     async def _search(
-        self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
+        self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter, parts: int = 1
     ) -> list[list[VectorMatch]]:
+        """Search on the event loop if small (``_search_now``), else on a search thread, with an
+        OpenMP team of one when the batch is one of ``parts`` searched side by side."""
         rows = self._search_now(slot, matrix, k, flt)
         if rows is not None:
             return rows
+        searcher = self._searcher
+        if searcher is None:
+            raise LifecycleError("VectorIndex is not open")
+        width = 1 if parts > 1 else searcher.full_width
         async with slot.lock.read():
-            return await self._run(self._live(slot).search, matrix, k, flt)
+            future = searcher.submit(self._live(slot).search, matrix, k, flt, width=width)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait(
+                    [future]
+                )  # FAISS cannot be interrupted: keep the lock until it ends
+                raise
 
     def _search_now(
         self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
@@ -447,13 +467,22 @@ class VectorIndex:
     def _install(self, ns: Namespace) -> _Slot:
         name = ns.spec.name
         coalescer = QueryCoalescer(
-            lambda m, k, f: self._search(slot, m, k, f),
+            lambda m, k, f, parts: self._search(slot, m, k, f, parts),
             max_batch=self._config.coalesce_max_batch,
             name=name,
+            inline=lambda m, k, f: self._search_now(slot, m, k, f),
+            parts=lambda: self._parts(slot),
         )
         slot = _Slot(ns, coalescer)
         self._slots[name] = slot
         return slot
+
+    def _parts(self, slot: _Slot) -> int:
+        """Parts a coalesced batch is cut into: one per search thread on an approximate index
+        (its cost per query hardly falls with the batch size), else one (a flat scan is shared
+        by the whole batch)."""
+        searcher = self._searcher
+        return searcher.count if searcher is not None and slot.ns.approximate else 1
 
     def _spec(
         self,
@@ -505,8 +534,12 @@ class VectorIndex:
 
     def _slot(self, namespace: str) -> _Slot:
         self._check_open()
+        # an installed name was checked when installed: skip the pattern on the query path
+        slot = self._slots.get(namespace) if isinstance(namespace, str) else None
+        if slot is not None:
+            return slot
         name = check_namespace(namespace)
-        slot = self._slots.get(name) or self._slots.get(self._aliases.get(name, ""))
+        slot = self._slots.get(self._aliases.get(name, ""))
         if slot is None:
             raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist")
         return slot
