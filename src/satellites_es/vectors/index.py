@@ -1,14 +1,17 @@
 """VectorIndex: named FAISS namespaces behind an asyncio API.
 
-Threads. Every FAISS write and every large search runs in a ThreadPoolExecutor of
-``FaissConfig.threads`` workers; a search small enough that the thread hop would cost more than
-it (one HNSW or IVF query) runs on the event loop. Each namespace has a readers-writer lock: searches, ``get`` and the copy taken
-by ``save`` share it; upserts, deletes, ``load`` and ``drop_namespace`` take it alone. A write
-whose caller is cancelled still finishes in its thread before the lock is released, so a
-cancellation never leaves a half-applied batch.
+Threads. Every FAISS write runs in a ThreadPoolExecutor of ``FaissConfig.threads`` workers; every
+search too large for the event loop runs on one of as many dedicated search threads
+(:mod:`.searcher`: a cheap handoff, and an OpenMP team sized per search), and a search smaller
+than a thread hop (one HNSW or IVF query) runs on the event loop itself. Each namespace has a
+readers-writer lock: searches, ``get`` and the copy taken by ``save`` share it; upserts, deletes,
+``load`` and ``drop_namespace`` take it alone. A write or search whose caller is cancelled still
+finishes in its thread before the lock is released, so a cancellation never leaves a
+half-applied batch, nor a search reading an index being written.
 
-Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`
-that turns concurrent callers into batched searches; ``query_many`` searches its batch directly.
+Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`:
+a lone cheap one is answered on the spot, concurrent ones become batched searches (on an
+approximate index, one part per search thread); ``query_many`` searches its batch directly.
 
 Positions ("exactly-once effect by position", for event projections). A write given a
 ``position`` applies only if it is above the last position applied to that id; deletes keep
