@@ -78,7 +78,9 @@ class QueryCoalescer:
 
     async def query(self, vector: Matrix, top_k: int, flt: Filter) -> list[VectorMatch]:
         """``vector`` is one validated row; returns its best-first hits."""
-        if self._inline is not None and self._drain_task is None:
+        # not "no drain task": a drain lingers one loop turn after its last batch, and a caller
+        # that never yields (a loop of inline queries) would keep it from ever ending
+        if self._inline is not None and not self._queue and not self._running:
             rows = self._try_inline(vector, top_k, flt)
             if rows is not None:
                 return rows[0]
@@ -123,9 +125,7 @@ class QueryCoalescer:
                 free = parts - len(running)
                 if self._queue and free > 0:
                     for batch in self._cut(free, parts > 1):
-                        task = asyncio.create_task(self._run(batch, parts))
-                        running.add(task)
-                        task.add_done_callback(running.discard)
+                        running.add(asyncio.create_task(self._run(batch, parts)))
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 # callers just answered often query again at once: let them join the next batch
                 await asyncio.sleep(0)
@@ -153,6 +153,17 @@ class QueryCoalescer:
         return batches
 
     async def _run(self, batch: list[_Pending], parts: int) -> None:
+        """Search one batch. The task leaves ``_running`` in its own last step, before its callers
+        resume (a done callback would run after them: a caller that then queries inline in a
+        loop that never yields would find the search still "running" and queue instead)."""
+        try:
+            await self._search_batch(batch, parts)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
+
+    async def _search_batch(self, batch: list[_Pending], parts: int) -> None:
         groups: dict[Any, list[_Pending]] = {}
         for pending in batch:
             if not pending[3].done():
