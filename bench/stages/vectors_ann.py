@@ -6,8 +6,6 @@ and a raw FAISS index through ``add_with_ids`` (IVF: ``IVF<nlist>,Flat`` trained
 batch, as the namespace does). Then, per kind, in alternated rounds:
 
 * ``<kind>_query_latency``: p50 ms of one ``query`` at a time against one raw ``search``.
-  ``<kind>_query_latency_raw_one_thread``: the same with the raw side's OpenMP team set to one
-  thread, as the project runs a lone query (informational: the stricter comparison).
 * ``<kind>_concurrent_vs_batched``: queries/s of 64 concurrent callers issuing single queries
   against raw FAISS searching the same queries 64 to a batch (the ceiling).
 * ``<kind>_concurrent_vs_single``: the same project rate against raw FAISS one query at a time.
@@ -110,18 +108,8 @@ async def build(kind: str, vi: VectorIndex, data: np.ndarray, nlist: int) -> Sid
     return side
 
 
-async def _latencies(
-    side: Side, queries: np.ndarray, filtered: bool, raw_width: int | None = None
-) -> tuple[float, float]:
-    """p50 ms of single queries, project and raw alternated query by query; ``raw_width`` sets
-    the OpenMP team of the raw searches (None: FAISS's default, every core)."""
-    if raw_width is not None:
-        default = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(raw_width)
-        try:
-            return await _latencies(side, queries, filtered)
-        finally:
-            faiss.omp_set_num_threads(default)
+async def _latencies(side: Side, queries: np.ndarray, filtered: bool) -> tuple[float, float]:
+    """p50 ms of single queries, project and raw alternated query by query."""
     flt = {"tenth": 3} if filtered else None
     project, raw = [], []
     for q in queries:
@@ -193,7 +181,6 @@ async def goal_figures(side: Side, queries: np.ndarray, rounds: int) -> dict[str
     if kind == "flat":
         return {"flat_filtered_latency": filtered_figure}
     latency = await _latencies(side, few, filtered=False)
-    lone = await _latencies(side, few, filtered=False, raw_width=1)
     rates: dict[str, list[float]] = {"project": [], "single": [], "batched": []}
     for _ in range(rounds):
         rates["single"].append(raw_single(side, few))
@@ -203,11 +190,6 @@ async def goal_figures(side: Side, queries: np.ndarray, rounds: int) -> dict[str
     note = f"{CONCURRENCY} concurrent callers of single queries"
     return {
         f"{kind}_query_latency": _figure(*latency, "ms", "<= 1.3x", note="p50, top 10"),
-        f"{kind}_query_latency_raw_one_thread": _figure(
-            *lone, "ms", "informational",
-            note="p50, top 10; raw FAISS with an OpenMP team of one (HNSW opens a team even "
-            "for one query; the project searches a lone query with one thread)",
-        ),
         f"{kind}_concurrent_vs_batched": _figure(
             p50["project"], p50["batched"], "queries/s", ">= 0.8x",
             note=f"{note}; raw: the same queries {CONCURRENCY} to a batch",

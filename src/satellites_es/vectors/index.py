@@ -51,7 +51,7 @@ from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
 from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
-from .searcher import SearchThreads, omp_width, set_omp_width
+from .searcher import SearchThreads
 from .validation import (
     check_id,
     check_ids,
@@ -446,19 +446,12 @@ class VectorIndex:
         of both threads and the GIL passing between them (BENCHMARKS.md, "Vectors on
         approximate indexes"). The lock is taken without waiting and never ahead of a queued writer,
         so writes keep their turn; under it nothing writes, as on a worker.
-
-        FAISS runs it with an OpenMP team of one (restored after): HNSW opens a parallel region
-        even for one query, and waking the team's other thread for it cost more than the search
-        on a busy machine (a single query 10x slower under load; BENCHMARKS.md, issue 21).
         """
         if slot.dropped or not slot.lock.try_read():
             return None
-        width = omp_width()
-        set_omp_width(1)
         try:
             return slot.ns.search_inline(matrix, k, flt)
         finally:
-            set_omp_width(width)
             slot.lock.release_read()
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

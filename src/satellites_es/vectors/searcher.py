@@ -26,13 +26,9 @@ from typing import Any, TypeVar
 from ..errors import LifecycleError
 from ._faiss import faiss
 
-__all__ = ["SearchThreads", "omp_width", "set_omp_width"]
+__all__ = ["SearchThreads"]
 
 T = TypeVar("T")
-
-#: The calling thread's OpenMP team width for FAISS calls, and its setter (per thread in libgomp).
-omp_width: Callable[[], int] = faiss.omp_get_max_threads
-set_omp_width: Callable[[int], None] = faiss.omp_set_num_threads
 _Job = tuple[
     asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], int
 ]
