@@ -247,10 +247,10 @@ async def test_a_single_query_on_a_small_index_runs_without_a_thread_hop(
     assert searcher is not None
     submit = searcher.submit
 
-    def counting(fn: Any, *args: Any, width: int) -> Any:
+    def counting(fn: Any, *args: Any) -> Any:
         nonlocal hops
         hops += 1
-        return submit(fn, *args, width=width)
+        return submit(fn, *args)
 
     monkeypatch.setattr(searcher, "submit", counting)
     first = await vi.query("h", data[0], K)

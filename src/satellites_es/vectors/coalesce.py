@@ -45,8 +45,7 @@ logger = logging.getLogger(__name__)
 Matrix = npt.NDArray[np.float32]
 Filter = Mapping[str, Any] | None
 Rows = list[list[VectorMatch]]
-#: ``(queries, k, filter, parts)``: ``parts`` > 1 when the batch is one of several searched side by side.
-SearchFn = Callable[[Matrix, int, Filter, int], Awaitable[Rows]]
+SearchFn = Callable[[Matrix, int, Filter], Awaitable[Rows]]
 InlineFn = Callable[[Matrix, int, Filter], Rows | None]
 #: vector, top_k, filter, future
 _Pending = tuple[Matrix, int, Filter, "asyncio.Future[list[VectorMatch]]"]
@@ -125,7 +124,7 @@ class QueryCoalescer:
                 free = parts - len(running)
                 if self._queue and free > 0:
                     for batch in self._cut(free, parts > 1):
-                        running.add(asyncio.create_task(self._run(batch, parts)))
+                        running.add(asyncio.create_task(self._run(batch)))
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 # callers just answered often query again at once: let them join the next batch
                 await asyncio.sleep(0)
@@ -152,35 +151,35 @@ class QueryCoalescer:
         del queue[:taken]
         return batches
 
-    async def _run(self, batch: list[_Pending], parts: int) -> None:
+    async def _run(self, batch: list[_Pending]) -> None:
         """Search one batch. The task leaves ``_running`` in its own last step, before its callers
         resume (a done callback would run after them: a caller that then queries inline in a
         loop that never yields would find the search still "running" and queue instead)."""
         try:
-            await self._search_batch(batch, parts)
+            await self._search_batch(batch)
         finally:
             task = asyncio.current_task()
             if task is not None:
                 self._running.discard(task)
 
-    async def _search_batch(self, batch: list[_Pending], parts: int) -> None:
+    async def _search_batch(self, batch: list[_Pending]) -> None:
         groups: dict[Any, list[_Pending]] = {}
         for pending in batch:
             if not pending[3].done():
                 key = filter_key(pending[2]) if pending[2] else ()
                 groups.setdefault(key, []).append(pending)
         if len(groups) == 1:  # the usual case: no task per group
-            await self._run_group(next(iter(groups.values())), parts)
+            await self._run_group(next(iter(groups.values())))
         elif groups:
-            await asyncio.gather(*(self._run_group(group, parts) for group in groups.values()))
+            await asyncio.gather(*(self._run_group(group) for group in groups.values()))
 
-    async def _run_group(self, group: list[_Pending], parts: int) -> None:
+    async def _run_group(self, group: list[_Pending]) -> None:
         k = max(p[1] for p in group)
         matrix = np.vstack([p[0] for p in group])
         self.searches += 1
         self.queries += len(group)
         try:
-            rows = await self._search(matrix, k, group[0][2], parts)
+            rows = await self._search(matrix, k, group[0][2])
         except Exception as exc:
             for pending in group:
                 _fail(pending[3], exc)

@@ -2,7 +2,7 @@
 
 Threads. Every FAISS write runs in a ThreadPoolExecutor of ``FaissConfig.threads`` workers; every
 search too large for the event loop runs on one of as many dedicated search threads
-(:mod:`.searcher`: a cheap handoff, and an OpenMP team sized per search), and a search smaller
+(:mod:`.searcher`: a cheap handoff), and a search smaller
 than a thread hop (one HNSW or IVF query) runs on the event loop itself. Each namespace has a
 readers-writer lock: searches, ``get`` and the copy taken by ``save`` share it; upserts, deletes,
 ``load`` and ``drop_namespace`` take it alone. A write or search whose caller is cancelled still
@@ -415,19 +415,17 @@ class VectorIndex:
             slot.saved_version = loaded.version
 
     async def _search(
-        self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter, parts: int = 1
+        self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
     ) -> list[list[VectorMatch]]:
-        """Search on the event loop if small (``_search_now``), else on a search thread, with an
-        OpenMP team of one when the batch is one of ``parts`` searched side by side."""
+        """Search on the event loop if small (``_search_now``), else on a search thread."""
         rows = self._search_now(slot, matrix, k, flt)
         if rows is not None:
             return rows
         searcher = self._searcher
         if searcher is None:
             raise LifecycleError("VectorIndex is not open")
-        width = 1 if parts > 1 else searcher.full_width
         async with slot.lock.read():
-            future = searcher.submit(self._live(slot).search, matrix, k, flt, width=width)
+            future = searcher.submit(self._live(slot).search, matrix, k, flt)
             try:
                 return await asyncio.shield(future)
             except asyncio.CancelledError:
@@ -470,7 +468,7 @@ class VectorIndex:
     def _install(self, ns: Namespace) -> _Slot:
         name = ns.spec.name
         coalescer = QueryCoalescer(
-            lambda m, k, f, parts: self._search(slot, m, k, f, parts),
+            lambda m, k, f: self._search(slot, m, k, f),
             max_batch=self._config.coalesce_max_batch,
             name=name,
             inline=lambda m, k, f: self._search_now(slot, m, k, f),

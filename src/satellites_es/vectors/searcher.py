@@ -1,15 +1,17 @@
-"""Dedicated search threads with a cheap handoff, each running FAISS with its own OpenMP width.
+"""Dedicated search threads with a cheap handoff.
 
 Why not the write pool. A search handed to a ``ThreadPoolExecutor`` pays for a
 ``concurrent.futures.Future``, its wrapping into an asyncio future and their callbacks; here a job
-is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. More important is
-OpenMP: FAISS parallelises a batch over an OpenMP team owned by the calling thread, and its idle
-members spin after each search. Two pool threads searching at once ran two teams on two cores
-(four spinning threads), and under load the batch collapsed (BENCHMARKS.md, issue 21). A search
-thread sets its own team width per job (``omp_set_num_threads`` is per thread in libgomp): one
-when the coalescer has split a batch of an approximate index into one part per thread (the
-threads then search side by side, one core each, and nothing spins), the machine's width for a
-batch searched whole (a flat scan, ``query_many``).
+is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. The coalescer cuts a
+burst on an approximate index into one part per thread, so the parts search side by side while
+the event loop answers the callers of the part that finished.
+
+OpenMP. Each thread searches with FAISS's default team (every core). A team of one per part was
+tried (one core per part) and measured worse on this loaded 2-core machine: a lone query on the
+event loop, and raw FAISS called there, went from ~0.3 ms to 5-20 ms p50 under load. The likely
+cause: with no team but the event loop thread's, libgomp lets that team's idle thread spin after
+every FAISS call (even one query opens a parallel region: ``IndexIDMap`` maps its labels in one),
+and it throttles spinning only while it manages more threads than cores (BENCHMARKS.md, issue 21).
 
 The threads never touch the event loop's objects: a job's result or exception comes back through
 ``call_soon_threadsafe`` and is set on its future there.
@@ -24,21 +26,16 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..errors import LifecycleError
-from ._faiss import faiss
 
 __all__ = ["SearchThreads"]
 
 T = TypeVar("T")
-_Job = tuple[
-    asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...], int
-]
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 
 
 class SearchThreads:
     def __init__(self, count: int, *, name: str = "faiss-search") -> None:
         self.count = max(1, count)
-        #: The OpenMP width of a whole-batch search: what FAISS would use by default.
-        self.full_width = max(1, int(faiss.omp_get_max_threads()))
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -51,13 +48,13 @@ class SearchThreads:
             thread.start()
         self._open = True
 
-    def submit(self, fn: Callable[..., T], *args: Any, width: int) -> asyncio.Future[T]:
-        """Run ``fn(*args)`` on a free search thread with an OpenMP team of ``width``."""
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Run ``fn(*args)`` on a free search thread."""
         if not self._open:
             raise LifecycleError("the search threads are stopped")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((loop, future, fn, args, width))
+        self._jobs.put((loop, future, fn, args))
         return future
 
     async def close(self) -> None:
@@ -72,12 +69,8 @@ class SearchThreads:
             await loop.run_in_executor(None, thread.join)
 
     def _work(self) -> None:
-        width = -1
         while (job := self._jobs.get()) is not None:
-            loop, future, fn, args, wanted = job
-            if wanted != width:
-                faiss.omp_set_num_threads(wanted)
-                width = wanted
+            loop, future, fn, args = job
             try:
                 result = fn(*args)
             except BaseException as exc:  # handed to the awaiting task
