@@ -23,6 +23,7 @@ Rounds alternate between the two sides so that drift on a shared machine hits bo
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -268,6 +269,9 @@ def _curve_figures(point: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 async def run(quick: bool) -> dict[str, dict[str, Any]]:
+    """Every figure's note ends with the 1-minute load average before and after the stage: on a
+    shared 2-core machine it says how far to trust the run."""
+    load_before = os.getloadavg()[0]
     n = 20_000 if quick else 100_000
     size = f"{n // 1000}k x {DIM} flat ip" + (" (quick)" if quick else "")
     data, queries = _data(n, 1), _data(CONCURRENCY * (4 if quick else 8), 2)
@@ -289,6 +293,10 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
     }
     for figure in figures.values():
         figure["note"] = f"{size}; " + figure.get("note", "")
+    load = f"; load {load_before:.1f}-{os.getloadavg()[0]:.1f}"
+    print(f"# vectors: 1-minute load average{load[6:]} (start-end of the stage)", flush=True)
+    for figure in (figures | ann_figures).values():
+        figure["note"] += load
     return figures | ann_figures
 
 

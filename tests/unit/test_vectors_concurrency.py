@@ -157,3 +157,34 @@ def _assert_bounded(index: VectorIndex, namespace: Any) -> None:
     assert len(namespace._entries) == len(namespace._label_of) == stats["count"]
     assert len(namespace._positions) <= 10
     assert len(namespace._filters) <= 100 + 1
+
+
+async def test_concurrent_hnsw_queries_split_into_one_part_per_search_thread(
+    index: VectorIndex,
+) -> None:
+    """On an approximate index a burst is cut into one part per search thread (the parts search
+    side by side); a lone query before it is answered inline. ``ef_search`` is raised so that a
+    part is too big for the event loop (``INLINE_MAX_WORK``)."""
+    await index.create_namespace("ns", index_kind="hnsw", ef_search=256)
+    await index.upsert_many("ns", _generation_zero())
+    queries = np.stack([_vector(i, 0) for i in range(64)]) + 0.05
+    expected = await index.query_many("ns", queries, 10)
+    searcher = index._searcher
+    assert searcher is not None and searcher.count == 2
+    sizes: list[int] = []
+    submit = searcher.submit
+
+    def recording(fn: Any, matrix: np.ndarray, *args: Any) -> Any:
+        sizes.append(len(matrix))
+        return submit(fn, matrix, *args)
+
+    searcher.submit = recording  # type: ignore[method-assign]
+    before = index.stats()["namespaces"]["ns"]
+    results = await asyncio.gather(*(index.query("ns", q, 10) for q in queries))
+    after = index.stats()["namespaces"]["ns"]
+    # the first caller of the turn is answered inline, the other 63 in two parts of 32 and 31
+    assert sorted(sizes) == [31, 32], sizes
+    assert after["faiss_searches"] - before["faiss_searches"] == 3
+    assert after["coalesced_queries"] - before["coalesced_queries"] == 64
+    for got, want in zip(results, expected, strict=True):
+        _same_hits(got, want)

@@ -1,14 +1,17 @@
 """VectorIndex: named FAISS namespaces behind an asyncio API.
 
-Threads. Every FAISS write and every large search runs in a ThreadPoolExecutor of
-``FaissConfig.threads`` workers; a search small enough that the thread hop would cost more than
-it (one HNSW or IVF query) runs on the event loop. Each namespace has a readers-writer lock: searches, ``get`` and the copy taken
-by ``save`` share it; upserts, deletes, ``load`` and ``drop_namespace`` take it alone. A write
-whose caller is cancelled still finishes in its thread before the lock is released, so a
-cancellation never leaves a half-applied batch.
+Threads. Every FAISS write runs in a ThreadPoolExecutor of ``FaissConfig.threads`` workers; every
+search too large for the event loop runs on one of as many dedicated search threads
+(:mod:`.searcher`: a cheap handoff), and a search smaller
+than a thread hop (one HNSW or IVF query) runs on the event loop itself. Each namespace has a
+readers-writer lock: searches, ``get`` and the copy taken by ``save`` share it; upserts, deletes,
+``load`` and ``drop_namespace`` take it alone. A write or search whose caller is cancelled still
+finishes in its thread before the lock is released, so a cancellation never leaves a
+half-applied batch, nor a search reading an index being written.
 
-Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`
-that turns concurrent callers into batched searches; ``query_many`` searches its batch directly.
+Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`:
+a lone cheap one is answered on the spot, concurrent ones become batched searches (on an
+approximate index, one part per search thread); ``query_many`` searches its batch directly.
 
 Positions ("exactly-once effect by position", for event projections). A write given a
 ``position`` applies only if it is above the last position applied to that id; deletes keep
@@ -55,6 +58,7 @@ from .persistence import (
     snapshot_namespaces,
     write_snapshot,
 )
+from .searcher import SearchThreads
 from .validation import (
     check_id,
     check_ids,
@@ -104,6 +108,7 @@ class VectorIndex:
         #: Read-side names for namespaces: a projection's name -> its active version's namespace.
         self._aliases: dict[str, str] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._searcher: SearchThreads | None = None
         self._state = _State.NEW
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -115,6 +120,8 @@ class VectorIndex:
         self._executor = ThreadPoolExecutor(
             max_workers=max(1, self._config.threads), thread_name_prefix="faiss"
         )
+        self._searcher = SearchThreads(self._config.threads)
+        self._searcher.start()
         self._state = _State.OPEN
         try:
             await self._run(self._root.mkdir, parents=True, exist_ok=True)
@@ -131,6 +138,9 @@ class VectorIndex:
         for slot in list(self._slots.values()):
             await slot.coalescer.close()
         self._state = _State.CLOSED
+        searcher, self._searcher = self._searcher, None
+        if searcher is not None:
+            await searcher.close()
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.get_running_loop().run_in_executor(None, executor.shutdown, True)
@@ -435,11 +445,22 @@ class VectorIndex:
     async def _search(
         self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
     ) -> list[list[VectorMatch]]:
+        """Search on the event loop if small (``_search_now``), else on a search thread."""
         rows = self._search_now(slot, matrix, k, flt)
         if rows is not None:
             return rows
+        searcher = self._searcher
+        if searcher is None:
+            raise LifecycleError("VectorIndex is not open")
         async with slot.lock.read():
-            return await self._run(self._live(slot).search, matrix, k, flt)
+            future = searcher.submit(self._live(slot).search, matrix, k, flt)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait(
+                    [future]
+                )  # FAISS cannot be interrupted: keep the lock until it ends
+                raise
 
     def _search_now(
         self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter
@@ -478,10 +499,19 @@ class VectorIndex:
             lambda m, k, f: self._search(slot, m, k, f),
             max_batch=self._config.coalesce_max_batch,
             name=name,
+            inline=lambda m, k, f: self._search_now(slot, m, k, f),
+            parts=lambda: self._parts(slot),
         )
         slot = _Slot(ns, coalescer)
         self._slots[name] = slot
         return slot
+
+    def _parts(self, slot: _Slot) -> int:
+        """Parts a coalesced batch is cut into: one per search thread on an approximate index
+        (its cost per query hardly falls with the batch size), else one (a flat scan is shared
+        by the whole batch)."""
+        searcher = self._searcher
+        return searcher.count if searcher is not None and slot.ns.approximate else 1
 
     def _spec(
         self,
@@ -533,8 +563,12 @@ class VectorIndex:
 
     def _slot(self, namespace: str) -> _Slot:
         self._check_open()
+        # an installed name was checked when installed: skip the pattern on the query path
+        slot = self._slots.get(namespace) if isinstance(namespace, str) else None
+        if slot is not None:
+            return slot
         name = check_namespace(namespace)
-        slot = self._slots.get(name) or self._slots.get(self._aliases.get(name, ""))
+        slot = self._slots.get(self._aliases.get(name, ""))
         if slot is None:
             raise NamespaceNotFoundError(f"namespace {namespace!r} does not exist")
         return slot

@@ -436,14 +436,23 @@ class Namespace:
         if plan.allowed is None and len(queries) >= exact.MIN_QUERIES and self._flat:
             vectors, labels = exact.flat_storage(self._index)
             return exact.search(vectors, labels, queries, k, l2_norms=self._l2_norms(vectors))
-        params = plan.params.get(k, _UNSET)
+        # one SearchParameters per thread: IndexIDMap's search swaps ``params.sel`` for its own
+        # translating selector (a stack object) for the length of the call, so two searches
+        # sharing one object can read the other's, freed when it returns (a segfault)
+        key = (k, threading.get_ident())
+        params = plan.params.get(key, _UNSET)
         if params is _UNSET:
-            params = plan.params[k] = self._params(plan.selector, k)
+            params = plan.params[key] = self._params(plan.selector, k)
         if params is None:
             scores, labels = self._index.search(queries, k)
         else:
             scores, labels = self._index.search(queries, k, params=params)
         return scores, labels
+
+    @property
+    def approximate(self) -> bool:
+        """Whether searches go to an HNSW graph or trained IVF lists (not a flat scan)."""
+        return self.spec.index_kind == "hnsw" or self._trained
 
     @property
     def _flat(self) -> bool:
@@ -473,14 +482,16 @@ class Namespace:
         return params
 
     def _hits(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[VectorMatch]:
-        cosine = self.spec.metric == "cosine"
+        """One row's matches. FAISS pads a short row with label -1, which no entry has."""
+        get = self._entries.get
+        if self.spec.metric == "cosine":
+            scores = np.clip(scores, -1.0, 1.0)
         hits = []
         for score, label in zip(scores.tolist(), labels.tolist(), strict=True):
-            entry = self._entries.get(label)
-            if label < 0 or entry is None:
-                continue
-            value = min(1.0, max(-1.0, score)) if cosine else score
-            hits.append(VectorMatch(entry[0], value, _frozen(entry[1])))
+            entry = get(label)
+            if entry is not None:
+                meta = entry[1]
+                hits.append(VectorMatch(entry[0], score, None if meta is None else _proxy(meta)))
         return hits
 
     def _exact_rows(
@@ -565,3 +576,6 @@ def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], ob
 
 def _frozen(meta: Meta) -> Mapping[str, Any] | None:
     return None if meta is None else MappingProxyType(meta)
+
+
+_proxy = MappingProxyType

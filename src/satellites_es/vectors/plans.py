@@ -40,8 +40,9 @@ class SearchPlan:
     allowed: set[int] | None
     candidates: int
     selector: Any
-    #: ``k -> SearchParameters`` (or None: a plain ``search``), filled on first use.
-    params: dict[int, Any] = field(default_factory=dict)
+    #: ``(k, thread id) -> SearchParameters`` (or None: a plain ``search``), filled on first
+    #: use; per thread because a search borrows its parameters object (see ``Namespace``).
+    params: dict[tuple[int, int], Any] = field(default_factory=dict)
     #: Objects FAISS holds raw pointers to (an ``IDSelectorNot``'s inner selector).
     keep: tuple[Any, ...] = ()
 
