@@ -15,6 +15,7 @@ from .config import (
     RedisConfig,
     RelayConfig,
 )
+from .envelope import EventMetadata
 from .errors import (
     BackendUnavailableError,
     BackgroundTaskError,
@@ -34,6 +35,7 @@ from .errors import (
     SatellitesError,
     UndeliverableError,
     UnroutableError,
+    UpcastError,
     VectorIndexError,
 )
 from .events import DataEvent, EventBus, EventHandler, InProcessEventBus
@@ -42,6 +44,7 @@ from .health import BackendHealth, Health
 from .parking import ParkedEvent, ParkedEvents
 from .projections import Delete, PoisonPolicy, Projection, Upsert
 from .store import AppendResult, EventStore
+from .upcasting import Upcasters
 from .vectors import VectorIndex, VectorMatch
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "EventBus",
     "EventHandler",
     "EventLogConfig",
+    "EventMetadata",
     "EventStore",
     "FaissConfig",
     "Health",
@@ -86,6 +90,8 @@ __all__ = [
     "SatellitesError",
     "UndeliverableError",
     "UnroutableError",
+    "UpcastError",
+    "Upcasters",
     "Upsert",
     "VectorIndex",
     "VectorIndexError",

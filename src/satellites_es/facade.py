@@ -43,6 +43,7 @@ from .tracing import span
 if TYPE_CHECKING:
     from .relay import Relay
     from .store import EventStore
+    from .upcasting import Upcasters
     from .vectors import VectorIndex
 
 __all__ = ["DataLayer", "LayerState"]
@@ -109,8 +110,11 @@ class DataLayer:
         *,
         bus: EventBus | None = None,
         optional: Collection[str] = (),
+        upcasters: Upcasters | None = None,
     ) -> None:
         self.config = config or DataLayerConfig()
+        #: Schema upcasters every read of the log applies (checked at start).
+        self.upcasters = upcasters
         self._state = LayerState.NEW
         self._backends: dict[str, Backend] = self._make_backends()
         self._optional = frozenset(optional)
@@ -174,6 +178,8 @@ class DataLayer:
             raise LifecycleError(
                 f"DataLayer is {self._state.value}; a layer starts once (create a new DataLayer)"
             )
+        if self.upcasters is not None:
+            self.upcasters.check()  # a gap in a chain is a configuration error, before connecting
         self._state = LayerState.STARTING
         try:
             with span("datalayer.start", backends=",".join(self._backends)):
@@ -230,8 +236,9 @@ class DataLayer:
         if c.log.auto_migrate:
             await self._migrate()
         self._store = EventStore(
-            self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn
-        )
+            self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn,
+            upcasters=self.upcasters,
+        )  # fmt: skip
         self._events = DurableEventBus(self._store, self._bus)
         if c.relay.enabled:
             self._start_relay(self._store)
