@@ -121,7 +121,7 @@ class Upcasters:
                 f"event {event} ({event_type}) has schema version {version}, but this code "
                 f"knows {event_type!r} up to v{latest}: register its upcasters, or upgrade"
             )
-        steps = self._steps[event_type]
+        steps = self._steps.get(event_type, {})
         while version < latest:
             target, function = steps[version]
             try:
