@@ -127,7 +127,7 @@ async def test_a_schema_version_newer_than_the_code_knows_is_an_error_naming_the
     with pytest.raises(UpcastError, match=r"from-the-future \(item.upserted\) has schema "
                                           r"version 3.*up to v2"):  # fmt: skip
         [e async for b in reader.read() for e in b]
-    with pytest.raises(UpcastError, match="at position 1 .*schema version 3"):
+    with pytest.raises(UpcastError, match=r"at position 1 .*schema version 3"):
         [p async for p in reader.read_payloads(types=["item.upserted"], text_field="vector")]
     with pytest.raises(UpcastError, match="up to v1"):  # no upcasters: every type is at v1
         await store.read_stream("items", "a")

@@ -38,7 +38,7 @@ async def test_a_chain_with_a_gap_fails_at_start_naming_the_type() -> None:
                                                  r"upcaster from v2"):  # fmt: skip
         registry.check()
     layer = DataLayer(DataLayerConfig(), upcasters=registry)
-    with pytest.raises(ConfigurationError, match="'doc.put': a gap"):
+    with pytest.raises(ConfigurationError, match=r"'doc\.put': a gap"):
         await layer.start()  # refused before any backend is contacted
     assert layer.state.value == "new"
 
