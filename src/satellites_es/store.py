@@ -306,7 +306,7 @@ class EventStore:
             query, extra = self._sql["read_types"], _type_filter(types)
         upcasters = self.upcasters
         async for rows in self._pages(query, extra, after, until, batch_size, read_ahead):
-            yield [_event(row, upcasters) for row in rows]
+            yield [stored_event(row, upcasters) for row in rows]
 
     async def read_payloads(
         self,
@@ -395,13 +395,13 @@ class EventStore:
         """The events of one stream with ``version > after_version``, in version order."""
         with _translated("read_stream"):
             rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
-        return [_event(row, self.upcasters) for row in rows]
+        return [stored_event(row, self.upcasters) for row in rows]
 
     async def read_at(self, positions: Collection[int]) -> list[DataEvent]:
         """The events at ``positions`` (those that exist), in position order."""
         with _translated("read_at"):
             rows = await self._pool.fetch(self._sql["read_at"], sorted(set(positions)))
-        return [_event(row, self.upcasters) for row in rows]
+        return [stored_event(row, self.upcasters) for row in rows]
 
     async def head(self) -> int:
         """The highest committed position (0 if the log is empty); everything up to it is
@@ -645,7 +645,7 @@ def _stored(event: DataEvent, position: int | None, version: int | None) -> Data
     return stored
 
 
-def _event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
+def stored_event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
     """A stored event, upcast to its type's latest schema version. Its fields passed
     ``_checked`` on the way in and the columns are NOT NULL, so only the payload's shape is
     checked again (a row written by hand could hold a JSON array): ``DataEvent``'s own

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from satellites_es.audit import audit
 from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.errors import UpcastError
 from satellites_es.events import DataEvent
@@ -97,6 +98,9 @@ async def test_a_v1_log_rebuilt_through_an_upcaster_equals_a_native_v2_log(
     assert len(legacy_dump) > EVENTS // 20  # every key (FAISS leaves no tombstone)
     assert legacy_dump == await sink.dump(p_native, again.version)
     assert await checksum(pool, migrated.schema) == before  # no row was rewritten
+    # the audit folds the log through the same upcasters: the sink is what the log says
+    report = await audit(p_legacy, sink, pool, migrated.schema, upcasters=legacy.upcasters)
+    assert report.clean and report.events == EVENTS
 
 
 async def test_every_read_path_upcasts_and_the_rows_keep_their_version(
