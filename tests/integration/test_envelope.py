@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -18,7 +17,7 @@ from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.relay import Relay
 from satellites_es.store import EventStore
-from tests.contract.support import Recorder, delete_topology, eventually, rabbit_config_for
+from tests.contract.support import Recorder, eventually, rabbit_config_for
 
 FULL = EventMetadata(
     correlation_id="req-42", causation_id="cmd-7", actor="user:ann",
@@ -60,13 +59,6 @@ async def test_metadata_round_trips_through_every_append_and_read(
 def rabbit(amqp_url: str, test_id: str) -> RabbitMQConfig:
     return rabbit_config_for(amqp_url, test_id, publish_timeout=3.0, retry_backoff=0.05,
                              max_retries=1)  # fmt: skip
-
-
-@pytest.fixture
-async def cleanup(amqp_url: str, rabbit: RabbitMQConfig) -> AsyncIterator[list[str]]:
-    groups: list[str] = []
-    yield groups
-    await delete_topology(amqp_url, rabbit.exchange, groups, rabbit.partitions)
 
 
 async def test_metadata_survives_the_relay_the_bus_the_dlq_and_its_replay(
