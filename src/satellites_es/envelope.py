@@ -180,8 +180,12 @@ def stamped(events: Sequence[DataEvent], defaults: Mapping[str, str]) -> list[Da
     """``events`` with the metadata fields each leaves unset taken from ``defaults``."""
     out: list[DataEvent] = []
     for event in events:
-        metadata = event.metadata.filled(defaults)
-        if metadata is event.metadata:
+        current = getattr(event, "metadata", None)
+        if not isinstance(current, EventMetadata):  # not an event: the append's checks say so
+            out.append(event)
+            continue
+        metadata = current.filled(defaults)
+        if metadata is current:
             out.append(event)
             continue
         copy = object.__new__(type(event))  # the event was validated already: no second pass

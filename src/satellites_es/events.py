@@ -20,6 +20,8 @@ to it):
   raise for it (the publisher's write already happened; a failing subscriber is the subscriber's).
 * Subscribing the same handler twice to one type delivers twice; ``unsubscribe`` removes one
   subscription and is a no-op for an unknown handler.
+* A handler runs inside :func:`~satellites_es.envelope.handling` (what it appends is caused by
+  the event) and, with OpenTelemetry configured, in a span continuing the event's trace.
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ class EventStore:
         _check_expected(batch, expected_version)
         defaults = ambient()  # the handled event's ids, the current trace: None outside both
         if defaults is not None:
-            batch = stamped(_first_of_each_id(batch), defaults)
+            batch = stamped(batch, defaults)
         with span("log.append", events=len(batch), schema=self.schema):
             return await self._append(batch, conn, expected_version)
 

@@ -12,7 +12,7 @@ import pytest
 
 from satellites_es.bus import RabbitMQEventBus
 from satellites_es.config import DataLayerConfig, PostgresConfig, RabbitMQConfig, RelayConfig
-from satellites_es.envelope import EMPTY, EventMetadata
+from satellites_es.envelope import EMPTY, EventMetadata, handling
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.relay import Relay
@@ -140,3 +140,21 @@ async def test_an_event_appended_in_a_handler_is_caused_by_the_handled_event(
     assert got[("invoice.created", "o2")] == EventMetadata(causation_id=without.id,
                                                            correlation_id=without.id)  # fmt: skip
     assert got[("invoice.noted", "o1")] == EventMetadata(causation_id="mine", correlation_id="own")
+
+
+async def test_an_append_inside_a_handler_context_keeps_its_duplicate_rules(
+    store: EventStore,
+) -> None:
+    """The ambient causation is stamped on each event without changing what the append
+    reports: an id repeated in the batch is still a duplicate, an explicit value still wins."""
+    cause = event("cause", EventMetadata(correlation_id="conv"))
+    again = event("x")
+    mine = event("y", EventMetadata(causation_id="explicit"))
+    with handling(cause):
+        result = await store.append([again, again, mine])
+    assert result.duplicates == (again.id,)
+    assert [e.metadata for e in result.events] == [
+        EventMetadata(causation_id=cause.id, correlation_id="conv"),
+        EventMetadata(causation_id="explicit", correlation_id="conv"),
+    ]
+    assert [e.metadata for e in await store.read_at([1, 2])] == [e.metadata for e in result.events]
