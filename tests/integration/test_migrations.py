@@ -180,3 +180,50 @@ async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions
         assert await conn.fetchval("SELECT max(position) FROM events") == 6
     finally:
         await conn.close()
+
+
+async def test_a_log_written_under_0004_gains_metadata_without_a_rewritten_row(
+    pg_config: PostgresConfig,
+) -> None:
+    """0005 adds the metadata column without touching stored rows (same columns, same bytes,
+    read back with empty metadata), and a downgrade to 0004 brings the v2 functions back."""
+    from satellites_es.config import EventLogConfig
+    from satellites_es.envelope import EMPTY, EventMetadata
+    from satellites_es.events import DataEvent
+    from satellites_es.store import EventStore
+
+    columns = "position, id, resource, key, version, type, source, payload, timestamp, recorded_at"
+    checksum = f"SELECT md5(string_agg(row({columns})::text, ',' ORDER BY position)) FROM events"
+    await upgrade(pg_config, "0004")
+    conn = await asyncpg.connect(pg_config.dsn)
+    try:
+        await conn.execute(f'SET search_path TO "{pg_config.schema}"')
+        for i in range(3):
+            await conn.fetch(
+                "SELECT * FROM append_event_v2($1, 'docs', 'k', 'doc.put', 'old', '{}'::jsonb,"
+                " now(), NULL, 'c', true)", f"old-{i}",
+            )  # fmt: skip
+        before = await conn.fetchval(checksum)
+        await upgrade(pg_config)
+        assert await conn.fetchval(checksum) == before
+        pool = await asyncpg.create_pool(pg_config.dsn, min_size=1, max_size=2)
+        try:
+            store = EventStore(pool, schema=pg_config.schema, config=EventLogConfig())
+            assert [e.metadata for b in [await store.read_stream("docs", "k")] for e in b] == [
+                EMPTY
+            ] * 3  # fmt: skip
+            new = DataEvent(type="doc.put", resource="docs", key="k", payload={}, source="new",
+                            metadata=EventMetadata(actor="ann"))  # fmt: skip
+            assert (await store.append(new)).last_position == 4
+        finally:
+            await pool.close()
+        kept = await conn.fetchval(checksum)
+        await downgrade(pg_config, "0004")  # drops the column (and the metadata written since)
+        assert await conn.fetchval(checksum) == kept
+        await conn.fetch(
+            "SELECT * FROM append_event_v2('again', 'docs', 'k', 'doc.put', 'old', '{}'::jsonb,"
+            " now(), NULL, 'c', true)"
+        )
+        assert await conn.fetchval("SELECT max(position) FROM events") == 5
+    finally:
+        await conn.close()
