@@ -23,9 +23,8 @@ no per-event work at all.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,6 +91,8 @@ class EventMetadata:
 
     def to_json(self) -> str:
         """Compact, key-sorted JSON (``{}`` when nothing is set)."""
+        if self is EMPTY:  # the usual event: no work on the relay's hot path
+            return "{}"
         return _JSON.encode(self.to_dict()) if self else "{}"
 
     def filled(self, defaults: Mapping[str, str]) -> EventMetadata:
@@ -147,14 +148,20 @@ def from_stored(data: dict[str, Any]) -> tuple[EventMetadata, int]:
     return EventMetadata(**known), version
 
 
-@contextlib.contextmanager
-def handling(event: DataEvent) -> Iterator[None]:
-    """Around a handler call: what it appends is caused by ``event`` (see the module docs)."""
-    token = _handling.set(event)
-    try:
-        yield
-    finally:
-        _handling.reset(token)
+class handling:
+    """Around a handler call: what it appends is caused by ``event`` (see the module docs).
+    A class, not a generator: it runs around every delivered message."""
+
+    __slots__ = ("_event", "_token")
+
+    def __init__(self, event: DataEvent) -> None:
+        self._event = event
+
+    def __enter__(self) -> None:
+        self._token = _handling.set(self._event)
+
+    def __exit__(self, *exc: object) -> None:
+        _handling.reset(self._token)
 
 
 def handled_event() -> DataEvent | None:

@@ -57,7 +57,7 @@ from ..envelope import handling
 from ..errors import ConfigurationError, InvalidEventError
 from ..events import DataEvent, EventHandler, handler_name
 from ..faults import MAX_BACKOFF, backoff
-from ..tracing import continued
+from ..tracing import continued, enabled
 from .partition import binding_key, dlq_name, queue_name
 
 __all__ = [
@@ -206,8 +206,12 @@ class GroupConsumer:
         error: Exception | None = None
         for handler in handlers:
             try:
-                with continued("handle", event, group=self.group, handler=handler_name(handler)):
-                    with handling(event):  # what the handler appends is caused by this event
+                with handling(event):  # what the handler appends is caused by this event
+                    if enabled():
+                        with continued("handle", event, group=self.group,
+                                       handler=handler_name(handler)):  # fmt: skip
+                            await handler(event)
+                    else:
                         await handler(event)
             except Exception as exc:
                 self.handler_errors += 1

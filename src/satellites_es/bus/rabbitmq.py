@@ -65,7 +65,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
-from ..envelope import EventMetadata
+from ..envelope import EMPTY, EventMetadata
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -461,7 +461,7 @@ class RabbitMQEventBus:
             headers["version"] = event.version
         headers["schema-version"] = event.schema_version
         metadata = event.metadata
-        if metadata:
+        if metadata is not EMPTY:
             headers.update(envelope_headers(metadata))
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json", headers=headers, delivery_mode=_PERSISTENT,
