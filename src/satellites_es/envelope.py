@@ -169,11 +169,12 @@ def handled_event() -> DataEvent | None:
     return _handling.get()
 
 
-def ambient() -> dict[str, str] | None:
+def ambient(*, trace: bool = True) -> dict[str, str] | None:
     """The metadata an event appended now inherits: causation and correlation from the event
-    being handled, trace context from the current span; ``None`` when there is neither."""
+    being handled, trace context from the current span (unless ``trace`` is false: a bus
+    publish the relay may make, inside its own span); ``None`` when there is neither."""
     handled = _handling.get()
-    carrier = tracing.inject()
+    carrier = tracing.inject() if trace else None
     if handled is None and carrier is None:
         return None
     out: dict[str, str] = carrier or {}

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from . import tracing
-from .envelope import EMPTY, EventMetadata, handling
+from .envelope import EMPTY, EventMetadata, ambient, handling, stamped
 from .errors import InvalidEventError
 
 __all__ = [
@@ -229,6 +229,12 @@ class InProcessEventBus:
 
     async def publish(self, event: DataEvent) -> None:
         self.published += 1
+        # Published inside a handler without the log: caused by the handled event. (No trace
+        # capture: the relay publishes here too, inside its own span; handlers run in the
+        # publisher's context anyway, so their spans continue its trace.)
+        defaults = ambient(trace=False)
+        if defaults is not None:
+            (event,) = stamped([event], defaults)
         # Copy: a handler may (un)subscribe while we deliver.
         for handler in (*self._handlers.get(event.type, ()), *self._global_handlers):
             try:

@@ -17,6 +17,7 @@ backend, and idempotent. ``health()`` never raises.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 from collections.abc import Collection, Mapping
@@ -252,7 +253,11 @@ class DataLayer:
             store, self._bus, pool=self.postgres, schema=c.postgres.schema, config=c.relay,
             dsn=c.postgres.dsn,
         )  # fmt: skip
-        self._relay_task = asyncio.create_task(self._relay.run(), name="satellites-es-relay")
+        # A context of its own: not the start span's (a trace of its own per batch, linked to
+        # the events'), nor the caller's handled event.
+        self._relay_task = asyncio.create_task(
+            self._relay.run(), name="satellites-es-relay", context=contextvars.Context()
+        )
         self._relay_task.add_done_callback(self._relay_done)
 
     def _relay_done(self, task: asyncio.Task[None]) -> None:

@@ -65,7 +65,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
-from ..envelope import EMPTY, EventMetadata
+from ..envelope import EMPTY, EventMetadata, ambient, stamped
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -356,7 +356,12 @@ class RabbitMQEventBus:
             await asyncio.wait(pending, timeout=self.config.publish_timeout)
 
     async def publish(self, event: DataEvent) -> None:
-        """Publish one event and wait for its confirm; :class:`PublishError` otherwise."""
+        """Publish one event and wait for its confirm; :class:`PublishError` otherwise. An
+        application publishing straight to the bus (no log) inside a handler or a span gets
+        the envelope an append would (:func:`~satellites_es.envelope.ambient`)."""
+        defaults = ambient()
+        if defaults is not None:
+            (event,) = stamped([event], defaults)
         channel = await self._underlay()
         await self._bindings_settled()
         await self._confirm(channel, event, self._message(event))
