@@ -770,8 +770,8 @@ $fn$;
 -- The same for one event, with scalar arguments (the latency-sensitive common case).
 CREATE FUNCTION append_event_v3(
     new_id text, new_resource text, new_key text, new_type text, new_source text,
-    new_payload jsonb, new_timestamp timestamptz, new_metadata jsonb, expected integer, channel text,
-    sequence_now boolean
+    new_payload jsonb, new_timestamp timestamptz, new_metadata jsonb, expected integer,
+    channel text, sequence_now boolean
 )
 RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
 LANGUAGE plpgsql
@@ -815,19 +815,20 @@ BEGIN
             new_position := -nextval('events_pending_seq');
         END IF;
 
-        BEGIN
-            INSERT INTO events
-                (position, id, resource, key, version, type, source, payload, "timestamp",
-                 metadata)
-            VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
-                    new_source, new_payload, new_timestamp, new_metadata);
-            EXIT;
-        EXCEPTION WHEN unique_violation THEN
-            -- the same id or the same stream version committed meanwhile: look again
-            IF NOT may_retry THEN
-                RAISE;
-            END IF;
-        END;
+        -- ON CONFLICT DO NOTHING, not an exception block: no subtransaction on the common
+        -- path (a producer appending many times in one transaction would pile them up). It
+        -- waits for an in-flight append of the same id or stream version; if that commits,
+        -- nothing is inserted and we look again.
+        INSERT INTO events
+            (position, id, resource, key, version, type, source, payload, "timestamp",
+             metadata)
+        VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
+                new_source, new_payload, new_timestamp, new_metadata)
+        ON CONFLICT DO NOTHING;
+        EXIT WHEN FOUND;
+        IF NOT may_retry THEN
+            RAISE EXCEPTION 'stream version conflict' USING ERRCODE = 'unique_violation';
+        END IF;
     END LOOP;
 
     IF locked THEN  -- a pending append must not notify: see append_events_v3
