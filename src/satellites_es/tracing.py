@@ -41,6 +41,7 @@ except ImportError:  # pragma: no cover
     _propagator = None
 
 _on = False
+_FAST_CHECK = _trace is not None and hasattr(_trace, "_TRACER_PROVIDER")
 
 
 def enabled() -> bool:
@@ -49,6 +50,11 @@ def enabled() -> bool:
     global _on
     if _on or _trace is None:
         return _on
+    # The API keeps the global provider in a module attribute, None until one is set (an
+    # OTEL_PYTHON_TRACER_PROVIDER one is set by our import's get_tracer). Reading it costs an
+    # attribute lookup; get_tracer_provider() looks os.environ up on every call.
+    if _FAST_CHECK and getattr(_trace, "_TRACER_PROVIDER", None) is None:
+        return False
     _on = not isinstance(_trace.get_tracer_provider(), _trace.ProxyTracerProvider)
     return _on
 
@@ -64,12 +70,17 @@ def use(provider: Any) -> None:
     _tracer = (provider or _trace).get_tracer("satellites_es")
 
 
-@contextlib.contextmanager
-def span(name: str, **attributes: Any) -> Iterator[Any]:
+#: What every helper returns while tracing is off: no generator, no span, no context change.
+_OFF: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def span(name: str, **attributes: Any) -> contextlib.AbstractContextManager[Any]:
     """A span named ``satellites.<name>`` with ``attributes``; records and re-raises errors."""
-    if not enabled():
-        yield None
-        return
+    return _span(name, attributes) if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
     clean = {k: v for k, v in attributes.items() if isinstance(v, str | bool | int | float)}
     with _tracer.start_as_current_span(f"satellites.{name}", attributes=clean) as current:
         yield current
@@ -96,13 +107,16 @@ def _context_of(metadata: EventMetadata) -> Any:
     return _propagator.extract(carrier)
 
 
-@contextlib.contextmanager
-def continued(name: str, event: DataEvent, /, **attributes: Any) -> Iterator[Any]:
+def continued(
+    name: str, event: DataEvent, /, **attributes: Any
+) -> contextlib.AbstractContextManager[Any]:
     """A span for handling one ``event``: a child of the trace it was appended in (or a root
     span when it carries none)."""
-    if not enabled():
-        yield None
-        return
+    return _continued(name, event, attributes) if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _continued(name: str, event: DataEvent, attributes: dict[str, Any]) -> Iterator[Any]:
     attrs = {"event.id": event.id, "event.type": event.type, **attributes}
     clean = {k: v for k, v in attrs.items() if isinstance(v, str | bool | int | float)}
     parent = _context_of(event.metadata)
@@ -112,12 +126,15 @@ def continued(name: str, event: DataEvent, /, **attributes: Any) -> Iterator[Any
         yield current
 
 
-@contextlib.contextmanager
-def linked(name: str, batch: Iterable[DataEvent], /, **attributes: Any) -> Iterator[Any]:
+def linked(
+    name: str, batch: Iterable[DataEvent], /, **attributes: Any
+) -> contextlib.AbstractContextManager[Any]:
     """A span for a batch of events, linked to the context of each (up to :data:`MAX_LINKS`)."""
-    if not enabled():
-        yield None
-        return
+    return _linked(name, batch, attributes) if enabled() else _OFF
+
+
+@contextlib.contextmanager
+def _linked(name: str, batch: Iterable[DataEvent], attributes: dict[str, Any]) -> Iterator[Any]:
     links = []
     for event in batch:
         parent = _context_of(event.metadata)
