@@ -903,7 +903,7 @@ async def append_raw(pool: asyncpg.Pool, store: EventStore, event: DataEvent) ->
     sql = queries(store.schema)["append_one"]
     row = await pool.fetchrow(
         sql, event.id, event.resource, event.key, event.type, event.source,
-        json.dumps(dict(event.payload)), event.timestamp, None, store.channel,
+        json.dumps(dict(event.payload)), event.timestamp, "{}", None, store.channel, True,
     )  # fmt: skip
     return int(row["out_position"])
 
