@@ -20,10 +20,12 @@ at head), interleaved call by call or round by round, so any drift in load hits 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import importlib.util
 import io
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +56,7 @@ def _load_before() -> ModuleType:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", BEFORE, "src/satellites_es"],
                              capture_output=True, check=True).stdout  # fmt: skip
     where = Path(tempfile.mkdtemp(prefix="satellites-before-"))
+    atexit.register(shutil.rmtree, where, ignore_errors=True)  # imported from it until exit
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(where, filter="data")
     package = where / "src" / "satellites_es"
