@@ -85,7 +85,7 @@ async def append_raw(pool: asyncpg.Pool, store: EventStore, event: DataEvent) ->
     sql = queries(store.schema)["append_one"]
     row = await pool.fetchrow(
         sql, event.id, event.resource, event.key, event.type, event.source,
-        json.dumps(dict(event.payload)), event.timestamp, None, store.channel, True,
+        json.dumps(dict(event.payload)), event.timestamp, "{}", None, store.channel, True,
     )  # fmt: skip
     assert row is not None  # the function returns one row
     if row["out_position"] is None:  # stored pending (the sequencer was busy): number it

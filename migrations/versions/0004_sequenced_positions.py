@@ -35,14 +35,8 @@ CREATED = ("sequencer_v1", "sequence_pending_v1", "sequence_events_v1",
            "sequenced_positions_v1", "append_events_v2", "append_event_v2")  # fmt: skip
 
 
-#: A SECURITY DEFINER function must not search pg_temp before the log's schema: a producer's
-#: temporary table named ``events`` would stand in for the log (Postgres searches pg_temp first
-#: unless the path names it). ``SET search_path FROM CURRENT`` captures this path.
-DEFINER_PATH = "SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true)"
-
-
 def upgrade() -> None:
-    op.execute(DEFINER_PATH)
+    op.execute(load("definer_search_path"))  # before any SECURITY DEFINER
     op.execute(load("drop_append_event_v1"))
     op.execute(load("drop_append_events_v1"))
     for name in CREATED:
@@ -51,7 +45,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(DEFINER_PATH)
+    op.execute(load("definer_search_path"))  # before any SECURITY DEFINER
     op.execute("SELECT sequence_events_v1(NULL)")
     for name in reversed(CREATED):
         op.execute(load(f"drop_{name}"))

@@ -15,6 +15,7 @@ from .config import (
     RedisConfig,
     RelayConfig,
 )
+from .envelope import EventMetadata
 from .errors import (
     BackendRefusedError,
     BackendUnavailableError,
@@ -35,6 +36,7 @@ from .errors import (
     SatellitesError,
     UndeliverableError,
     UnroutableError,
+    UpcastError,
     VectorIndexError,
 )
 from .events import DataEvent, EventBus, EventHandler, InProcessEventBus
@@ -43,6 +45,7 @@ from .health import BackendHealth, Health
 from .parking import ParkedEvent, ParkedEvents
 from .projections import Delete, PoisonPolicy, Projection, Upsert
 from .store import AppendResult, EventStore
+from .upcasting import Upcasters
 from .vectors import VectorIndex, VectorMatch
 
 __all__ = [
@@ -62,6 +65,7 @@ __all__ = [
     "EventBus",
     "EventHandler",
     "EventLogConfig",
+    "EventMetadata",
     "EventStore",
     "FaissConfig",
     "Health",
@@ -88,6 +92,8 @@ __all__ = [
     "SatellitesError",
     "UndeliverableError",
     "UnroutableError",
+    "UpcastError",
+    "Upcasters",
     "Upsert",
     "VectorIndex",
     "VectorIndexError",

@@ -43,12 +43,13 @@ from rich.table import Table
 
 from .config import DataLayerConfig
 from .errors import PersistenceError, ProjectionError
-from .events import DataEvent
 from .parking import ParkedEvents
 from .projections import Checkpoints, Projection
 from .projections.model import Change, Upsert
 from .projections.sinks import Fix, Held, Sink
 from .sql import queries
+from .store import stored_event
+from .upcasting import NONE, Upcasters
 
 __all__ = ["AuditReport", "audit", "run_audit"]
 
@@ -106,11 +107,13 @@ if TYPE_CHECKING:  # asyncpg's classes are generic for the type checker only
 async def audit(
     projection: Projection, sink: Sink, pool: asyncpg.Pool, schema: str, *,
     collect_fixes: bool = False, examples: int = 10, progress: Step | None = None,
+    upcasters: Upcasters = NONE,
 ) -> AuditReport:  # fmt: skip
     """Compare the active version of ``projection`` with the log, key by key.
 
     With ``collect_fixes`` the report keeps every drifted key's fix (for a repair: the drift's
-    size, not the log's, bounds that list)."""
+    size, not the log's, bounds that list). ``upcasters``: the ones the projectors read with
+    (the fold must see the payloads they saw)."""
     checkpoints = Checkpoints(pool, schema)
     active = await checkpoints.active(projection.name)
     if active is None:
@@ -130,7 +133,7 @@ async def audit(
             report = AuditReport(projection.name, version, bound, head, examples_kept=examples)
             judge = _Judge(projection, sink, version, report, conn, sql["head"], collect_fixes)
             async for chunk in _folded(conn, sql["audit_fold"], types, bound, projection, report,
-                                       progress, parked):  # fmt: skip
+                                       progress, parked, upcasters):  # fmt: skip
                 await judge.log_side(chunk)
             await _unlogged(conn, sql["audit_unlogged_keys"], types, bound, sink, judge)
     except (asyncpg.PostgresError, OSError) as exc:
@@ -142,6 +145,7 @@ async def audit(
 async def _folded(
     conn: Conn, sql: str, types: list[str], bound: int,
     projection: Projection, report: AuditReport, progress: Step | None, parked: set[int],
+    upcasters: Upcasters,
 ) -> AsyncIterator[list[Expected]]:  # fmt: skip
     """The log folded per key, a chunk of keys at a time (see the module docstring). Parked
     events are left out, as the projector left them (issue 12), and so is an event the handler
@@ -164,7 +168,7 @@ async def _folded(
                 report.poison += 1
             else:
                 try:
-                    change = projection.change_for(_event(row))
+                    change = projection.change_for(stored_event(row, upcasters))
                 except Exception:
                     report.poison += 1
             if change is not None:
@@ -184,18 +188,6 @@ async def _folded(
         progress(seen)
     if chunk:
         yield chunk
-
-
-def _event(row: asyncpg.Record) -> DataEvent:
-    from .jsontext import loads
-
-    payload = row["payload"]
-    return DataEvent(
-        type=row["type"], resource=row["resource"], key=row["key"],
-        payload=loads(payload) if isinstance(payload, str) else payload, source=row["source"],
-        timestamp=row["timestamp"], version=row["version"], id=row["id"],
-        position=row["position"],
-    )  # fmt: skip
 
 
 async def _unlogged(
@@ -277,13 +269,16 @@ async def run_audit(
 ) -> bool:  # fmt: skip
     """``satellites-es audit``: audit (and repair) one projection; True when clean."""
     from .facade import DataLayer
+    from .projections.discovery import upcasters_of
     from .projections.service import build_sink
 
-    async with DataLayer(config) as data:
+    upcasters = upcasters_of(config.projections_module)
+    async with DataLayer(config, upcasters=upcasters) as data:
         sink = build_sink(projection, data)
         schema = config.postgres.schema
         report = await _audit_with_bar(console, "audit", projection, sink, data.postgres, schema,
-                                       collect_fixes=repair, examples=examples)  # fmt: skip
+                                       collect_fixes=repair, examples=examples,
+                                       upcasters=data.log.upcasters)  # fmt: skip
         show(console, report)
         if report.clean or not repair:
             return report.clean
@@ -291,7 +286,8 @@ async def run_audit(
         console.print(f"repaired {written} of {report.drifted} drifted key(s) of "
                       f"{projection.name} v{report.version} from the log; auditing again")  # fmt: skip
         again = await _audit_with_bar(console, "re-audit", projection, sink, data.postgres,
-                                      schema, examples=examples)  # fmt: skip
+                                      schema, examples=examples,
+                                      upcasters=data.log.upcasters)  # fmt: skip
         show(console, again)
         return again.clean
 

@@ -528,7 +528,9 @@ def replay(
     """Deliver a range of the log to one subscriber group again (its queues must exist)."""
     from .bus.replay import run_replay
 
-    count = asyncio.run(run_replay(load_config(), group, after=after, until=until, types=event_type))
+    count = asyncio.run(
+        run_replay(load_config(), group, after=after, until=until, types=event_type)
+    )
     console.print(f"replayed {count} event(s) into {group}")
 
 

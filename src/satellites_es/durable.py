@@ -20,6 +20,7 @@ import asyncpg
 from .bus.catchup import CatchUp, Start, start_position
 from .events import DataEvent, EventBus, EventHandler
 from .store import AppendResult, EventStore
+from .tracing import span
 
 __all__ = ["DurableEventBus"]
 
@@ -89,7 +90,8 @@ class DurableEventBus:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def publish(self, event: DataEvent) -> None:
-        await self.store.append(event)
+        with span("events.publish", type=event.type):
+            await self.store.append(event)
 
     async def publish_many(self, events: Sequence[DataEvent]) -> AppendResult:
         return await self.store.append(events)

@@ -21,6 +21,8 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     │   ├── RejectedChangesError      a sink refused some changes of a call and applied the rest
     │   └── PoisonEventError          one event cannot be projected (names projection, position, key)
     ├── BackgroundTaskError           a task a service depends on (the relay) died
+    ├── UpcastError                   a stored event's schema version is newer than known, or
+    │                                 its upcaster failed (names the event)
     └── VectorIndexError              the FAISS wrapper refused or failed an operation
         ├── InvalidVectorError (ValueError)      wrong dimension, NaN or infinity
         ├── InvalidNamespaceError (ValueError)   a namespace name that is not a safe identifier
@@ -50,6 +52,7 @@ __all__ = [
     "SatellitesError",
     "UndeliverableError",
     "UnroutableError",
+    "UpcastError",
     "VectorIndexError",
 ]
 
@@ -192,3 +195,9 @@ class CorruptIndexError(VectorIndexError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+class UpcastError(SatellitesError):
+    """A stored event cannot be read as the current schema version of its type: its version
+    is newer than this code knows (the producer runs newer code), or an upcaster failed. The
+    message names the event and the versions; the row itself is never changed."""

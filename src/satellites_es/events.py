@@ -3,7 +3,10 @@
 ``DataEvent`` is the seed's event plus a unique ``id`` (what makes a retried append store the event
 once, and the AMQP ``message_id``), a timezone-aware ``timestamp`` (the seed's
 ``datetime.utcnow`` is deprecated and naive) and a ``position`` that the event log assigns.
-``to_json``/``from_json`` round-trip an event exactly.
+``to_json``/``from_json`` round-trip an event exactly. ``metadata`` is the envelope
+(correlation, causation, actor, trace context, headers: :mod:`.envelope`) and ``schema_version``
+the version of the payload's shape for its type (1 unless the producer says otherwise; readers
+upcast older ones: :mod:`.upcasting`).
 
 ``InProcessEventBus`` delivery contract (the contract suite in ``tests/contract`` holds every bus
 to it):
@@ -17,6 +20,8 @@ to it):
   raise for it (the publisher's write already happened; a failing subscriber is the subscriber's).
 * Subscribing the same handler twice to one type delivers twice; ``unsubscribe`` removes one
   subscription and is a no-op for an unknown handler.
+* A handler runs inside :func:`~satellites_es.envelope.handling` (what it appends is caused by
+  the event) and, with OpenTelemetry configured, in a span continuing the event's trace.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
+from . import tracing
+from .envelope import EMPTY, EventMetadata, ambient, handling, stamped
 from .errors import InvalidEventError
 
 __all__ = [
@@ -76,6 +83,11 @@ class DataEvent:
     id: str = field(default_factory=_new_id)
     #: Global position in the log; ``None`` until the event is appended.
     position: int | None = None
+    #: The envelope: correlation, causation, actor, trace context, headers (a mapping is taken
+    #: as :meth:`EventMetadata.from_dict <satellites_es.envelope.EventMetadata.from_dict>`).
+    metadata: EventMetadata = EMPTY
+    #: The version of this type's payload shape (readers upcast older ones to the latest).
+    schema_version: int = 1
 
     def __post_init__(self) -> None:
         for name in _REQUIRED:
@@ -88,6 +100,10 @@ class DataEvent:
             raise InvalidEventError("DataEvent.timestamp must be a timezone-aware datetime")
         if not self.id:
             raise InvalidEventError("DataEvent.id must be a non-empty string")
+        if not isinstance(self.metadata, EventMetadata):
+            object.__setattr__(self, "metadata", EventMetadata.from_dict(self.metadata))
+        if type(self.schema_version) is not int or self.schema_version < 1:
+            raise InvalidEventError("DataEvent.schema_version must be an integer >= 1")
 
     def payload_json(self) -> str:
         """The payload as compact JSON; :class:`InvalidEventError` if it is not JSON."""
@@ -105,6 +121,8 @@ class DataEvent:
             "resource": self.resource,
             "key": self.key,
             "payload": json.loads(self.payload_json()),
+            "metadata": self.metadata.to_dict(),
+            "schema_version": self.schema_version,
             "source": self.source,
             "timestamp": self.timestamp.isoformat(),
             "version": self.version,
@@ -117,8 +135,10 @@ class DataEvent:
         it), which halves the cost on the relay's hot path."""
         s = _json_str
         return (
-            f'{{"id":{s(self.id)},"key":{s(self.key)},"payload":{self.payload_json()},'
+            f'{{"id":{s(self.id)},"key":{s(self.key)},"metadata":{self.metadata.to_json()},'
+            f'"payload":{self.payload_json()},'
             f'"position":{_json_int(self.position)},"resource":{s(self.resource)},'
+            f'"schema_version":{_json_int(self.schema_version)},'
             f'"source":{s(self.source)},"timestamp":{s(self.timestamp.isoformat())},'
             f'"type":{s(self.type)},"version":{_json_int(self.version)}}}'
         )
@@ -141,6 +161,8 @@ class DataEvent:
                 timestamp=timestamp,
                 version=data.get("version"),
                 position=data.get("position"),
+                metadata=data.get("metadata") or EMPTY,
+                schema_version=data.get("schema_version", 1),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidEventError):
@@ -207,10 +229,18 @@ class InProcessEventBus:
 
     async def publish(self, event: DataEvent) -> None:
         self.published += 1
+        # Published inside a handler without the log: caused by the handled event. (No trace
+        # capture: the relay publishes here too, inside its own span; handlers run in the
+        # publisher's context anyway, so their spans continue its trace.)
+        defaults = ambient(trace=False)
+        if defaults is not None:
+            (event,) = stamped([event], defaults)
         # Copy: a handler may (un)subscribe while we deliver.
         for handler in (*self._handlers.get(event.type, ()), *self._global_handlers):
             try:
-                await handler(event)
+                with tracing.continued("handle", event, handler=handler_name(handler)):
+                    with handling(event):  # what the handler appends is caused by this event
+                        await handler(event)
             except Exception as exc:
                 self.handler_errors += 1
                 logger.error(

@@ -17,6 +17,7 @@ backend, and idempotent. ``health()`` never raises.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
 import logging
 from collections.abc import Collection, Mapping
@@ -50,6 +51,7 @@ from .tracing import span
 if TYPE_CHECKING:
     from .relay import Relay
     from .store import EventStore
+    from .upcasting import Upcasters
     from .vectors import VectorIndex
 
 __all__ = ["DataLayer", "LayerState"]
@@ -119,8 +121,11 @@ class DataLayer:
         *,
         bus: EventBus | None = None,
         optional: Collection[str] = (),
+        upcasters: Upcasters | None = None,
     ) -> None:
         self.config = config or DataLayerConfig()
+        #: Schema upcasters every read of the log applies (checked at start).
+        self.upcasters = upcasters
         self._state = LayerState.NEW
         self._backends: dict[str, Backend] = self._make_backends()
         self._optional = frozenset(optional)
@@ -185,6 +190,8 @@ class DataLayer:
             raise LifecycleError(
                 f"DataLayer is {self._state.value}; a layer starts once (create a new DataLayer)"
             )
+        if self.upcasters is not None:
+            self.upcasters.check()  # a gap in a chain is a configuration error, before connecting
         self._state = LayerState.STARTING
         try:
             with span("datalayer.start", backends=",".join(self._backends)):
@@ -245,8 +252,9 @@ class DataLayer:
         if c.log.auto_migrate:
             await self._migrate()
         self._store = EventStore(
-            self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn
-        )
+            self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn,
+            upcasters=self.upcasters,
+        )  # fmt: skip
         self._events = DurableEventBus(self._store, self._bus)
         if c.relay.enabled:
             self._start_relay(self._store)
@@ -260,7 +268,11 @@ class DataLayer:
             store, self._bus, pool=self.postgres, schema=c.postgres.schema, config=c.relay,
             dsn=c.postgres.dsn,
         )  # fmt: skip
-        self._relay_task = asyncio.create_task(self._relay.run(), name="satellites-es-relay")
+        # A context of its own: not the start span's (a trace of its own per batch, linked to
+        # the events'), nor the caller's handled event.
+        self._relay_task = asyncio.create_task(
+            self._relay.run(), name="satellites-es-relay", context=contextvars.Context()
+        )
         self._relay_task.add_done_callback(self._relay_done)
 
     def _relay_done(self, task: asyncio.Task[None]) -> None:

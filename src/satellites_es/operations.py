@@ -17,6 +17,7 @@ from .config import DataLayerConfig
 from .errors import ConfigurationError
 from .facade import DataLayer
 from .projections import Checkpoints, Projection, RebuildResult, rebuild, rollback
+from .projections.discovery import upcasters_of
 from .projections.projector import Progress as RebuildProgress
 from .projections.service import build_sink
 
@@ -37,7 +38,7 @@ def progress_bar(console: Console, name: str) -> Progress:
 async def run_rebuild(
     config: DataLayerConfig, projection: Projection, console: Console
 ) -> RebuildResult:
-    async with DataLayer(config) as data:
+    async with DataLayer(config, upcasters=upcasters_of(config.projections_module)) as data:
         checkpoints = Checkpoints(data.postgres, config.postgres.schema)
         sink = build_sink(projection, data)
         started = time.perf_counter()

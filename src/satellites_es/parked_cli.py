@@ -41,6 +41,7 @@ def _say(message: str) -> None:
     """One line on stderr, as every CLI error is (plain text: rich would wrap it)."""
     print(f"satellites-es: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
+
 NameArg = Annotated[str, typer.Argument(help="The projection (or, with --relay, the relay).")]
 RelayOpt = Annotated[bool, typer.Option("--relay", help="NAME is a relay, not a projection.")]
 PositionsOpt = Annotated[
@@ -97,7 +98,9 @@ def parked_list(
                       r.event_id or "", (r.event_type or "")[:40], str(r.attempts), r.status,
                       f"{r.error_type}: {r.error}"[:200])  # fmt: skip
     console.print(table)
-    console.print(f"{len(rows)} parked event(s)" + (" (limit reached)" if len(rows) == limit else ""))
+    console.print(
+        f"{len(rows)} parked event(s)" + (" (limit reached)" if len(rows) == limit else "")
+    )
 
 
 @parked_app.command("retry")

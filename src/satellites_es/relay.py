@@ -76,7 +76,7 @@ from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import ParkedEvents, Poison
 from .sql import queries
 from .store import EventStore
-from .tracing import span
+from .tracing import linked, span
 
 __all__ = ["Relay", "RelayState"]
 
@@ -452,10 +452,11 @@ class Relay:
                 read = 0
                 async with contextlib.aclosing(self._batches(after=sent)) as batches:
                     async for batch in batches:
-                        for event in batch:
-                            while window.full:  # refill in chunks, not one by one
-                                await self._settle(window, wait=True, until=window.low)
-                            window.add(event, publisher.send(event))
+                        with linked("relay.publish", batch, relay=self.name, events=len(batch)):
+                            for event in batch:
+                                while window.full:  # refill in chunks, not one by one
+                                    await self._settle(window, wait=True, until=window.low)
+                                window.add(event, publisher.send(event))
                         window.batches.append(batch)
                         sent = batch[-1].position or sent
                         read += len(batch)
@@ -543,7 +544,8 @@ class Relay:
         if self._lost.is_set():
             raise LeadershipLost(self.name)
         try:
-            await self._publish(batch)
+            with linked("relay.publish", batch, relay=self.name, events=len(batch)):
+                await self._publish(batch)
         except PublishBatchError as exc:
             if exc.confirmed:
                 await self._advance(batch[exc.confirmed - 1].position)

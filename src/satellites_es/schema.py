@@ -74,6 +74,9 @@ events = Table(
     Column("payload", JSONB, nullable=False),
     Column("timestamp", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # the envelope (migration 0005): correlation, causation, actor, trace context, schema
+    # version, headers; '{}' for an event without any
+    Column("metadata", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     PrimaryKeyConstraint("position"),
     UniqueConstraint("id"),
     UniqueConstraint("resource", "key", "version"),

@@ -29,6 +29,7 @@ from .config import DataLayerConfig
 from .errors import BackgroundTaskError, ProjectionError
 from .facade import DataLayer
 from .projections import Projection
+from .projections.discovery import upcasters_of
 from .projections.service import ProjectionService, load_projections
 
 if TYPE_CHECKING:
@@ -70,7 +71,8 @@ async def run_service(
     projections = select_projections(config, options.projections) if options.projections else []
     with _signals(stop):
         optional = [n for n in ("redis", "elasticsearch") if getattr(config, n).enabled]
-        async with DataLayer(config, optional=optional) as data:
+        upcasters = upcasters_of(config.projections_module)
+        async with DataLayer(config, optional=optional, upcasters=upcasters) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)
             await service.start()
             http = await _start_http(data, service, options)

@@ -1,7 +1,7 @@
 """The event log in Postgres: append (the transactional outbox), read, follow.
 
-Append is one round trip: ``append_events_v2`` (a plpgsql function created by migration 0004,
-its SQL in ``sql/queries.sql``; ``append_event_v2`` is its scalar twin for a single event, the
+Append is one round trip: ``append_events_v3`` (a plpgsql function created by migration 0005,
+its SQL in ``sql/queries.sql``; ``append_event_v3`` is its scalar twin for a single event, the
 latency-sensitive case) drops ids already stored, gives each new event the next version of its
 ``(resource, key)`` stream, inserts, and sends ``pg_notify``. A batch travels as column arrays
 (``unnest`` on the server), not as one JSON document, with each event's stream and rank within
@@ -41,6 +41,14 @@ raises :class:`InvalidEventError` for the whole batch before anything is sent. D
 translated here: :class:`ConcurrencyError` for a version conflict, :class:`PersistenceError`
 for the rest; no asyncpg exception leaves this module.
 
+**The envelope** (:mod:`.envelope`). Each event's metadata (correlation, causation, actor,
+trace context, headers) and payload schema version are stored in the ``metadata`` column
+(migration 0005, ``append_events_v3``), validated like the payload, and returned by every read.
+An append made while a subscriber's handler runs, or inside an OpenTelemetry span, fills what
+the events leave unset from there (:func:`.envelope.ambient`): one check per call when there is
+neither. Every read upcasts older schema versions to the latest (:mod:`.upcasting`): the rows
+stay as they were written.
+
 **Reading.** :meth:`EventStore.read` pages by position; a replay (a projector) filters by
 event type in Postgres and reads one batch ahead. A stored row is turned into a ``DataEvent``
 without validating it again (it was validated on the way in), its payload decoded by msgspec
@@ -71,10 +79,13 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .config import EventLogConfig
+from .envelope import EMPTY, ambient, from_stored, stamped, stored_json
 from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
 from .events import DataEvent
 from .jsontext import loads, loads_many
 from .sql import queries
+from .tracing import span
+from .upcasting import NONE, Upcasters
 
 __all__ = ["AppendResult", "EventStore", "LogListener", "PayloadBatch", "encode_batch"]
 
@@ -85,7 +96,7 @@ Connect: TypeAlias = "Callable[[], Awaitable[asyncpg.Connection[asyncpg.Record]]
 
 _MAX_POSITION = 2**63 - 1
 _MAX_IDENTIFIER = 63  # Postgres truncates LISTEN channels longer than this; pg_notify refuses
-_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v2 on a version conflict
+_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v3 on a version conflict
 _TEXT_FIELDS = ("id", "type", "resource", "key", "source")
 # An escaped NUL in JSON (an odd number of backslashes before u0000): jsonb cannot store it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -143,7 +154,10 @@ class EventStore:
         schema: str,
         config: EventLogConfig,
         dsn: str | None = None,
+        upcasters: Upcasters | None = None,
     ) -> None:
+        self.upcasters = upcasters if upcasters is not None else NONE
+        self.upcasters.check()
         try:
             self._sql = queries(schema)
         except ValueError as exc:
@@ -176,6 +190,15 @@ class EventStore:
         if not batch:
             return AppendResult(events=())
         _check_expected(batch, expected_version)
+        defaults = ambient()  # the handled event's ids, the current trace: None outside both
+        if defaults is not None:
+            batch = stamped(batch, defaults)
+        with span("log.append", events=len(batch), schema=self.schema):
+            return await self._append(batch, conn, expected_version)
+
+    async def _append(
+        self, batch: list[DataEvent], conn: Connection | None, expected_version: int | None
+    ) -> AppendResult:
         distinct = _first_of_each_id(batch)
         if conn is not None:  # inside the caller's transaction: pending until it commits
             query, args = self._append_call(distinct, expected_version, sequence_now=False)
@@ -210,7 +233,7 @@ class EventStore:
         e = _checked(batch[0])
         payload = _payload_json(e, self._config.max_payload_bytes)
         args = (e.id, e.resource, e.key, e.type, e.source, payload, e.timestamp,
-                expected_version, self.channel, sequence_now)  # fmt: skip
+                _metadata_json(e), expected_version, self.channel, sequence_now)  # fmt: skip
         return self._sql["append_one"], args
 
     async def sequence(self) -> int:
@@ -285,8 +308,9 @@ class EventStore:
             query, extra = self._sql["read_types"], _type_filter(types)
         if until is None and sequence:
             await self.sequence()
+        upcasters = self.upcasters
         async for rows in self._pages(query, extra, after, until, batch_size, read_ahead):
-            yield [_event(row) for row in rows]
+            yield [stored_event(row, upcasters) for row in rows]
 
     async def read_payloads(
         self,
@@ -308,7 +332,8 @@ class EventStore:
         as JSON: the server's part of a 2 KB payload is ~7 us against ~14 for :meth:`read`
         (inline rows, migration 0002), the client's JSON decode one small document. The payloads come back whole, the field
         put back in; where it is not a string (a list of numbers, absent) the payload is read
-        as it is.
+        as it is. Payloads of an older schema version are upcast (whole, the field put back
+        first), so a renamed vector field still arrives under its current name.
         """
         if not isinstance(text_field, str) or not text_field:
             raise InvalidEventError(
@@ -320,7 +345,7 @@ class EventStore:
             await self.sequence()
         pages = self._pages(self._sql["read_payloads"], extra, after, until, batch_size, read_ahead)
         async for rows in pages:
-            yield _payload_batch(rows, text_field)
+            yield _payload_batch(rows, text_field, self.upcasters)
 
     async def _pages(
         self,
@@ -374,13 +399,13 @@ class EventStore:
         """The events of one stream with ``version > after_version``, in version order."""
         with _translated("read_stream"):
             rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
-        return [_event(row) for row in rows]
+        return [stored_event(row, self.upcasters) for row in rows]
 
     async def read_at(self, positions: Collection[int]) -> list[DataEvent]:
         """The events at ``positions`` (those that exist), in position order."""
         with _translated("read_at"):
             rows = await self._pool.fetch(self._sql["read_at"], sorted(set(positions)))
-        return [_event(row) for row in rows]
+        return [stored_event(row, self.upcasters) for row in rows]
 
     async def head(self) -> int:
         """The highest committed position (0 if the log is empty); everything up to it is
@@ -488,24 +513,27 @@ class LogListener:
 
 def encode_batch(
     events: Sequence[DataEvent], max_payload_bytes: int
-) -> tuple[list[str], list[str], list[str], list[str], list[str], list[str], list[datetime]]:
-    """The batch as the column arrays ``append_events_v2`` takes (id, resource, key, type,
-    source, payload JSON, timestamp); validates every event first."""
+) -> tuple[list[str], list[str], list[str], list[str], list[str], list[str], list[datetime],
+           list[str]]:  # fmt: skip
+    """The batch as the column arrays ``append_events_v3`` takes (id, resource, key, type,
+    source, payload JSON, timestamp, metadata JSON); validates every event first."""
     ids, resources, keys, types, sources, payloads, timestamps = [], [], [], [], [], [], []
+    metadatas = []
     for event in events:
         e = _checked(event)
         payloads.append(_payload_json(e, max_payload_bytes))
+        metadatas.append(_metadata_json(e))
         ids.append(e.id)
         resources.append(e.resource)
         keys.append(e.key)
         types.append(e.type)
         sources.append(e.source)
         timestamps.append(e.timestamp)
-    return ids, resources, keys, types, sources, payloads, timestamps
+    return ids, resources, keys, types, sources, payloads, timestamps, metadatas
 
 
 def _numbering(events: Sequence[DataEvent]) -> tuple[list[int], list[int], list[int]]:
-    """How ``append_events_v2`` numbers the batch without a sort: for each event the 1-based
+    """How ``append_events_v3`` numbers the batch without a sort: for each event the 1-based
     index of its ``(resource, key)`` stream among the batch's distinct streams and its 1-based
     rank within that stream; for each stream the 1-based index of its first event."""
     streams: dict[tuple[str, str], int] = {}
@@ -566,6 +594,16 @@ def _payload_json(event: DataEvent, max_payload_bytes: int) -> str:
     return text
 
 
+def _metadata_json(event: DataEvent) -> str:
+    """The ``metadata`` column's JSON ('{}' for an event without metadata, schema version 1)."""
+    if event.metadata is EMPTY and event.schema_version == 1:
+        return "{}"
+    try:
+        return stored_json(event.metadata, event.schema_version)
+    except InvalidEventError as exc:
+        raise InvalidEventError(f"event {event.id!r}: {exc}") from None
+
+
 def _first_of_each_id(batch: Sequence[DataEvent]) -> Sequence[DataEvent]:
     """The batch with an id repeated within it sent once (the repeats are duplicates)."""
     for event in batch:
@@ -618,29 +656,46 @@ def _stored(event: DataEvent, position: int | None, version: int | None) -> Data
     return stored
 
 
-def _event(row: asyncpg.Record) -> DataEvent:
-    """A stored event. Its fields passed ``_checked`` on the way in and the columns are NOT
-    NULL, so only the payload's shape is checked again (a row written by hand could hold a JSON
-    array): ``DataEvent``'s own validation cost a replay ~4 us an event more."""
-    position, event_id, resource, key, version, type_, source, payload, timestamp = row
+def stored_event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
+    """A stored event, upcast to its type's latest schema version. Its fields passed
+    ``_checked`` on the way in and the columns are NOT NULL, so only the payload's shape is
+    checked again (a row written by hand could hold a JSON array): ``DataEvent``'s own
+    validation cost a replay ~4 us an event more."""
+    position, event_id, resource, key, version, type_, source, payload, timestamp, meta = row
     payload = loads(payload)
+    if meta == "{}":  # the usual row: no metadata, schema version 1
+        metadata, schema = EMPTY, 1
+    else:
+        metadata, schema = from_stored(loads(meta))
+    if schema != upcasters.latest.get(type_, 1):
+        payload = upcasters.upcast(type_, schema, payload, event_id)
+        schema = upcasters.latest[type_]
     if type(payload) is not dict:
         return DataEvent(type=type_, resource=resource, key=key, payload=payload, source=source,
-                         timestamp=timestamp, version=version, id=event_id, position=position)  # fmt: skip
+                         timestamp=timestamp, version=version, id=event_id, position=position,
+                         metadata=metadata, schema_version=schema)  # fmt: skip
     event = object.__new__(DataEvent)
     vars(event).update(type=type_, resource=resource, key=key, payload=payload, source=source,
-                       timestamp=timestamp, version=version, id=event_id, position=position)  # fmt: skip
+                       timestamp=timestamp, version=version, id=event_id, position=position,
+                       metadata=metadata, schema_version=schema)  # fmt: skip
     return event
 
 
-def _payload_batch(rows: Sequence[asyncpg.Record], field: str) -> PayloadBatch:
-    """Columns of ``read_payloads`` rows (position, key, type, text, rest): each payload is the
-    rest decoded, with the text put back as ``field`` when Postgres sent it apart."""
+def _payload_batch(
+    rows: Sequence[asyncpg.Record], field: str, upcasters: Upcasters
+) -> PayloadBatch:
+    """Columns of ``read_payloads`` rows (position, key, type, text, rest, schema version):
+    each payload is the rest decoded, with the text put back as ``field`` when Postgres sent it
+    apart, then upcast to its type's latest schema version."""
     payloads = loads_many([row[4] for row in rows])
-    for payload, row in zip(payloads, rows, strict=True):
+    latest = upcasters.latest
+    for i, row in enumerate(rows):
         text = row[3]
         if text is not None:
-            payload[field] = text
+            payloads[i][field] = text
+        schema = 1 if row[5] is None else int(row[5])
+        if schema != latest.get(row[2], 1):
+            payloads[i] = upcasters.upcast(row[2], schema, payloads[i], f"at position {row[0]}")
     return PayloadBatch(
         [row[0] for row in rows], [row[1] for row in rows], [row[2] for row in rows], payloads
     )

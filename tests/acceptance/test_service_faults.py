@@ -70,7 +70,9 @@ async def _positions(config: DataLayerConfig) -> dict[str, int]:
     conn = await asyncpg.connect(config.postgres.dsn)
     schema = config.postgres.schema
     try:
-        rows = await conn.fetch(f'SELECT projection, position FROM "{schema}".projection_checkpoints')
+        rows = await conn.fetch(
+            f'SELECT projection, position FROM "{schema}".projection_checkpoints'
+        )
         relay = await conn.fetchval(f'SELECT max(position) FROM "{schema}".relay_cursors')
     finally:
         await conn.close()

@@ -9,10 +9,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from satellites_es.config import EventLogConfig, PostgresConfig
+from satellites_es.config import EventLogConfig, PostgresConfig, RabbitMQConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
+from tests.contract.support import delete_topology
 
 # the sink fixtures of the projection tests (one per sink kind), for every module here
 from tests.integration.sinks_support import (  # noqa: F401
@@ -68,3 +69,12 @@ def make_event() -> EventFactory:
         return DataEvent(resource=resource, key=key, **{**defaults, **fields})
 
     return make
+
+
+@pytest.fixture
+async def cleanup(amqp_url: str, rabbit: RabbitMQConfig) -> AsyncIterator[list[str]]:
+    """Consumer groups a test names here lose their queues, and ``rabbit``'s exchange goes,
+    at the end (``rabbit``: the module's own RabbitMQ config fixture)."""
+    groups: list[str] = []
+    yield groups
+    await delete_topology(amqp_url, rabbit.exchange, groups, rabbit.partitions)

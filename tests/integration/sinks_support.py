@@ -127,5 +127,3 @@ def sink(
 @pytest.fixture
 def checkpoints(pool: asyncpg.Pool, migrated: Any) -> Checkpoints:
     return Checkpoints(pool, migrated.schema)
-
-

@@ -16,8 +16,10 @@ import pika
 import pytest
 
 from satellites_es.config import DataLayerConfig
+from satellites_es.envelope import EventMetadata
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
+from satellites_es.upcasting import Upcasters
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract"
 SCHEMA = json.loads((CONTRACT / "event.schema.json").read_text())
@@ -131,12 +133,53 @@ async def test_a_pika_consumer_bound_as_the_contract_says_gets_valid_ordered_eve
             (json.loads(x[2]) for x in m)} == {"document.indexed"}  # fmt: skip
 
 
+async def test_a_pika_consumer_sees_the_envelope_as_the_contract_says(
+    config: DataLayerConfig, amqp_url: str, test_id: str
+) -> None:
+    """Metadata travels in the body and as AMQP correlation_id and headers, schema version
+    included; the body and headers still validate. The relay publishes the current schema
+    version: a v1 event is upcast to v2 on its way out."""
+    cfg = config.replace(faiss=dataclasses.replace(config.faiss, enabled=False))
+    upcasters = Upcasters()
+    upcasters.register("document.indexed", 1, lambda payload: {**payload, "upcast": True})
+    metadata = EventMetadata(
+        correlation_id="req-1", causation_id="cmd-1", actor="user:ann", tracestate="v=1",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        headers={"tenant": "acme"},
+    )  # fmt: skip
+    queue = f"{test_id}.pika.envelope"
+    async with DataLayer(cfg, upcasters=upcasters) as data:
+        with ForeignConsumer(amqp_url, cfg.rabbitmq.exchange, {queue: "#"}) as pika_consumer:
+            sent = DataEvent(type="document.indexed", resource="documents", key="d1",
+                             payload={}, source="test", metadata=metadata, schema_version=2)  # fmt: skip
+            await data.log.append([sent, DataEvent(type="document.indexed", resource="documents",
+                                                   key="d2", payload={}, source="test")])  # fmt: skip
+            async with asyncio.timeout(30):
+                while len(pika_consumer.received[queue]) < 2:
+                    assert not pika_consumer.errors, pika_consumer.errors
+                    await asyncio.sleep(0.05)
+    (props, headers, body), (plain_props, plain_headers, plain_body) = pika_consumer.received[queue]
+    event = _check_message(props, headers, body, cfg.rabbitmq.partitions)
+    assert event["metadata"] == metadata.to_dict() and event["schema_version"] == 2
+    assert props.correlation_id == "req-1"
+    assert {k: headers[k] for k in ("causation-id", "actor", "traceparent", "tracestate",
+                                    "h-tenant", "schema-version")} == {
+        "causation-id": "cmd-1", "actor": "user:ann", "traceparent": metadata.traceparent,
+        "tracestate": "v=1", "h-tenant": "acme", "schema-version": 2,
+    }  # fmt: skip
+    plain = _check_message(plain_props, plain_headers, plain_body, cfg.rabbitmq.partitions)
+    assert plain["metadata"] == {} and plain["schema_version"] == 2
+    assert plain["payload"] == {"upcast": True} and event["payload"] == {}  # sent at v2 already
+    assert plain_props.correlation_id is None and "actor" not in plain_headers
+
+
 def test_the_schema_rejects_what_is_not_an_event() -> None:
     good = json.loads(DataEvent(type="t", resource="r", key="k", payload={}, source="s").to_json())
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     BODY.validate(good)
     for broken in ({**good, "payload": [1]}, {k: v for k, v in good.items() if k != "key"},
-                   {**good, "position": "7"}):  # fmt: skip
+                   {**good, "position": "7"}, {**good, "metadata": {"headers": {"h": 1}}},
+                   {**good, "schema_version": 0}):  # fmt: skip
         with pytest.raises(jsonschema.ValidationError):
             BODY.validate(broken)
     assert ASYNCAPI["components"]["messages"]["dataEvent"]["payload"]["$ref"] == "event.schema.json"

@@ -68,9 +68,9 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert await diff(pg_config) == []
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
-    assert functions == {"append_events_v2", "append_event_v2", "sequence_events_v1",
+    assert functions == {"append_events_v3", "append_event_v3", "sequence_events_v1",
                          "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
-    assert versions == ["0004"]
+    assert versions == ["0005"]
 
 
 async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
@@ -78,7 +78,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 ) -> None:
     await upgrade(pg_config)
     await upgrade(pg_config)
-    assert (await catalog(pg_config))[2] == ["0004"]
+    assert (await catalog(pg_config))[2] == ["0005"]
     await downgrade(pg_config)
     tables, functions, versions = await catalog(pg_config)
     assert (tables, functions, versions) == ({"alembic_version"}, set(), [])
@@ -89,7 +89,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 
 async def test_concurrent_upgrades_of_one_schema(pg_config: PostgresConfig) -> None:
     await asyncio.gather(upgrade(pg_config), upgrade(pg_config))
-    assert (await catalog(pg_config))[2] == ["0004"]
+    assert (await catalog(pg_config))[2] == ["0005"]
 
 
 async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig) -> None:
@@ -99,7 +99,7 @@ async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig
         subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (await catalog(pg_config))[2] == ["0004"]
+    assert (await catalog(pg_config))[2] == ["0005"]
     assert await diff(pg_config) == []
 
 
@@ -135,7 +135,7 @@ async def test_alembic_with_only_a_schema_migrates_the_configured_database(
                                    text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pg_config.database != "satellites"  # the configured one, not the default
-    assert (await catalog(pg_config))[2] == ["0004"]
+    assert (await catalog(pg_config))[2] == ["0005"]
 
 
 async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions(
@@ -178,5 +178,52 @@ async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions
         await downgrade(pg_config, "0003")  # numbers the pending event first
         assert await conn.fetchval("SELECT count(*) FROM events WHERE position < 0") == 0
         assert await conn.fetchval("SELECT max(position) FROM events") == 6
+    finally:
+        await conn.close()
+
+
+async def test_a_log_written_under_0004_gains_metadata_without_a_rewritten_row(
+    pg_config: PostgresConfig,
+) -> None:
+    """0005 adds the metadata column without touching stored rows (same columns, same bytes,
+    read back with empty metadata), and a downgrade to 0004 brings the v2 functions back."""
+    from satellites_es.config import EventLogConfig
+    from satellites_es.envelope import EMPTY, EventMetadata
+    from satellites_es.events import DataEvent
+    from satellites_es.store import EventStore
+
+    columns = "position, id, resource, key, version, type, source, payload, timestamp, recorded_at"
+    checksum = f"SELECT md5(string_agg(row({columns})::text, ',' ORDER BY position)) FROM events"
+    await upgrade(pg_config, "0004")
+    conn = await asyncpg.connect(pg_config.dsn)
+    try:
+        await conn.execute(f'SET search_path TO "{pg_config.schema}"')
+        for i in range(3):
+            await conn.fetch(
+                "SELECT * FROM append_event_v2($1, 'docs', 'k', 'doc.put', 'old', '{}'::jsonb,"
+                " now(), NULL, 'c', true)", f"old-{i}",
+            )  # fmt: skip
+        before = await conn.fetchval(checksum)
+        await upgrade(pg_config)
+        assert await conn.fetchval(checksum) == before
+        pool = await asyncpg.create_pool(pg_config.dsn, min_size=1, max_size=2)
+        try:
+            store = EventStore(pool, schema=pg_config.schema, config=EventLogConfig())
+            assert [e.metadata for b in [await store.read_stream("docs", "k")] for e in b] == [
+                EMPTY
+            ] * 3  # fmt: skip
+            new = DataEvent(type="doc.put", resource="docs", key="k", payload={}, source="new",
+                            metadata=EventMetadata(actor="ann"))  # fmt: skip
+            assert (await store.append(new)).last_position == 4
+        finally:
+            await pool.close()
+        kept = await conn.fetchval(checksum)
+        await downgrade(pg_config, "0004")  # drops the column (and the metadata written since)
+        assert await conn.fetchval(checksum) == kept
+        await conn.fetch(
+            "SELECT * FROM append_event_v2('again', 'docs', 'k', 'doc.put', 'old', '{}'::jsonb,"
+            " now(), NULL, 'c', true)"
+        )
+        assert await conn.fetchval("SELECT max(position) FROM events") == 5
     finally:
         await conn.close()

@@ -375,7 +375,10 @@ async def test_a_snapshot_that_cannot_be_written_is_reported_and_saved_later(
 
 
 async def test_a_postgres_cut_under_a_follower_is_ridden_out(
-    migrated: Any, store: EventStore, checkpoints: Checkpoints, redis_client: aioredis.Redis,
+    migrated: Any,
+    store: EventStore,
+    checkpoints: Checkpoints,
+    redis_client: aioredis.Redis,
     redis_prefix: str,
 ) -> None:
     """The log itself unreachable (pool, checkpoints, listener through a proxy) for 5 s while a

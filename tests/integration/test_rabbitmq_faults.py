@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -22,7 +22,6 @@ from tests.contract.support import (
     IdempotentSink,
     Recorder,
     assert_per_key_order,
-    delete_topology,
     eventually,
     rabbit_config_for,
 )
@@ -31,13 +30,6 @@ from tests.contract.support import (
 @pytest.fixture
 def rabbit(amqp_url: str, test_id: str) -> RabbitMQConfig:
     return rabbit_config_for(amqp_url, test_id, publish_timeout=3.0)
-
-
-@pytest.fixture
-async def cleanup(amqp_url: str, rabbit: RabbitMQConfig) -> AsyncIterator[list[str]]:
-    groups: list[str] = []
-    yield groups
-    await delete_topology(amqp_url, rabbit.exchange, groups, rabbit.partitions)
 
 
 async def test_cut_connection_mid_stream_loses_nothing_and_keeps_key_order(

@@ -43,7 +43,7 @@ async def _append_unchecked(data: DataLayer, event: DataEvent) -> int:
     sql = queries(data.config.postgres.schema)["append_one"]
     row = await data.postgres.fetchrow(
         sql, event.id, event.resource, event.key, event.type, event.source,
-        '{"k": "bad"}', datetime.now(UTC), None, data.log.channel, True,
+        '{"k": "bad"}', datetime.now(UTC), "{}", None, data.log.channel, True,
     )  # fmt: skip
     assert row is not None
     if row["out_position"] is None:  # stored pending (the relay's sequencer tick was busy)

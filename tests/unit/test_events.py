@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from satellites_es.envelope import EventMetadata
 from satellites_es.errors import InvalidEventError
 from satellites_es.events import DataEvent, EventBus, InProcessEventBus
 
@@ -160,3 +161,26 @@ async def test_unsubscribe_stops_delivery_and_unknown_is_noop() -> None:
     bus.unsubscribe("never.subscribed", h)
     await bus.publish(make(key="3"))
     assert got == ["1", "1", "2"]
+
+
+async def test_an_event_published_in_a_handler_without_the_log_is_caused_by_it() -> None:
+    bus = InProcessEventBus()
+    seen: list[DataEvent] = []
+
+    async def first(event: DataEvent) -> None:
+        await bus.publish(DataEvent(type="b", resource="r", key="k", payload={}, source="s"))
+
+    async def second(event: DataEvent) -> None:
+        seen.append(event)
+
+    bus.subscribe("a", first)
+    bus.subscribe("b", second)
+    cause = DataEvent(type="a", resource="r", key="k", payload={}, source="s",
+                      metadata={"correlation_id": "conv", "actor": "ann"})  # fmt: skip
+    await bus.publish(cause)
+    await bus.publish(DataEvent(type="b", resource="r", key="k", payload={}, source="s"))
+    assert [e.metadata for e in seen] == [
+        EventMetadata(causation_id=cause.id, correlation_id="conv"), EventMetadata()
+    ]  # fmt: skip
+    assert cause.to_dict()["metadata"] == {"actor": "ann", "correlation_id": "conv"}
+    assert DataEvent.from_json(cause.to_json()) == cause

@@ -22,24 +22,25 @@ def test_spans_go_to_the_configured_provider() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("satellites_es")
-    original = tracing._tracer
-    tracing._tracer = tracer
+    tracing.use(provider)
     try:
         with tracing.span("projector.apply", projection="docs", events=3, ignored=object()):
             pass
         with pytest.raises(ValueError), tracing.span("datalayer.start"):
             raise ValueError("boom")
     finally:
-        tracing._tracer = original
+        tracing.use(None)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     assert spans["satellites.projector.apply"].attributes == {"projection": "docs", "events": 3}
     assert spans["satellites.datalayer.start"].status.status_code == trace.StatusCode.ERROR
 
 
 def test_without_a_provider_spans_are_free_no_ops() -> None:
+    """No span object at all, no context attached: nothing to record, nothing to propagate."""
+    assert not tracing.enabled()
     with tracing.span("anything", n=1) as current:
-        assert not current.is_recording()
+        assert current is None
+        assert tracing.inject() is None
 
 
 def test_logs_render_as_json_lines(capsys: pytest.CaptureFixture[str]) -> None:

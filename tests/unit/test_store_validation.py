@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 
 from satellites_es import sql
 from satellites_es.config import EventLogConfig
+from satellites_es.envelope import MAX_METADATA_BYTES
 from satellites_es.errors import ConfigurationError, InvalidEventError
 from satellites_es.events import DataEvent
 from satellites_es.schema import metadata
@@ -24,11 +26,36 @@ def event(**fields: Any) -> DataEvent:
 def test_encode_batch_gives_column_arrays() -> None:
     ts = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     a, b = event(id="a", timestamp=ts, payload={"z": 1, "x": "é"}), event(id="b", key="k2")
-    ids, resources, keys, types, sources, payloads, stamps = encode_batch([a, b], 100)
+    b = dataclasses.replace(b, metadata={"actor": "ann", "headers": {"h": "é"}}, schema_version=3)
+    ids, resources, keys, types, sources, payloads, stamps, metas = encode_batch([a, b], 100)
     assert (ids, resources, keys, types, sources) == (
         ["a", "b"], ["r", "r"], ["k", "k2"], ["t", "t"], ["s", "s"]
     )  # fmt: skip
     assert payloads[0] == '{"z":1,"x":"\\u00e9"}' and stamps[0] == ts
+    assert metas == ["{}", '{"actor":"ann","headers":{"h":"\\u00e9"},"schema_version":3}']
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ({"actor": 7}, "metadata.actor must be a non-empty string"),
+        ({"actor": ""}, "metadata.actor must be a non-empty string"),
+        ({"correlation_id": "a\x00b"}, "NUL"),
+        ({"headers": {"k": 1}}, "headers\\['k'\\] must be a string"),
+        ({"headers": {"": "v"}}, "headers name must be a non-empty string"),
+        ({"headers": ["k"]}, "must be a mapping"),
+        ({"user": "ann"}, "unknown field"),
+    ],
+)
+def test_bad_metadata(metadata: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        event(metadata=metadata)
+
+
+def test_metadata_over_the_size_limit_is_refused_whole() -> None:
+    big = event(id="big", metadata={"headers": {"h": "x" * MAX_METADATA_BYTES}})
+    with pytest.raises(InvalidEventError, match=r"event 'big': metadata is \d+ bytes"):
+        encode_batch([event(), big], 10_000)
 
 
 @pytest.mark.parametrize(

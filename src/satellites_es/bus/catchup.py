@@ -36,10 +36,12 @@ from typing import Any, Literal, cast
 
 from tenacity import AsyncRetrying, retry_if_exception
 
+from ..envelope import handling
 from ..errors import ConfigurationError
 from ..events import DataEvent, EventHandler, handler_name
 from ..faults import backoff, is_transient
 from ..store import EventStore
+from ..tracing import continued
 
 __all__ = ["CatchUp", "Start", "start_position"]
 
@@ -146,7 +148,9 @@ class CatchUp:
             if attempt:
                 await asyncio.sleep(backoff(attempt, initial=self._backoff))
             try:
-                await self.handler(event)
+                with continued("handle", event, group=self.subscriber_name, catch_up=True):
+                    with handling(event):  # what the handler appends is caused by this event
+                        await self.handler(event)
             except Exception as exc:
                 error = exc
                 continue

@@ -25,6 +25,10 @@ only then acked. If that publish fails the message is rejected with ``requeue=Tr
 back at the head of its queue (we ``reject`` rather than ``nack``: only a reject counts toward a
 quorum queue's delivery limit, rabbitmq-server #15387).
 
+Each handler call runs inside :func:`~satellites_es.envelope.handling` (an event it appends
+gets the handled event as its cause and its correlation id) and, with OpenTelemetry
+configured, in a span that continues the trace the event was appended in.
+
 Delivery is at least once: a message whose ack is lost (connection cut, consumer killed) is
 redelivered, possibly to another process. Handlers must be idempotent; the projections are, by
 position.
@@ -49,9 +53,11 @@ from aio_pika.abc import (
 )
 
 from ..config import RabbitMQConfig
+from ..envelope import handling
 from ..errors import ConfigurationError, InvalidEventError
 from ..events import DataEvent, EventHandler, handler_name
 from ..faults import MAX_BACKOFF, backoff
+from ..tracing import continued, enabled
 from .partition import binding_key, dlq_name, queue_name
 
 __all__ = [
@@ -200,7 +206,13 @@ class GroupConsumer:
         error: Exception | None = None
         for handler in handlers:
             try:
-                await handler(event)
+                with handling(event):  # what the handler appends is caused by this event
+                    if enabled():
+                        with continued("handle", event, group=self.group,
+                                       handler=handler_name(handler)):  # fmt: skip
+                            await handler(event)
+                    else:
+                        await handler(event)
             except Exception as exc:
                 self.handler_errors += 1
                 failed.append(handler)
@@ -221,6 +233,8 @@ class GroupConsumer:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
             content_type=message.content_type,
+            correlation_id=message.correlation_id,
+            type=message.type,
         )
         try:
             async with asyncio.timeout(self._config.publish_timeout):

@@ -113,6 +113,7 @@ async def _republish(
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=message.message_id,
                 content_type=message.content_type,
+                correlation_id=message.correlation_id,
                 type=message.type,
             ),
             routing_key=queue_name(config.exchange, group, partition),

@@ -8,8 +8,11 @@ Topology (see :mod:`.partition` for the names)::
     {exchange}.{group}.dlq                        dead letters of the group, with their error
 
 Publishing. Every message is persistent, ``message_id`` = the event id, body = the event's JSON,
-headers ``position``, ``resource``, ``key``, ``version``, ``partition``, ``x-contract-version``
-(the contract for consumers in any language is ``docs/contract/``); it is published
+headers ``position``, ``resource``, ``key``, ``version``, ``partition``, ``x-contract-version``,
+``schema-version``, and from the event's metadata (:mod:`..envelope`) the AMQP ``correlation_id``
+and headers ``causation-id``, ``actor``, ``traceparent``, ``tracestate`` and ``h-<name>`` per
+free header, each only when set (the contract for consumers in any language is
+``docs/contract/``); it is published
 ``mandatory`` on a channel with publisher confirms and ``on_return_raises``: a message no queue is
 bound for, a nack, a lost connection or no confirm within ``publish_timeout`` (aio-pika #636: a
 robust channel can hang) raises :class:`~satellites_es.errors.PublishError`. Nothing is silent.
@@ -62,6 +65,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
+from ..envelope import EMPTY, EventMetadata, ambient, stamped
 from ..errors import (
     BackendUnavailableError,
     ConfigurationError,
@@ -356,7 +360,12 @@ class RabbitMQEventBus:
             await asyncio.wait(pending, timeout=self.config.publish_timeout)
 
     async def publish(self, event: DataEvent) -> None:
-        """Publish one event and wait for its confirm; :class:`PublishError` otherwise."""
+        """Publish one event and wait for its confirm; :class:`PublishError` otherwise. An
+        application publishing straight to the bus (no log) inside a handler or a span gets
+        the envelope an append would (:func:`~satellites_es.envelope.ambient`)."""
+        defaults = ambient()
+        if defaults is not None:
+            (event,) = stamped([event], defaults)
         channel = await self._underlay()
         await self._bindings_settled()
         await self._confirm(channel, event, self._message(event))
@@ -459,9 +468,13 @@ class RabbitMQEventBus:
             headers["position"] = event.position
         if event.version is not None:
             headers["version"] = event.version
+        headers["schema-version"] = event.schema_version
+        metadata = event.metadata
+        if metadata is not EMPTY:
+            headers.update(envelope_headers(metadata))
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json", headers=headers, delivery_mode=_PERSISTENT,
-            message_id=event.id, message_type=event.type,
+            message_id=event.id, message_type=event.type, correlation_id=metadata.correlation_id,
         )  # fmt: skip
         return _Outgoing(event.to_json().encode(), properties, routing_key(event.type, partition))
 
@@ -614,6 +627,22 @@ class ConfirmPublisher:
     def _count(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is None:
             self._bus.published += 1
+
+
+def envelope_headers(metadata: EventMetadata) -> dict[str, str]:
+    """The AMQP headers of an event's metadata (the correlation id is the ``correlation_id``
+    property): W3C ``traceparent``/``tracestate`` under their own names, as OpenTelemetry's
+    AMQP instrumentations look for them, and each free header as ``h-<name>``."""
+    out = {f"h-{name}": value for name, value in metadata.headers.items()}
+    for name, header in _METADATA_HEADERS:
+        value = getattr(metadata, name)
+        if value is not None:
+            out[header] = value
+    return out
+
+
+_METADATA_HEADERS = (("causation_id", "causation-id"), ("actor", "actor"),
+                     ("traceparent", "traceparent"), ("tracestate", "tracestate"))  # fmt: skip
 
 
 async def _cancel_all(tasks: Iterable[asyncio.Task[None]]) -> None:

@@ -15,6 +15,9 @@ In order, the first that gives any:
    Two entry points defining one name is a configuration error naming both.
 3. The demo's projections (:mod:`satellites_es.demo.projections`), so an installed wheel can
    run ``demo``, ``rebuild embeddings`` and ``audit`` without any of the user's.
+
+The module of 1. may also define ``UPCASTERS``, an :class:`~satellites_es.upcasting.Upcasters`:
+the commands then read the log through it (:func:`upcasters_of`), as the application does.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import ConfigurationError
+from ..upcasting import Upcasters
 from .model import Projection
 
-__all__ = ["ENTRY_POINT_GROUP", "discover", "from_entry_points", "from_module"]
+__all__ = ["ENTRY_POINT_GROUP", "discover", "from_entry_points", "from_module", "upcasters_of"]
 
 ENTRY_POINT_GROUP = "satellites_es.projections"
 _VAR = "SATELLITES_PROJECTIONS_MODULE"
@@ -46,6 +50,16 @@ def discover(module: str | None) -> dict[str, Projection]:
     from ..demo.projections import PROJECTIONS
 
     return dict(PROJECTIONS)
+
+
+def upcasters_of(module: str | None) -> Upcasters | None:
+    """``UPCASTERS`` of the projections module, if it names one that defines it."""
+    if not module:
+        return None
+    found = getattr(_import(module), "UPCASTERS", None)
+    if found is not None and not isinstance(found, Upcasters):
+        raise ConfigurationError(_VAR, f"{module}.UPCASTERS must be an Upcasters registry")
+    return found
 
 
 def from_module(module: str) -> dict[str, Projection]:

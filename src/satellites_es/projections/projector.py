@@ -48,7 +48,7 @@ from ..events import DataEvent
 from ..faults import backoff, is_transient
 from ..parking import ParkedEvents, Poison
 from ..store import EventStore, PayloadBatch
-from ..tracing import span
+from ..tracing import linked
 from .checkpoints import Checkpoints
 from .fields import VectorFields
 from .model import Change, Projection
@@ -71,6 +71,9 @@ class _Batch:
     write: Callable[[], Awaitable[int]]  # the fast path: the whole batch in one call
     changes: Callable[[], list[Change]]  # the same batch as changes, to find a refused one
     poison: list[Poison] = field(default_factory=list)  # events the handler could not take
+    #: The events (their trace contexts link the apply span); none on the column path, which
+    #: reads no envelopes.
+    events: Sequence[DataEvent] = ()
 
 
 @dataclass
@@ -176,8 +179,8 @@ class Projector:
         """Write one batch to the sink (setting its poison events aside), then record its
         checkpoint and report progress."""
         if batch.changed:
-            with span("projector.apply", projection=self.projection.name,
-                      version=self.version, events=batch.size, changes=batch.changed):  # fmt: skip
+            with linked("projector.apply", batch.events, projection=self.projection.name,
+                        version=self.version, events=batch.size, changes=batch.changed):  # fmt: skip
                 try:
                     tally.applied += await batch.write()
                 except Exception as exc:
@@ -235,11 +238,12 @@ class Projector:
                     changes.append(change)
         write = functools.partial(self.sink.apply, self.projection, self.version, changes)
         return _Batch(len(batch), batch[-1].position or start, len(changes), write,
-                      lambda: changes, poison)  # fmt: skip
+                      lambda: changes, poison, batch)  # fmt: skip
 
     def _columns(self, fields: VectorFields, sink: RunSink, page: PayloadBatch) -> _Batch:
         """A page of payloads as runs of columns; a payload the fields cannot take (no vector)
         sends the page down the one-change-at-a-time path, without that event."""
+
         def one_by_one() -> list[Change]:
             changes: list[Change] = []
             for i in range(len(page)):
@@ -287,9 +291,7 @@ class Projector:
                 raise
             return await self._isolate(changes, exc, poison)
 
-    async def _last_tries(
-        self, change: Change, error: BaseException, poison: list[Poison]
-    ) -> int:
+    async def _last_tries(self, change: Change, error: BaseException, poison: list[Poison]) -> int:
         """Try a refused change alone up to the policy's attempts; then it is poison."""
         for attempt in range(1, self.projection.poison.attempts):
             await asyncio.sleep(backoff(attempt, initial=0.05, cap=1.0))
@@ -309,7 +311,9 @@ class Projector:
     async def _set_aside(self, poison: list[Poison]) -> None:
         """Park the batch's poison events, or stop on the first, as the policy says."""
         poison = await self._named(poison)
-        action = self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
+        action = (
+            self.projection.poison.live if self.mode == "live" else self.projection.poison.rebuild
+        )
         if action == "stop":
             first = poison[0]
             raise PoisonEventError(self.projection.name, self.version, first.position,

@@ -184,6 +184,12 @@ $fn$;
 -- name: drop_append_event_v1
 DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, integer, text);
 
+-- name: definer_search_path
+-- Run by a migration before it creates SECURITY DEFINER functions, whose
+-- "SET search_path FROM CURRENT" captures it: the log's schema, then pg_temp. Unnamed, pg_temp is
+-- searched first, and a caller's temporary table named "events" would stand in for the log.
+SELECT set_config('search_path', quote_ident(current_schema()) || ', pg_temp', true);
+
 -- name: create_sequencer_v1
 -- Migration 0004: positions are taken after commit (issue 13). See the paragraph below.
 --
@@ -603,16 +609,301 @@ REVOKE ALL ON FUNCTION
     sequence_pending_v1(text), sequence_events_v1(text), sequenced_positions_v1(text[], text)
 FROM PUBLIC;
 
+-- name: create_append_events_v3
+-- append_events_v2 with each event's metadata (migration 0005, issue 17): correlation and
+-- causation ids, actor, W3C trace context, schema version and free headers, one jsonb per event
+-- ('{}' when it has none), stored in the metadata column. Nothing else changes: the fast path,
+-- the pending path, the retry loop and the notify rules are v2's (see the comment above
+-- create_append_events_v2, which holds for this function word for word).
+CREATE FUNCTION append_events_v3(
+    ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
+    timestamps timestamptz[], metadatas jsonb[], stream_of integer[], seqs integer[], firsts integer[],
+    expected integer, channel text, sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    locked boolean := false;  -- the fast path: we hold the sequencer lock
+    base bigint;  -- NULL: pending (numbered after commit); else numbered from base + 1 now
+    heads integer[];
+    r_position bigint[];
+    r_id text[];
+    r_version integer[];
+    r_duplicate boolean[];
+    may_retry boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+    IF sequence_now
+       AND pg_try_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()))
+    THEN
+        locked := true;
+        PERFORM set_config('lock_timeout', '20ms', true);  -- never wait long holding the lock
+    END IF;
+
+    LOOP
+        -- One version lookup per stream, as scalar subqueries (index probes, never a scan).
+        SELECT array_agg(
+                   (SELECT coalesce(max(e.version), 0) FROM events e
+                    WHERE e.resource = resources[f.first] AND e.key = keys[f.first])
+                   ORDER BY f.n)
+        INTO heads
+        FROM unnest(firsts) WITH ORDINALITY AS f(first, n);
+
+        IF expected IS NOT NULL AND heads[1] <> expected AND EXISTS (
+            SELECT 1 FROM unnest(ids) AS b(id)
+            WHERE (SELECT e.position FROM events e WHERE e.id = b.id LIMIT 1) IS NULL
+        ) THEN
+            RAISE EXCEPTION 'stream version conflict'
+                USING ERRCODE = 'SAT01', DETAIL = heads[1]::text;
+        END IF;
+
+        -- The fast path numbers what is pending only now, after the version lookup: a
+        -- same-stream append that committed after the lookup took the version we are about
+        -- to insert (we collide with it and go round again), and one that committed before it
+        -- is numbered here, below us.
+        IF locked THEN
+            base := sequence_pending_v1(NULL);
+        END IF;
+
+        BEGIN
+            IF base IS NOT NULL THEN
+                -- Fast path: positions base + 1, ... in batch order; inserted in batch order (a
+                -- wait on another producer here ends in lock_timeout, never in a deadlock).
+                INSERT INTO events AS e
+                    (position, id, resource, key, version, type, source, payload, "timestamp",
+                     metadata)
+                SELECT base + x.ord, x.id, x.resource, x.key, heads[x.s] + x.seq, x.type,
+                       x.source, x.payload, x."timestamp", x.metadata
+                FROM unnest(ids, resources, keys, types, sources, payloads, timestamps, metadatas,
+                            stream_of, seqs)
+                     WITH ORDINALITY
+                     AS x(id, resource, key, type, source, payload, "timestamp", metadata, s, seq, ord);
+                SELECT array_agg(base + x.ord ORDER BY x.ord), ids,
+                       array_agg(heads[x.s] + x.seq ORDER BY x.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM unnest(stream_of, seqs) WITH ORDINALITY AS x(s, seq, ord);
+            ELSE
+                -- Pending: numbers in batch order, rows inserted in (resource, key) order.
+                WITH input AS MATERIALIZED (
+                    SELECT x.*, -nextval('events_pending_seq') AS new_position
+                    FROM unnest(ids, resources, keys, types, sources, payloads, timestamps, metadatas,
+                                stream_of, seqs)
+                         WITH ORDINALITY
+                         AS x(id, resource, key, type, source, payload, "timestamp", metadata, s, seq, ord)
+                ),
+                inserted AS (
+                    INSERT INTO events AS e
+                        (position, id, resource, key, version, type, source, payload,
+                         "timestamp", metadata)
+                    SELECT i.new_position, i.id, i.resource, i.key, heads[i.s] + i.seq, i.type,
+                           i.source, i.payload, i."timestamp", i.metadata
+                    FROM input i
+                    ORDER BY i.resource, i.key, i.seq
+                )
+                SELECT array_agg(i.new_position ORDER BY i.ord), ids,
+                       array_agg(heads[i.s] + i.seq ORDER BY i.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM input i;
+            END IF;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;
+        END;
+
+        -- Careful path: some ids were stored already (reported, the rest numbered again from
+        -- the same heads); a version taken meanwhile collides again and we go round.
+        BEGIN
+            WITH input AS MATERIALIZED (
+                SELECT x.*, d.position AS stored_position, d.version AS stored_version,
+                       CASE WHEN d.position IS NULL AND base IS NULL
+                            THEN -nextval('events_pending_seq') END AS pending_position
+                FROM unnest(ids, resources, keys, types, sources, payloads, timestamps, metadatas,
+                            stream_of)
+                     WITH ORDINALITY
+                     AS x(id, resource, key, type, source, payload, "timestamp", metadata, s, ord)
+                LEFT JOIN LATERAL (
+                    SELECT e.position, e.version FROM events e WHERE e.id = x.id LIMIT 1
+                ) d ON true
+            ),
+            numbered AS (
+                SELECT i.*,
+                       coalesce(base + row_number() OVER (ORDER BY i.ord), i.pending_position)
+                         AS new_position,
+                       heads[i.s] + row_number() OVER (PARTITION BY i.s ORDER BY i.ord)
+                         AS new_version
+                FROM input i
+                WHERE i.stored_position IS NULL
+            ),
+            inserted AS (
+                INSERT INTO events AS e
+                    (position, id, resource, key, version, type, source, payload, "timestamp",
+                     metadata)
+                SELECT n.new_position, n.id, n.resource, n.key, n.new_version::integer, n.type,
+                       n.source, n.payload, n."timestamp", n.metadata
+                FROM numbered n
+                ORDER BY n.resource, n.key, n.ord
+                RETURNING e.position, e.id, e.version
+            ),
+            answer AS (
+                SELECT i.position, i.id, i.version, false AS duplicate FROM inserted i
+                UNION ALL
+                SELECT i.stored_position, i.id, i.stored_version, true
+                FROM input i
+                WHERE i.stored_position IS NOT NULL
+            )
+            SELECT array_agg(a.position), array_agg(a.id), array_agg(a.version),
+                   array_agg(a.duplicate)
+            INTO r_position, r_id, r_version, r_duplicate
+            FROM answer a;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            IF NOT may_retry THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+
+    -- Only the fast path wakes the listeners: it holds the sequencer lock, so its NOTIFY adds
+    -- no contention. A pending append must not notify: every transaction that notifies takes
+    -- one database-wide lock at commit (PreCommit_Notify), which would serialise the commits
+    -- of all producers again. Its events are announced by the sequencer that numbers them.
+    IF locked THEN
+        PERFORM pg_notify(channel, base::text);
+    END IF;
+    RETURN QUERY
+    SELECT * FROM unnest(r_position, r_id, r_version, r_duplicate);
+END
+$fn$;
+
+-- name: create_append_event_v3
+-- append_event_v2 with the event's metadata (see append_events_v3).
+-- The same for one event, with scalar arguments (the latency-sensitive common case).
+CREATE FUNCTION append_event_v3(
+    new_id text, new_resource text, new_key text, new_type text, new_source text,
+    new_payload jsonb, new_timestamp timestamptz, new_metadata jsonb, expected integer,
+    channel text, sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    locked boolean := false;  -- the fast path: we hold the sequencer lock
+    stream_version integer;
+    new_position bigint;
+    may_retry boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+    IF sequence_now
+       AND pg_try_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()))
+    THEN
+        locked := true;
+        PERFORM set_config('lock_timeout', '20ms', true);  -- never wait long holding the lock
+    END IF;
+
+    -- Insert first (a new event is the usual case): the unique indexes are the id check. Only
+    -- when nothing was inserted, or expected_version does not match, is the id looked up: a
+    -- retry of a stored event is reported as a duplicate, not as a conflict.
+    LOOP
+        SELECT coalesce(max(e.version), 0) INTO stream_version FROM events e
+        WHERE e.resource = new_resource AND e.key = new_key;
+        IF expected IS NULL OR stream_version = expected THEN
+            IF locked THEN  -- numbered after the version lookup: see append_events_v3
+                new_position := sequence_pending_v1(NULL) + 1;
+            ELSE
+                new_position := -nextval('events_pending_seq');
+            END IF;
+            -- ON CONFLICT DO NOTHING, not an exception block: no subtransaction (a producer
+            -- appending many times in one transaction would pile them up). It waits for an
+            -- in-flight append of the same id or stream version; if that one commits, nothing
+            -- is inserted here.
+            INSERT INTO events
+                (position, id, resource, key, version, type, source, payload, "timestamp",
+                 metadata)
+            VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
+                    new_source, new_payload, new_timestamp, new_metadata)
+            ON CONFLICT DO NOTHING;
+            EXIT WHEN FOUND;
+        END IF;
+
+        RETURN QUERY
+        SELECT CASE WHEN e.position > 0 THEN e.position END, e.id, e.version, true
+        FROM events e WHERE e.id = new_id;
+        IF FOUND THEN
+            IF locked THEN  -- this or an earlier round may have numbered pending events
+                PERFORM pg_notify(channel, '0');
+            END IF;
+            RETURN;
+        END IF;
+        IF expected IS NOT NULL AND stream_version <> expected THEN
+            RAISE EXCEPTION 'stream version conflict'
+                USING ERRCODE = 'SAT01', DETAIL = stream_version::text;
+        END IF;
+        IF NOT may_retry THEN  -- the version was taken by an append our snapshot cannot see
+            RAISE EXCEPTION 'stream version conflict' USING ERRCODE = 'unique_violation';
+        END IF;
+    END LOOP;
+
+    IF locked THEN  -- a pending append must not notify: see append_events_v3
+        PERFORM pg_notify(channel, new_position::text);
+    END IF;
+    -- The output row from variables (RETURN NEXT), not a query: the common path runs one
+    -- lookup and one insert, nothing else.
+    out_position := CASE WHEN new_position > 0 THEN new_position END;
+    out_id := new_id;
+    out_version := stream_version + 1;
+    out_duplicate := false;
+    RETURN NEXT;
+END
+$fn$;
+
+-- name: drop_append_events_v3
+DROP FUNCTION append_events_v3(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
+    integer[], integer[], integer, text, boolean
+);
+
+-- name: drop_append_event_v3
+DROP FUNCTION append_event_v3(
+    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
+);
+
+-- name: revoke_functions_v3
+-- As revoke_functions_v2, for the v3 append functions (the sequencer's are revoked already).
+REVOKE ALL ON FUNCTION
+    append_events_v3(text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[],
+                     integer[], integer[], integer[], integer, text, boolean),
+    append_event_v3(text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text,
+                    boolean)
+FROM PUBLIC;
+
+-- name: add_metadata_v1
+-- Migration 0005: the envelope column. A constant default adds it without rewriting the table
+-- (Postgres 11+ keeps the default in the catalogue): stored rows are not touched.
+ALTER TABLE events ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}'::jsonb;
+
+-- name: drop_metadata_v1
+ALTER TABLE events DROP COLUMN metadata;
+
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_events_v2(
+FROM {schema}.append_events_v3(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[],
-    $8::integer[], $9::integer[], $10::integer[], $11::integer, $12::text, $13::boolean
+    $8::jsonb[], $9::integer[], $10::integer[], $11::integer[], $12::integer, $13::text,
+    $14::boolean
 );
 
 -- name: append_one
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_event_v2($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9, $10::boolean);
+FROM {schema}.append_event_v3(
+    $1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::integer, $10, $11::boolean
+);
 
 -- name: sequence
 -- Number the committed pending events (see create_sequencer_v1); the head after it.
@@ -624,7 +915,7 @@ SELECT out_id, out_position FROM {schema}.sequenced_positions_v1($1::text[], $2:
 
 -- name: read
 -- (the jsonb column itself: asyncpg receives its text; a ::text cast is twice as slow to fetch)
-SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+SELECT position, id, resource, key, version, type, source, payload, "timestamp", metadata
 FROM {schema}.events
 WHERE position > $1 AND position <= $2
 ORDER BY position
@@ -633,7 +924,7 @@ LIMIT $3;
 -- name: read_types
 -- read, keeping only the given types: the filter runs on the heap row before the payload is
 -- detoasted and converted, so a skipped event costs an index entry and a tuple, not its payload.
-SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+SELECT position, id, resource, key, version, type, source, payload, "timestamp", metadata
 FROM {schema}.events
 WHERE position > $1 AND position <= $2 AND type = ANY($4::text[])
 ORDER BY position
@@ -642,7 +933,7 @@ LIMIT $3;
 -- name: read_stream
 -- Every committed event of the stream, the pending ones (not sequenced yet) without a position.
 SELECT CASE WHEN position > 0 THEN position END, id, resource, key, version, type, source,
-       payload, "timestamp"
+       payload, "timestamp", metadata
 FROM {schema}.events
 WHERE resource = $1 AND key = $2 AND version > $3
 ORDER BY version;
@@ -662,7 +953,8 @@ SELECT count(*) FROM {schema}.events WHERE position < 0;
 -- field is not a string, the payload goes whole (text NULL).
 SELECT position, key, type,
        CASE WHEN jsonb_typeof(payload -> $5) = 'string' THEN payload ->> $5 END AS text,
-       CASE WHEN jsonb_typeof(payload -> $5) = 'string' THEN payload - $5 ELSE payload END AS rest
+       CASE WHEN jsonb_typeof(payload -> $5) = 'string' THEN payload - $5 ELSE payload END AS rest,
+       metadata ->> 'schema_version' AS schema_version
 FROM {schema}.events
 WHERE position > $1 AND position <= $2 AND type = ANY($4::text[])
 ORDER BY position
@@ -670,7 +962,7 @@ LIMIT $3;
 
 -- name: read_at
 -- The events at the given positions (a parked event being retried), in position order.
-SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+SELECT position, id, resource, key, version, type, source, payload, "timestamp", metadata
 FROM {schema}.events
 WHERE position = ANY($1::bigint[])
 ORDER BY position;
@@ -730,7 +1022,7 @@ RETURNING position;
 -- The audit's fold: every event of the projection's types up to the sink's checkpoint, by key
 -- then position, so a key's events arrive together and the client holds one key at a time
 -- (Postgres sorts, on disk past work_mem; the client's memory stays bounded).
-SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+SELECT position, id, resource, key, version, type, source, payload, "timestamp", metadata
 FROM {schema}.events
 WHERE type = ANY($1::text[]) AND position > 0 AND position <= $2
 ORDER BY key, position;

@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from ..config import FaissConfig
 from ..errors import InvalidVectorError, LifecycleError, NamespaceNotFoundError, VectorIndexError
+from ..tracing import span
 from .coalesce import QueryCoalescer
 from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
@@ -314,7 +315,8 @@ class VectorIndex:
         spec = slot.ns.spec
         row = check_query(vector, spec.dimension, normalise=_cos(spec))
         started = time.perf_counter()
-        matches = await slot.coalescer.query(row, top_k, filter)
+        with span("vectors.query", namespace=namespace, top_k=top_k):  # no-op without OTel
+            matches = await slot.coalescer.query(row, top_k, filter)
         if self.on_query is not None:
             self.on_query(namespace, time.perf_counter() - started)
         return matches
