@@ -3,7 +3,7 @@
 Append is one round trip: ``append_events_v3`` (a plpgsql function created by migration 0005,
 its SQL in ``sql/queries.sql``; ``append_event_v3`` is its scalar twin for a single event, the
 latency-sensitive case) drops ids already stored, gives each new event the next version of its
-``(resource, key)`` stream, inserts, and sends ``pg_notify``. A batch travels as column arrays
+``(resource, key)`` stream and inserts (NOTIFY: see below). A batch travels as column arrays
 (``unnest`` on the server), not as one JSON document, with each event's stream and rank within
 it numbered here (:func:`_numbering`), so the server looks each stream's version up once and,
 when no id is stored already (the usual case), inserts without a per-event lookup. Pass the
