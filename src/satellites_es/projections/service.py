@@ -34,7 +34,13 @@ logger = logging.getLogger(__name__)
 
 
 def build_sink(projection: Projection, data: DataLayer) -> Sink:
-    """The sink a projection writes to, on the layer's native clients."""
+    """The sink a projection writes to, on the layer's native clients, wrapped by the
+    projection's ``sink_adapter`` when it has one."""
+    sink = _native_sink(projection, data)
+    return sink if projection.sink_adapter is None else projection.sink_adapter(sink, data)
+
+
+def _native_sink(projection: Projection, data: DataLayer) -> Sink:
     if projection.sink == "redis":
         from .redis_sink import RedisSink
 
@@ -73,7 +79,14 @@ class ProjectionService:
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[None]]:
+        """The follower task of each projection (running while the service runs)."""
+        return dict(self._tasks)
+
     async def start(self) -> None:
+        # the layer's wait_for(position) waits on these projectors (FAISS: this process's own)
+        self.data.attach_projections(self)
         for p in self.projections:
             task = asyncio.create_task(self._supervise(p), name=f"projector-{p.name}")
             task.add_done_callback(self._done)
@@ -120,6 +133,7 @@ class ProjectionService:
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self.data.detach_projections(self)
         tasks = list(self._tasks.values())
         if not tasks:
             return
