@@ -65,7 +65,8 @@ async def wait_for(
         name = projection.name if isinstance(projection, Projection) else projection
         service = local.get(name)
         if service is not None:
-            waits.append(_local(service, name, position, deadline, timeout))
+            kind = known[name].sink
+            waits.append(_local(data, service, name, kind, position, deadline, timeout))
         elif isinstance(projection, Projection) and projection.sink == "faiss":
             for w in waits:
                 w.close()
@@ -91,12 +92,18 @@ async def wait_for(
 
 
 async def _local(
-    service: ProjectionService, name: str, position: int, deadline: float, timeout: float
-) -> None:
-    """Wait on the projector of this process, raising as soon as it is down."""
+    data: DataLayer, service: ProjectionService, name: str, kind: str, position: int,
+    deadline: float, timeout: float,
+) -> None:  # fmt: skip
+    """Wait on the projector of this process, raising as soon as it is down. Only a projector
+    of the version readers see counts: just after a flip or a rollback, the follower may still
+    hold the other version's projector for a moment."""
+    active = await _active_version(data, name, kind)
     while True:
         _raise_if_down(service, name)
         projector = service.projectors.get(name)
+        if projector is not None and projector.version != active:
+            projector = None
         if projector is not None and projector.position >= position:
             return
         left = deadline - time.monotonic()
@@ -105,11 +112,22 @@ async def _local(
             raise NotCaughtUpError(name, position, reached, timeout)
         if projector is None:
             await asyncio.sleep(min(0.01, left))
+            active = await _active_version(data, name, kind)  # not started yet, or flipped
             continue
         try:
             await projector.wait_for(position, timeout=min(_TICK, left))
         except TimeoutError:
             continue
+
+
+async def _active_version(data: DataLayer, name: str, kind: str) -> int | None:
+    """The version this process's reads of ``name`` see: the FAISS alias here, the active
+    version in Postgres for a shared sink."""
+    if kind == "faiss":
+        target = data.vectors.alias_target(name)
+        return None if target is None else int(target.rsplit("_v", 1)[1])
+    row = await Checkpoints(data.postgres, data.config.postgres.schema).active(name)
+    return None if row is None else row[0]
 
 
 def _raise_if_down(service: ProjectionService, name: str) -> None:
