@@ -15,6 +15,7 @@ metadata, and a snippet: the highlighted fragment of the text leg, else the stor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -92,11 +93,11 @@ def fuse(
     ranks: dict[str, list[int | None]] = {}
     meta: dict[str, Mapping[str, Any]] = {}
     snippets: dict[str, str] = {}
-    for rank, t in enumerate(text, 1):
+    for rank, t in zip(_tied_ranks([t.score for t in text]), text, strict=True):
         score[t.id] = score.get(t.id, 0.0) + w_text / (rrf_k + rank)
         ranks.setdefault(t.id, [None, None])[0] = rank
         meta[t.id], snippets[t.id] = t.metadata, t.snippet
-    for rank, v in enumerate(vector, 1):
+    for rank, v in zip(_tied_ranks([v.score for v in vector]), vector, strict=True):
         score[v.id] = score.get(v.id, 0.0) + w_vector / (rrf_k + rank)
         ranks.setdefault(v.id, [None, None])[1] = rank
         stored = dict(v.metadata or {})
@@ -110,3 +111,17 @@ def fuse(
 
     best = sorted(score, key=order)[:k]
     return [SearchHit(d, score[d], ranks[d][0], ranks[d][1], meta[d], snippets[d]) for d in best]
+
+
+def _tied_ranks(scores: Sequence[float]) -> list[int]:
+    """Competition ranks ("1224") of scores sorted best first: hits whose scores are equal (to
+    float32 precision) share the best rank among them. BM25 ties often (same words, same
+    length), and the order a leg happens to return tied hits in is not a judgement: with
+    plain positions, fusion would read it as one and let it outweigh the other leg."""
+    ranks: list[int] = []
+    for i, value in enumerate(scores):
+        if i and math.isclose(value, scores[i - 1], rel_tol=1e-6, abs_tol=1e-9):
+            ranks.append(ranks[-1])
+        else:
+            ranks.append(i + 1)
+    return ranks
