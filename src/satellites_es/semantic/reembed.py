@@ -15,13 +15,14 @@ A progress bar (rich) shows events/s and the time left when a console is given.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, ProjectorDownError
 from ..projections import Progress as ReplayProgress
 from ..projections import RebuildResult, rebuild, rollback
 from ..projections.rebuild import target_version
@@ -58,8 +59,27 @@ async def reembed(
         result = await rebuild(projection, sink, data.log, checkpoints, batch_size=batch_size)
     else:
         result = await _with_bar(store, embedder, console, batch_size)
+    await _settle(store, result.version, result.position)
     store.forget_write_embedder()
     return result
+
+
+async def _settle(store: SemanticStore, version: int, position: int) -> None:
+    """Return once this process reads ``version``: its FAISS alias points there and its own
+    follower (if it runs one) follows it. The rebuild flips the alias and then the row in
+    Postgres; a follower that read the row just before may flip the alias back once, and
+    flips it forward on its next pass, so this flips it again and waits for that pass."""
+    projection, data = store.schema.vectors, store.data
+    sink = build_sink(projection, data)
+    for _ in range(100):
+        await sink.activate(projection, version)
+        try:
+            await data.wait_for(position, [projection], timeout=60)
+        except ProjectorDownError:
+            return  # no follower here: nothing flips it back
+        if await sink.active_version(projection) == version:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _with_bar(
@@ -86,5 +106,6 @@ async def rollback_embeddings(store: SemanticStore) -> tuple[int, int]:
     """Flip the vector projection back to its previous version (and model)."""
     projection = store.schema.vectors
     result = await rollback(projection, build_sink(projection, store.data), store.checkpoints)
+    await _settle(store, result[0], await store.data.log.head())
     store.forget_write_embedder()
     return result
