@@ -33,6 +33,9 @@ RRF_K = 60
 
 @dataclass(frozen=True)
 class SearchHit:
+    """One fused result: ``score`` is the fused RRF score (higher is better); ``text_rank`` and
+    ``vector_rank`` are its rank in each leg, None where that leg did not return it."""
+
     id: str
     score: float
     text_rank: int | None
@@ -43,6 +46,8 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class TextHit:
+    """One hit of the text leg, its BM25 score and highlighted snippet."""
+
     id: str
     score: float
     metadata: Mapping[str, Any]
