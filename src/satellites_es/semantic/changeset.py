@@ -28,10 +28,13 @@ once the log assigns positions at commit (issue #13), ``position`` is None until
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -43,7 +46,7 @@ from ..errors import InvalidDocumentError, PersistenceError
 from ..events import DataEvent
 from ..store import AppendResult, EventStore
 from ..vectors.codec import encode_vector
-from .embedders import Embedder, embed_checked
+from .embedders import Embedder, Matrix, embed_checked
 from .schema import EMBEDDER_FIELD, EMBEDDING_FIELD
 
 if TYPE_CHECKING:
@@ -159,12 +162,26 @@ class ChangeSet:
         todo = [i for i, op in enumerate(self._ops)
                 if op.kind == "document" and op.action == "upserted" and op.embedding is None]  # fmt: skip
         vectors: dict[int, str] = {}
-        for start in range(0, len(todo), EMBED_BATCH):
-            chunk = todo[start : start + EMBED_BATCH]
-            texts = [schema.embed_text(self._ops[i].fields) for i in chunk]
-            matrix = await embed_checked(embedder, texts)
-            vectors.update(zip(chunk, map(encode_vector, matrix), strict=True))
+        chunks = [todo[s : s + EMBED_BATCH] for s in range(0, len(todo), EMBED_BATCH)]
+        # The next batch is embedded (in the model's thread) while this one is encoded here.
+        ahead: asyncio.Future[Matrix] | None = None
+        for n, chunk in enumerate(chunks):
+            if ahead is None:
+                ahead = asyncio.ensure_future(self._embed(embedder, chunk))
+            matrix = await ahead
+            ahead = None
+            if n + 1 < len(chunks):
+                ahead = asyncio.ensure_future(self._embed(embedder, chunks[n + 1]))
+            try:
+                vectors.update(zip(chunk, map(encode_vector, matrix), strict=True))
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                raise
         events = []
+        # One moment for the whole change set, and its ids from one read of the OS's random
+        # source: per event, uuid4() and datetime.now() cost as much as encoding its vector.
+        now, ids = datetime.now(UTC), _uuid4s(len(self._ops))
         for i, op in enumerate(self._ops):
             payload: dict[str, Any] = dict(op.fields)
             if op.kind == "document" and op.action == "upserted":
@@ -176,8 +193,13 @@ class ChangeSet:
                     payload[EMBEDDER_FIELD] = embedder.name
             resource = schema.document_resource if op.kind == "document" else schema.entity_resource
             events.append(DataEvent(type=schema.event_type(op.kind, op.action), resource=resource,
-                                    key=op.id, payload=payload, source=SOURCE))  # fmt: skip
+                                    key=op.id, payload=payload, source=SOURCE, timestamp=now,
+                                    id=ids[i]))  # fmt: skip
         return events
+
+    async def _embed(self, embedder: Embedder, chunk: list[int]) -> Matrix:
+        texts = [self._owner.schema.embed_text(self._ops[i].fields) for i in chunk]
+        return await embed_checked(embedder, texts)
 
     def _check(self, index: int, op: Operation, embedder: Embedder) -> None:
         """Refuse a malformed operation before anything is embedded or written."""
@@ -215,3 +237,15 @@ class ChangeSet:
             )
         if not all(math.isfinite(x) for x in vector.tolist()):
             raise InvalidDocumentError(f"{where}: embedding holds NaN or infinity")
+
+
+def _uuid4s(n: int) -> list[str]:
+    """``n`` random (version 4) UUIDs as strings, as ``str(uuid.uuid4())`` gives them."""
+    raw = bytearray(os.urandom(16 * n))
+    out = []
+    for start in range(0, len(raw), 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[start : start + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
