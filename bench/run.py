@@ -21,7 +21,7 @@ import typer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("append", "relay", "vectors", "rebuild", "audit", "semantic")
+STAGES = ("append", "relay", "vectors", "rebuild", "audit", "replica", "semantic")
 
 app = typer.Typer(add_completion=False)
 

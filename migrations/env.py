@@ -6,7 +6,9 @@ Where to migrate, in order: the ``postgres`` attribute of the Alembic Config (a
 ``-x schema=...`` overriding its URL and schema. ``-x schema=NAME`` alone keeps the configured
 database (it once fell back to the default database ``satellites``).
 The tables carry no schema in the metadata: the connection's ``search_path`` is the target
-schema, created if missing, and Alembic's version table lives there too.
+schema, created if missing, and Alembic's version table lives there too. Connections are made
+from the configuration's DSN (``migrate.connect_engine``), so the URL's TLS parameters
+(``sslmode``, ``sslrootcert``, ...) and the ``SATELLITES_POSTGRES_SSL*`` fields apply here too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def target() -> PostgresConfig:
     if "url" in x:
         env["SATELLITES_POSTGRES_URL"] = x["url"]
         # the URL names the database: a field variable would otherwise win over it
-        for part in ("HOST", "PORT", "DATABASE", "USER", "PASSWORD"):
+        for part in ("HOST", "PORT", "DATABASE", "USER", "PASSWORD", "PASSWORD_FILE"):
             env.pop(f"SATELLITES_POSTGRES_{part}", None)
     if "schema" in x:
         env["SATELLITES_POSTGRES_SCHEMA"] = x["schema"]

@@ -16,6 +16,7 @@ from .config import (
     RelayConfig,
 )
 from .errors import (
+    BackendRefusedError,
     BackendUnavailableError,
     BackgroundTaskError,
     ConcurrencyError,
@@ -47,6 +48,7 @@ from .vectors import VectorIndex, VectorMatch
 __all__ = [
     "AppendResult",
     "BackendHealth",
+    "BackendRefusedError",
     "BackendUnavailableError",
     "BackgroundTaskError",
     "ConcurrencyError",

@@ -3,7 +3,13 @@
 The façade connects every enabled backend concurrently through :func:`connect_with_retry`: each
 attempt either yields a connected client or closes what it opened, attempts are retried with
 backoff for at most ``connect_timeout`` seconds (tenacity), and the final failure becomes a
-:class:`BackendUnavailableError` naming the backend. Secrets are scrubbed from every message.
+:class:`BackendUnavailableError` naming the backend. A refusal that no retry can change (a
+certificate that does not verify, a refused login: :func:`~satellites_es.tls.is_refusal`) is
+not retried: it is a :class:`BackendRefusedError` at once. Secrets are scrubbed from every
+message.
+
+Each client gets its TLS settings from the configuration in its driver's terms, and ``check``
+reports whether the connection is encrypted and verified (:mod:`satellites_es.tls`).
 
 Adapters expose the native clients untouched (the seed's first principle): ``redis.asyncio.Redis``,
 ``asyncpg.Pool``, ``AsyncElasticsearch``.
@@ -19,10 +25,18 @@ from typing import Any, Protocol, runtime_checkable
 import asyncpg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
-from tenacity import AsyncRetrying, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from .config import ElasticsearchConfig, PostgresConfig, RedisConfig
-from .errors import BackendUnavailableError
+from .errors import BackendRefusedError, BackendUnavailableError
+from .tls import (
+    PG_SSL_IN_USE,
+    elasticsearch_tls,
+    is_refusal,
+    postgres_tls,
+    redis_tls,
+    refusal_reason,
+)
 
 __all__ = [
     "Backend",
@@ -71,6 +85,8 @@ async def connect_with_retry(
             async for attempt in AsyncRetrying(
                 stop=stop_after_delay(timeout),
                 wait=wait_exponential(multiplier=0.1, max=1.0),
+                # an Exception, not a cancellation, and not a refusal (it would recur)
+                retry=retry_if_exception(lambda e: isinstance(e, Exception) and not is_refusal(e)),
                 reraise=True,
             ):
                 with attempt:
@@ -82,6 +98,9 @@ async def connect_with_retry(
         ) from exc
     except Exception as exc:
         reason = scrub(f"{type(exc).__name__}: {exc}", secrets)
+        if is_refusal(exc):
+            why = scrub(refusal_reason(exc), secrets)
+            raise BackendRefusedError(backend.name, f"refused: {why}") from exc
         raise BackendUnavailableError(
             backend.name, f"unreachable after {attempts} attempts in {timeout:g}s: {reason}"
         ) from exc
@@ -104,6 +123,8 @@ class RedisBackend:
             password=c.password,
             socket_timeout=c.socket_timeout,
             socket_connect_timeout=c.socket_connect_timeout,
+            ssl=c.ssl,
+            **c.tls_options(),
         )
 
     async def connect(self) -> None:
@@ -130,6 +151,7 @@ class RedisBackend:
         return {
             "version": info.get("redis_version"),
             "url": f"{self.config.host}:{self.config.port}",
+            **redis_tls(self.config).to_details(),
         }
 
 
@@ -166,12 +188,15 @@ class PostgresBackend:
 
     async def check(self) -> Mapping[str, Any]:
         assert self.pool is not None
-        version = await self.pool.fetchval("SHOW server_version")
+        async with self.pool.acquire() as conn:
+            version = await conn.fetchval("SHOW server_version")
+            ssl_in_use = bool(await conn.fetchval(PG_SSL_IN_USE))
         return {
             "version": version,
             "dsn": self.config.safe_dsn,
             "pool_size": self.pool.get_size(),
             "pool_idle": self.pool.get_idle_size(),
+            **postgres_tls(self.config, ssl_in_use).to_details(),
         }
 
 
@@ -191,6 +216,7 @@ class ElasticsearchBackend:
             api_key=c.api_key,
             request_timeout=c.request_timeout,
             max_retries=0,
+            **c.tls_options(),
         )
 
     async def connect(self) -> None:
@@ -218,4 +244,5 @@ class ElasticsearchBackend:
             "version": info["version"]["number"],
             "cluster": info.get("cluster_name"),
             "hosts": list(self.config.hosts),
+            **elasticsearch_tls(self.config).to_details(),
         }

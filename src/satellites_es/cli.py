@@ -254,6 +254,46 @@ def migrate(
     console.print(f"schema {config.postgres.schema!r} at {revision} on {config.postgres.safe_dsn}")
 
 
+db_app = typer.Typer(help="The database: roles and grants (run as an administrator).",
+                     no_args_is_help=True)  # fmt: skip
+app.add_typer(db_app, name="db")
+
+
+@command(db_app, "roles")
+def db_roles(
+    owner: Annotated[str, typer.Option(help="The login role that owns the schema and migrates.")],
+    producer: Annotated[
+        list[str] | None, typer.Option(help="A login role that may only append (repeat).")
+    ] = None,
+    reader: Annotated[
+        list[str] | None,
+        typer.Option(help="A login role for the relay and projectors (repeat)."),
+    ] = None,
+    password_file: Annotated[
+        list[str] | None,
+        typer.Option(help="ROLE=PATH: set ROLE's password from the file PATH (repeat)."),
+    ] = None,
+) -> None:
+    """Create the least-privilege roles of SATELLITES_POSTGRES_SCHEMA (see README Production):
+    the owner, producers (append only) and readers (relay, projectors); idempotent."""
+    from .roles import create_roles
+
+    config = load_config()
+    passwords: dict[str, str] = {}
+    for item in password_file or []:
+        role, sep, path = item.partition("=")
+        if not sep:
+            raise ConfigurationError("--password-file", f"must be ROLE=PATH (got {item!r})")
+        try:
+            passwords[role] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigurationError("--password-file", f"cannot read {path}: {exc.strerror}") from None
+    done = asyncio.run(create_roles(config.postgres, owner=owner, producers=producer or [],
+                                    readers=reader or [], passwords=passwords))  # fmt: skip
+    for line in done:
+        console.print(line)
+
+
 ProjectionsOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -468,6 +508,10 @@ def groups_remove(
 from .parked_cli import parked_app  # noqa: E402  (its own module: one command group)
 
 app.add_typer(parked_app, name="parked")
+
+from .snapshots_cli import register as register_snapshots  # noqa: E402  (its own module)
+
+app.add_typer(register_snapshots(command), name="snapshots")
 
 
 @command(app)

@@ -101,5 +101,6 @@ class DurableEventBus:
         *,
         expected_version: int | None = None,
     ) -> AppendResult:
-        """Append inside the caller's transaction on ``conn``."""
+        """Append inside the caller's transaction on ``conn``. The events have no position
+        until it commits: then ``await data.log.sequenced(result)`` gives them."""
         return await self.store.append(events, conn=conn, expected_version=expected_version)

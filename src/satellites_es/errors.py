@@ -9,6 +9,8 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     ├── ConfigurationError            a setting is missing or has a wrong value (names the field)
     ├── LifecycleError                started twice, used before start or after stop
     ├── BackendUnavailableError       a backend could not be reached (names the backend)
+    │   └── BackendRefusedError       ... and retrying cannot help: its certificate does not
+    │                                 verify, the login or the TLS handshake is refused
     ├── InvalidEventError (ValueError) an event is malformed: missing field, not JSON, too large
     │   └── InvalidDocumentError      a change set operation is malformed (names the operation)
     ├── PersistenceError              the event log could not read or write
@@ -32,6 +34,7 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
 from __future__ import annotations
 
 __all__ = [
+    "BackendRefusedError",
     "BackendUnavailableError",
     "BackgroundTaskError",
     "ConcurrencyError",
@@ -79,6 +82,12 @@ class BackendUnavailableError(SatellitesError):
     def __init__(self, backend: str, message: str) -> None:
         super().__init__(f"{backend}: {message}")
         self.backend = backend
+
+
+class BackendRefusedError(BackendUnavailableError):
+    """The backend answered and refused us for good: a server certificate that does not verify
+    against the configured CA, a TLS handshake or a login that is refused. Waiting would not
+    change it, so ``start()`` fails at once, even for a backend it may start without."""
 
 
 class InvalidEventError(SatellitesError, ValueError):

@@ -34,10 +34,17 @@ from .backends import (
     RedisBackend,
     connect_with_retry,
 )
-from .config import DataLayerConfig
-from .errors import BackendUnavailableError, ConfigurationError, LifecycleError, SatellitesError
+from .config import DataLayerConfig, RabbitMQConfig
+from .errors import (
+    BackendRefusedError,
+    BackendUnavailableError,
+    ConfigurationError,
+    LifecycleError,
+    SatellitesError,
+)
 from .events import EventBus, InProcessEventBus
 from .health import BackendHealth, Health, probe
+from .tls import rabbitmq_tls
 from .tracing import span
 
 if TYPE_CHECKING:
@@ -99,6 +106,9 @@ class _BusBackend:
 
     async def check(self) -> Mapping[str, Any]:
         result: Mapping[str, Any] = await self.bus.health()
+        config = getattr(self.bus, "config", None)
+        if isinstance(config, RabbitMQConfig):  # a TLS URL never falls back to plaintext
+            return {**result, **rabbitmq_tls(config).to_details()}
         return result
 
 
@@ -159,6 +169,7 @@ class DataLayer:
         c = self.config
         return (
             c.postgres.password,
+            c.postgres.sslpassword,
             c.redis.password,
             c.rabbitmq.password,
             c.elasticsearch.password,
@@ -210,7 +221,11 @@ class DataLayer:
                                                           return_exceptions=True), strict=True))  # fmt: skip
         for name, result in results.items():
             backend = self._backends[name]
-            if name in self._optional and isinstance(result, BackendUnavailableError):
+            if (
+                name in self._optional
+                and isinstance(result, BackendUnavailableError)
+                and not isinstance(result, BackendRefusedError)  # a wrong CA is no outage
+            ):
                 assert isinstance(backend, LazyBackend)
                 backend.open_lazily()
                 logger.warning("%s; starting without it (it is used once it answers)", result)
@@ -284,10 +299,12 @@ class DataLayer:
             await asyncio.gather(self._relay_task, return_exceptions=True)
 
     async def _migrate(self) -> None:
-        from .migrate import upgrade
+        from .migrate import auto_upgrade
 
         try:
-            await upgrade(self.config.postgres)
+            await auto_upgrade(self.config.postgres)
+        except ConfigurationError:
+            raise  # a role that cannot migrate an outdated schema: the message says who can
         except Exception as exc:
             raise BackendUnavailableError("postgres", f"migration failed: {exc}") from exc
 

@@ -13,7 +13,8 @@ backend, all at once under one deadline, and asks questions that change nothing:
 * FAISS: the snapshots under the index path, read from the directory listing (never created).
 
 A backend that does not answer within the deadline is ``down`` with the reason; the others are
-reported as they are. Nothing here raises.
+reported as they are. Each connection is made with the configured TLS, and each entry says
+whether it is encrypted and verified (:mod:`satellites_es.tls`). Nothing here raises.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from .config import (
     RedisConfig,
 )
 from .health import BackendHealth, Health, probe
-from .sql import quote_schema
+from .sql import queries
+from .tls import PG_SSL_IN_USE, elasticsearch_tls, postgres_tls, rabbitmq_tls, redis_tls
 from .vectors.persistence import snapshot_namespaces
 
 __all__ = ["check"]
@@ -110,6 +112,7 @@ async def _postgres(pg: PostgresConfig, log_enabled: bool, timeout: float) -> Ma
             "version": await conn.fetchval("SHOW server_version"),
             "dsn": pg.safe_dsn,
             "schema": pg.schema,
+            **postgres_tls(pg, bool(await conn.fetchval(PG_SSL_IN_USE))).to_details(),
         }
         if log_enabled:
             out["log"] = await _log_state(conn, pg.schema)
@@ -120,25 +123,19 @@ async def _postgres(pg: PostgresConfig, log_enabled: bool, timeout: float) -> Ma
 
 async def _log_state(conn: asyncpg.Connection[Any], schema: str) -> Mapping[str, Any]:
     """Head, relay cursors and projection positions, or why there is no log to read."""
-    quoted = quote_schema(schema)
-    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{quoted}.events")
-    if not exists:
+    sql = queries(schema)
+    if not await conn.fetchval(sql["health_log_exists"]):
         return {"state": f"not migrated: schema {schema!r} has no event log "
                          "(run 'satellites-es migrate')"}  # fmt: skip
-    head = int(await conn.fetchval(f"SELECT coalesce(max(position), 0) FROM {quoted}.events"))
-    cursors = await conn.fetch(f"SELECT name, position FROM {quoted}.relay_cursors ORDER BY name")
-    relay: dict[str, Any] = {"head": head}
+    head = int(await conn.fetchval(sql["head"]))
+    cursors = await conn.fetch(sql["health_cursors"])
+    relay: dict[str, Any] = {"head": head, "pending": int(await conn.fetchval(sql["pending"]))}
     if cursors:
         cursor = min(int(r["position"]) for r in cursors)
         relay.update(cursor=cursor, lag=max(0, head - cursor))
     else:
         relay.update(cursor=None, lag=head, state="no relay has run")
-    rows = await conn.fetch(
-        f"SELECT v.projection, v.active_version, c.position"
-        f" FROM {quoted}.projection_versions v LEFT JOIN {quoted}.projection_checkpoints c"
-        f" ON c.projection = v.projection AND c.version = v.active_version"
-        f" ORDER BY v.projection"
-    )
+    rows = await conn.fetch(sql["health_projections"])
     projections = {
         r["projection"]: f"v{r['active_version']} at {r['position'] or 0} "
         f"(lag {max(0, head - int(r['position'] or 0))})"
@@ -152,26 +149,28 @@ async def _redis(config: RedisConfig, timeout: float) -> Mapping[str, Any]:
         host=config.host, port=config.port, db=config.db, username=config.username,
         password=config.password, socket_timeout=timeout, socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 0),  # redis-py retries a refused connect for seconds by default
+        ssl=config.ssl, **config.tls_options(),
     )  # fmt: skip
     try:
         info = await client.info("server")
     finally:
         await client.aclose()
-    return {"version": info.get("redis_version"), "url": f"{config.host}:{config.port}"}
+    return {"version": info.get("redis_version"), "url": f"{config.host}:{config.port}",
+            **redis_tls(config).to_details()}  # fmt: skip
 
 
 async def _elasticsearch(config: ElasticsearchConfig, timeout: float) -> Mapping[str, Any]:
     auth = (config.username or "", config.password) if config.password else None
     client = AsyncElasticsearch(
         hosts=list(config.hosts), basic_auth=auth, api_key=config.api_key,
-        request_timeout=timeout, max_retries=0,
+        request_timeout=timeout, max_retries=0, **config.tls_options(),
     )  # fmt: skip
     try:
         info = await client.info()
     finally:
         await client.close()
     return {"version": info["version"]["number"], "cluster": info.get("cluster_name"),
-            "hosts": list(config.hosts)}  # fmt: skip
+            "hosts": list(config.hosts), **elasticsearch_tls(config).to_details()}  # fmt: skip
 
 
 async def _rabbitmq(config: RabbitMQConfig, timeout: float) -> Mapping[str, Any]:
@@ -183,7 +182,8 @@ async def _rabbitmq(config: RabbitMQConfig, timeout: float) -> Mapping[str, Any]
             exchange = "present"
         except aio_pika.exceptions.ChannelClosed:
             exchange = "missing (created when a layer starts)"
-        return {"url": config.safe_url, "exchange": f"{config.exchange}: {exchange}"}
+        return {"url": config.safe_url, "exchange": f"{config.exchange}: {exchange}",
+                **rabbitmq_tls(config).to_details()}  # fmt: skip
     finally:
         await connection.close()
 

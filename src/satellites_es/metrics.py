@@ -30,6 +30,10 @@ class Metrics:
         r = self.registry
         self.log_head = Gauge("satellites_log_head_position", "Last position in the event log "
                               "(its rate is the append rate).", registry=r)  # fmt: skip
+        self.log_pending = Gauge(
+            "satellites_log_pending_events", "Events committed inside producers' transactions "
+            "and not numbered yet (near 0 while a relay leader ticks the sequencer).", registry=r,
+        )  # fmt: skip
         self.relay_lag = Gauge("satellites_relay_lag_events", "Events in the log not yet "
                                "published by the relay.", registry=r)  # fmt: skip
         self.relay_oldest = Gauge("satellites_relay_oldest_unpublished_seconds", "Age of the "
@@ -46,6 +50,12 @@ class Metrics:
                             "per projection.", ["projection"], registry=r)  # fmt: skip
         self.dead_letters = Gauge("satellites_dead_letters", "Messages in a dead-letter queue, "
                                   "per subscriber group.", ["group"], registry=r)  # fmt: skip
+        self.snapshots_refused = Gauge("satellites_snapshots_refused", "FAISS snapshots of the "
+                                       "object store refused at bootstrap (failed verification), "
+                                       "per projection.", ["projection"], registry=r)  # fmt: skip
+        self.snapshot_store_up = Gauge("satellites_snapshot_store_up", "1 if the FAISS snapshot "
+                                       "store answered this replica's last call.", ["projection"],
+                                       registry=r)  # fmt: skip
         self.backend_up = Gauge("satellites_backend_up", "1 if the backend answers its health "
                                 "check.", ["backend"], registry=r)  # fmt: skip
         self.vector_query_seconds = Histogram(
@@ -68,6 +78,7 @@ class Metrics:
                     self.dead_letters.labels(group).set(info["dlq"])
         if data.config.log.enabled and data.config.postgres.enabled:
             self.log_head.set(await data.log.head())
+            self.log_pending.set(await data.log.pending())
         if service is not None:
             await self._projections(service)
 
@@ -84,6 +95,11 @@ class Metrics:
         for name, info in service.health().items():
             self.projection_up.labels(name).set(1.0 if info["ok"] else 0.0)
             self.parked.labels(name).set(info["parked"])
+            if "replica" in info:
+                self.snapshots_refused.labels(name).set(len(info["replica"]["refused"]))
+                down = info.get("snapshotter", {}).get("store_down", False)
+                up = info["replica"]["store"] == "ok" and not down
+                self.snapshot_store_up.labels(name).set(1.0 if up else 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

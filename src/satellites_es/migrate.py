@@ -30,6 +30,7 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -39,7 +40,7 @@ from .config import PostgresConfig
 from .errors import BackendUnavailableError, ConfigurationError, PersistenceError
 from .sql import quote_schema
 
-__all__ = ["MIGRATIONS_DIR", "downgrade", "ensure_database", "upgrade"]
+__all__ = ["MIGRATIONS_DIR", "auto_upgrade", "downgrade", "ensure_database", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,75 @@ def alembic_config(pg: PostgresConfig, script_location: Path = MIGRATIONS_DIR) -
 
 
 async def upgrade(pg: PostgresConfig, revision: str = "head") -> None:
-    """Migrate ``pg.schema`` up to ``revision``, creating the schema first if needed."""
+    """Migrate ``pg.schema`` up to ``revision``, creating the schema first if needed; then, if
+    the schema has producer and reader group roles (:mod:`satellites_es.roles`), grant them
+    their privileges on what the migration created."""
     await _run(pg, lambda cfg: command.upgrade(cfg, revision))
+    from .roles import grant
+
+    conn = await _connect(pg)
+    try:
+        if await grant(conn, pg.schema):
+            logger.info("granted the producer and reader roles of schema %s", pg.schema)
+    finally:
+        await conn.close()
+
+
+async def auto_upgrade(pg: PostgresConfig) -> None:
+    """``auto_migrate`` at start: :func:`upgrade`, unless this role cannot migrate the schema
+    (a producer or reader of a least-privilege deployment). Then the schema must already be at
+    the latest revision: it is used as it is (logged), or the start fails saying who migrates."""
+    conn = await _connect(pg)
+    try:
+        can, owner, current = await _migration_rights(conn, pg.schema)
+    finally:
+        await conn.close()
+    if can:
+        await upgrade(pg)
+        return
+    head = ScriptDirectory.from_config(alembic_config(pg)).get_current_head()
+    if current == head:
+        logger.info("auto_migrate skipped: role %s cannot migrate schema %s (owner %s); it is "
+                    "at %s, the latest", pg.user, pg.schema, owner, head)  # fmt: skip
+        return
+    raise ConfigurationError(
+        "SATELLITES_LOG_AUTO_MIGRATE",
+        f"schema {pg.schema!r} is at revision {current or 'none'}, this version needs {head}, "
+        f"and role {pg.user!r} cannot migrate it: run 'satellites-es migrate' as the owner "
+        f"({owner or 'a role with CREATE on the database'})",
+    )
+
+
+async def _migration_rights(
+    conn: asyncpg.Connection[asyncpg.Record], schema: str
+) -> tuple[bool, str | None, str | None]:
+    """(whether this role may migrate, the schema's owner, its Alembic revision)."""
+    row = await conn.fetchrow(
+        "SELECT pg_get_userbyid(nspowner) AS owner,"
+        " pg_has_role(current_user, nspowner, 'USAGE') AS mine"
+        " FROM pg_namespace WHERE nspname = $1",
+        schema,
+    )
+    if row is None:  # no schema yet: whoever may create one migrates
+        can = await conn.fetchval("SELECT has_database_privilege(current_database(), 'CREATE')")
+        return bool(can), None, None
+    current = None
+    table = f"{quote_schema(schema)}.alembic_version"
+    if await conn.fetchval(
+        "SELECT has_schema_privilege($1, 'USAGE')"
+        " AND coalesce(has_table_privilege(to_regclass($2), 'SELECT'), false)",
+        schema,
+        table,
+    ):
+        current = await conn.fetchval(f"SELECT version_num FROM {table} LIMIT 1")
+    return bool(row["mine"]), row["owner"], current
+
+
+async def _connect(pg: PostgresConfig) -> asyncpg.Connection[asyncpg.Record]:
+    try:
+        return await asyncpg.connect(pg.dsn, timeout=pg.command_timeout)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
 
 
 async def downgrade(pg: PostgresConfig, revision: str = "base") -> None:
@@ -102,11 +170,16 @@ async def ensure_database(pg: PostgresConfig) -> bool:
 async def connect_engine(pg: PostgresConfig) -> AsyncEngine:
     """An engine whose connections have ``search_path`` = ``pg.schema``, created if missing."""
     await _create_schema(pg)
-    return create_async_engine(
-        pg.sqlalchemy_url,
-        poolclass=NullPool,
-        connect_args={"server_settings": {"search_path": pg.schema}},
-    )
+
+    # Connections come from the DSN, not from SQLAlchemy's URL: asyncpg reads libpq's TLS
+    # parameters (sslmode, sslrootcert, ...) there, while SQLAlchemy's asyncpg dialect would
+    # hand URL query parameters to asyncpg.connect() as keywords it does not take.
+    async def connect() -> asyncpg.Connection[asyncpg.Record]:
+        return await asyncpg.connect(
+            pg.dsn, timeout=pg.command_timeout, server_settings={"search_path": pg.schema}
+        )
+
+    return create_async_engine(pg.sqlalchemy_url, poolclass=NullPool, async_creator=connect)
 
 
 async def _create_schema(pg: PostgresConfig) -> None:
@@ -115,6 +188,10 @@ async def _create_schema(pg: PostgresConfig) -> None:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
     try:
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+        # an owner of a schema made for it (``db roles``) has no such right, nor needs it
+        if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg.schema):
+            return
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(pg.schema)}")
     except asyncpg.UniqueViolationError:
         pass  # a concurrent CREATE SCHEMA IF NOT EXISTS won the race

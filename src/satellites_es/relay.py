@@ -31,6 +31,11 @@ over the same way: it is supervised by its own retry loop and never dies silentl
 configuration or lifecycle error ends :meth:`Relay.run`. Wake-ups come from the log's NOTIFY
 listener, with a poll every ``poll_interval`` as the fallback.
 
+**The sequencer's tick.** The leader also numbers the events producers committed in their own
+transactions (:meth:`EventStore.sequence <satellites_es.store.EventStore.sequence>`) every
+``sequence_interval``: such appends send no NOTIFY, and the sequencer's NOTIFY is what wakes the
+followers (the store's module docstring has the design).
+
 **Events the broker can never take** (:class:`~satellites_es.errors.UndeliverableError`: a
 routing key over 255 bytes, from an event appended before ``append`` refused such types) are
 parked (:mod:`satellites_es.parking`, kind ``relay``) and passed: the cursor moves over them, so
@@ -69,7 +74,7 @@ from .errors import (
 from .events import DataEvent, EventBus
 from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import ParkedEvents, Poison
-from .sql import quote_schema
+from .sql import queries
 from .store import EventStore
 from .tracing import span
 
@@ -93,20 +98,6 @@ RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
 RETRY_INTERVAL = 1.0
 
 AfterConfirm = Callable[[Sequence[DataEvent]], Awaitable[None]]
-
-_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1))"
-_CURSOR_SQL = """
-INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
-ON CONFLICT (name) DO NOTHING;
-"""
-_LOAD_SQL = "SELECT position FROM {schema}.relay_cursors WHERE name = $1"
-_ADVANCE_SQL = """
-UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
-WHERE name = $1 AND position < $2
-"""
-_OLDEST_SQL = """
-SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1
-"""
 
 
 class RelayState(enum.Enum):
@@ -167,12 +158,7 @@ class Relay:
         dsn: str | None = None,
         after_confirm: AfterConfirm | None = None,
     ) -> None:
-        quoted = quote_schema(schema)
-        self._sql = {
-            k: v.replace("{schema}", quoted)
-            for k, v in (("init", _CURSOR_SQL), ("load", _LOAD_SQL),
-                         ("advance", _ADVANCE_SQL), ("oldest", _OLDEST_SQL))
-        }  # fmt: skip
+        self._sql = queries(schema)  # relay_* blocks of sql/queries.sql
         self.name = name
         self._store, self._bus, self._pool, self._config = store, bus, pool, config
         self._lock_key = f"{schema}.{name}"
@@ -226,7 +212,7 @@ class Relay:
         """Cursor, lag, age of the oldest unpublished event (seconds), published, state."""
         self._head = await self._store.head()
         cursor = self._cursor if self._state is RelayState.ACTIVE else await self._read_cursor()
-        oldest = await self._pool.fetchval(self._sql["oldest"], cursor)
+        oldest = await self._pool.fetchval(self._sql["relay_oldest"], cursor)
         age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
         return {
             "name": self.name, "state": self._state.value, "cursor": cursor,
@@ -237,7 +223,7 @@ class Relay:
         }  # fmt: skip
 
     async def _read_cursor(self) -> int:
-        value = await self._pool.fetchval(self._sql["load"], self.name)
+        value = await self._pool.fetchval(self._sql["relay_cursor_load"], self.name)
         return int(value or 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -279,6 +265,7 @@ class Relay:
             return 0
         try:
             self._cursor = await self._load_cursor()
+            await self._store.sequence()  # no leader tick runs here
             async with contextlib.aclosing(self._batches()) as batches:
                 async for batch in batches:
                     await self._publish_batch(batch)
@@ -325,7 +312,7 @@ class Relay:
             await self._open_connection()
         assert self._conn is not None
         async with self._conn_lock:
-            got = bool(await self._conn.fetchval(_LOCK_SQL, self._lock_key))
+            got = bool(await self._conn.fetchval(self._sql["relay_lock"], self._lock_key))
         if got:
             logger.info("relay %s: took the lead (backend %s)", self.name, self.lease_backend_pid)
         return got
@@ -365,12 +352,14 @@ class Relay:
         work = asyncio.create_task(self._publish_loop(), name=f"relay-{self.name}-publish")
         watch = asyncio.create_task(self._watch_lease(), name=f"relay-{self.name}-lease")
         retry = asyncio.create_task(self._retry_parked(), name=f"relay-{self.name}-retry")
+        tick = asyncio.create_task(self._sequence(), name=f"relay-{self.name}-sequencer")
+        tasks = {work, watch, retry, tick}
         try:
-            done, _ = await asyncio.wait({work, watch, retry}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (work, watch, retry):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(work, watch, retry, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
         error = next((t.exception() for t in done if not t.cancelled() and t.exception()), None)
         if isinstance(error, LeadershipLost):
             logger.warning("relay %s: lost the lock session; fenced, back to standby", self.name)
@@ -379,6 +368,16 @@ class Relay:
             await self._pause(self._config.standby_interval)  # let a healthier standby lead
         elif error is not None:
             raise error
+
+    async def _sequence(self) -> None:
+        """Number what producers committed in their own transactions, every
+        ``sequence_interval``: those appends send no NOTIFY (it would serialise their commits),
+        so the leader's tick is what makes them readable promptly; the sequencer's own NOTIFY
+        then wakes every follower, this relay's publish loop included. It runs until the
+        publish loop ends (cancelled then), so a stop still lets that loop drain its window."""
+        while True:
+            await self._store.sequence()
+            await asyncio.sleep(self._config.sequence_interval)
 
     async def _watch_lease(self) -> None:
         """Raise :class:`LeadershipLost` as soon as the lock's session is known to be gone."""
@@ -536,7 +535,8 @@ class Relay:
 
     def _batches(self, after: int | None = None) -> AsyncGenerator[list[DataEvent], None]:
         start = self._cursor if after is None else after
-        batches = self._store.read(after=start, batch_size=self._config.batch_size)
+        # no sequencing here: the leader's tick (_sequence) does it and its NOTIFY wakes us
+        batches = self._store.read(after=start, batch_size=self._config.batch_size, sequence=False)
         return cast(AsyncGenerator[list[DataEvent], None], batches)  # an async generator
 
     async def _publish_batch(self, batch: list[DataEvent]) -> None:
@@ -617,8 +617,8 @@ class Relay:
     async def _load_cursor(self) -> int:
         conn = self._lease()
         async with self._conn_lock:
-            await conn.execute(self._sql["init"], self.name)
-            value = await conn.fetchval(self._sql["load"], self.name)
+            await conn.execute(self._sql["relay_cursor_init"], self.name)
+            value = await conn.fetchval(self._sql["relay_cursor_load"], self.name)
         return int(value or 0)
 
     async def _advance(self, position: int | None) -> None:
@@ -628,7 +628,7 @@ class Relay:
         conn = self._lease()
         with span("relay.advance", relay=self.name, published=position - self._cursor):
             async with self._conn_lock:
-                await conn.execute(self._sql["advance"], self.name, position)
+                await conn.execute(self._sql["relay_cursor_advance"], self.name, position)
         self._cursor = position
 
     def _lease(self) -> asyncpg.Connection[asyncpg.Record]:

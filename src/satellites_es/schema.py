@@ -5,9 +5,12 @@ which migrations reach through ``search_path`` and the store names explicitly (q
 lets every test run in a fresh schema of its own. ``tests/integration/test_migrations.py``
 proves that ``alembic upgrade head`` produces exactly this metadata.
 
-* ``events``: the log and the outbox. ``position`` is the global position, dense and in commit
-  order (see ``append_events_v1`` in ``sql/queries.sql`` for why); ``id`` is the event id that
-  makes a retried append store once; ``(resource, key, version)`` is unique per stream.
+* ``events``: the log and the outbox. ``position`` is the global position, dense and in the
+  sequencer's commit order; an event appended inside a producer's transaction waits for it at
+  a negative *pending* number (the ``create_sequencer_v1`` paragraph in ``sql/queries.sql`` says
+  why); ``id`` is the event id that makes a retried append store once; ``(resource, key,
+  version)`` is unique per stream. Migration 0004 adds the sequence ``events_pending_seq``
+  and the functions, which are not metadata.
 * ``relay_cursors``: how far each relay has published (the outbox is the log after it).
 * ``projection_checkpoints``: the last position each version of each projection applied.
 * ``projection_versions``: which version of a projection is live, and the one before it (for a

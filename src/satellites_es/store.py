@@ -1,24 +1,35 @@
 """The event log in Postgres: append (the transactional outbox), read, follow.
 
-Append is one round trip: ``append_events_v1`` (a plpgsql function created by migration 0001,
-its SQL in ``sql/queries.sql``; ``append_event_v1`` is its scalar twin for a single event, the
-latency-sensitive case) locks the log, drops ids already stored, gives each new event the next
-version of its ``(resource, key)`` stream and the next global position, inserts, and sends
-``pg_notify``. A batch travels as column arrays (``unnest`` on the server), not as one JSON
-document, with each event's stream and rank within it numbered here (:func:`_numbering`), so the
-server looks each stream's version up once and, when no id is stored already (the usual case),
-inserts without a per-event lookup. Pass the producer's connection (``conn=``) and the events
-commit or roll back with the producer's own write; without it the call is one autocommitted
-statement.
+Append is one round trip: ``append_events_v2`` (a plpgsql function created by migration 0004,
+its SQL in ``sql/queries.sql``; ``append_event_v2`` is its scalar twin for a single event, the
+latency-sensitive case) drops ids already stored, gives each new event the next version of its
+``(resource, key)`` stream, inserts, and sends ``pg_notify``. A batch travels as column arrays
+(``unnest`` on the server), not as one JSON document, with each event's stream and rank within
+it numbered here (:func:`_numbering`), so the server looks each stream's version up once and,
+when no id is stored already (the usual case), inserts without a per-event lookup. Pass the
+producer's connection (``conn=``) and the events commit or roll back with the producer's own
+write; without it the call is one autocommitted statement.
 
-**Gap safety.** A reader following ``position > cursor`` must never later see a lower position
-commit. A bigserial breaks that: positions are taken at insert but become visible at commit, in
-another order. Here appends are serialised by ``LOCK TABLE events IN EXCLUSIVE MODE`` taken
-*before* positions are chosen and held until the appending transaction ends, so position order
-is commit order (and per-stream version order is position order). The price: a producer that
-appends and then keeps its transaction open holds up every other appender; readers are never
-blocked. The paragraph in ``sql/queries.sql`` says more; ``tests/integration/test_store_gaps.py``
-holds two transactions open to prove it.
+**Positions are taken after commit** (the ``create_sequencer_v1`` paragraph in
+``sql/queries.sql`` has the whole argument). A reader following ``position > cursor`` must
+never later see a lower position commit, which a bigserial breaks (positions taken at insert,
+visible at commit, in another order). So an event appended inside a producer's transaction is
+stored *pending*, at a negative number no reader asks for, and takes no lock beyond its own
+stream's (two appends to one ``(resource, key)`` stream are ordered by its version index; no
+other producer ever waits). The *sequencer*, ``sequence_events_v1``, numbers committed pending
+events head + 1, head + 2, ... in insertion order, one batch at a time under an advisory lock:
+positions stay dense and monotone, a producer holding its transaction open delays only itself
+(its events are numbered after it commits), a rolled-back append leaves nothing, and a stream's
+version order is its position order. Readers sequence before they read (:meth:`sequence`; the
+relay, the projectors and open-ended :meth:`read` calls do it when woken by the producer's
+NOTIFY or their poll), so there is no extra process to run.
+
+An autocommitted append (no ``conn``) numbers its events at once when the sequencer lock is free
+(one round trip, each row written once), else it asks the sequencer after its commit (a second
+round trip); either way its :class:`AppendResult` carries positions. An append inside the
+caller's transaction returns ``position=None``: positions exist only after commit, and
+:meth:`sequenced` gives them then. ``tests/integration/test_store_gaps.py`` holds producers'
+transactions open, rolls some back and races same-stream appends to prove all of it.
 
 **Idempotency.** The event id is unique. An id already stored is not stored again: the
 :class:`AppendResult` lists it in ``duplicates`` and carries its stored position and version,
@@ -74,7 +85,7 @@ Connect: TypeAlias = "Callable[[], Awaitable[asyncpg.Connection[asyncpg.Record]]
 
 _MAX_POSITION = 2**63 - 1
 _MAX_IDENTIFIER = 63  # Postgres truncates LISTEN channels longer than this; pg_notify refuses
-_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v1 on a version conflict
+_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v2 on a version conflict
 _TEXT_FIELDS = ("id", "type", "resource", "key", "source")
 # An escaped NUL in JSON (an odd number of backslashes before u0000): jsonb cannot store it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -165,27 +176,77 @@ class EventStore:
         if not batch:
             return AppendResult(events=())
         _check_expected(batch, expected_version)
-        query, args = self._append_call(_first_of_each_id(batch), expected_version)
-        with _translated("append", batch[0], expected_version):
-            if conn is not None:
+        distinct = _first_of_each_id(batch)
+        if conn is not None:  # inside the caller's transaction: pending until it commits
+            query, args = self._append_call(distinct, expected_version, sequence_now=False)
+            with _translated("append", batch[0], expected_version):
                 rows = await conn.fetch(query, *args)
-            else:
+            return _result(batch, rows)
+        query, args = self._append_call(distinct, expected_version, sequence_now=True)
+        with _translated("append", batch[0], expected_version):
+            try:
                 rows = await self._pool.fetch(query, *args)
-        return _result(batch, rows)
+            except asyncpg.LockNotAvailableError:
+                # The fast path (holding the sequencer lock, under a 20 ms lock_timeout) met an
+                # in-flight append of the same stream or id: redo it pending, which may wait for
+                # that append without holding the lock.
+                query, args = self._append_call(distinct, expected_version, sequence_now=False)
+                rows = await self._pool.fetch(query, *args)
+        result = _result(batch, rows)
+        if any(e.position is None for e in result.events):  # the sequencer was busy
+            result = await self.sequenced(result)
+        return result
 
     def _append_call(
-        self, batch: Sequence[DataEvent], expected_version: int | None
+        self, batch: Sequence[DataEvent], expected_version: int | None, *, sequence_now: bool
     ) -> tuple[str, tuple[object, ...]]:
         """The query and arguments: scalar ones for a single event (the fast path)."""
         if len(batch) > 1:
             columns = encode_batch(batch, self._config.max_payload_bytes)
             numbering = _numbering(batch)
-            return self._sql["append"], (*columns, *numbering, expected_version, self.channel)
+            batch_args: tuple[object, ...] = (*columns, *numbering, expected_version,
+                                              self.channel, sequence_now)  # fmt: skip
+            return self._sql["append"], batch_args
         e = _checked(batch[0])
         payload = _payload_json(e, self._config.max_payload_bytes)
         args = (e.id, e.resource, e.key, e.type, e.source, payload, e.timestamp,
-                expected_version, self.channel)  # fmt: skip
+                expected_version, self.channel, sequence_now)  # fmt: skip
         return self._sql["append_one"], args
+
+    async def sequence(self) -> int:
+        """Number every committed pending event (see the module docstring) and return the head.
+
+        Readers call it before they read; it waits only for another sequencer at work (never for
+        a producer), and costs one index probe when nothing is pending. Not read-only: health
+        checks use :meth:`head`.
+        """
+        with _translated("sequence"):
+            value = await self._pool.fetchval(self._sql["sequence"], self.channel)
+        return int(value)
+
+    async def sequenced(self, result: AppendResult) -> AppendResult:
+        """``result`` with every event's position, after the append's transaction committed.
+
+        An append inside the caller's transaction (``conn=``) returns ``position=None``:
+        positions are taken after commit. Await this once the transaction has committed (it
+        sequences the log first); an event still without a position then was not committed
+        (rolled back, or the transaction is still open), and :class:`PersistenceError` says so.
+        """
+        ids = [e.id for e in result.events]
+        if not ids:
+            return result
+        with _translated("sequenced"):
+            rows = await self._pool.fetch(self._sql["sequenced"], ids, self.channel)
+        positions: dict[str, int | None] = {row[0]: row[1] for row in rows}
+        missing = [i for i in ids if positions.get(i) is None]
+        if missing:
+            raise PersistenceError(
+                f"event log has no committed event {missing[0]!r}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                + ": was the append's transaction committed?"
+            )
+        events = tuple(_stored(e, positions[e.id], e.version) for e in result.events)
+        return AppendResult(events=events, duplicates=result.duplicates)
 
     async def read(
         self,
@@ -195,8 +256,12 @@ class EventStore:
         until: int | None = None,
         types: Collection[str] | None = None,
         read_ahead: bool = False,
+        sequence: bool = True,
     ) -> AsyncIterator[list[DataEvent]]:
         """Events with ``after < position <= until``, in position order, a batch at a time.
+        Without ``until`` the log is sequenced first (unless ``sequence=False``: a caller that
+        sequences on its own, like the relay's leader), so every append committed before the
+        call is read.
 
         Keyset pagination (``position > last``), one short query per batch: memory stays
         constant and no connection is held between batches, however long the log.
@@ -218,6 +283,8 @@ class EventStore:
             query = self._sql["read"]
         else:
             query, extra = self._sql["read_types"], _type_filter(types)
+        if until is None and sequence:
+            await self.sequence()
         async for rows in self._pages(query, extra, after, until, batch_size, read_ahead):
             yield [_event(row) for row in rows]
 
@@ -249,6 +316,8 @@ class EventStore:
             )
         wanted = _type_filter(types)
         extra = None if wanted is None else (*wanted, text_field)
+        if until is None:
+            await self.sequence()
         pages = self._pages(self._sql["read_payloads"], extra, after, until, batch_size, read_ahead)
         async for rows in pages:
             yield _payload_batch(rows, text_field)
@@ -318,6 +387,13 @@ class EventStore:
         readable, and nothing below it can commit later."""
         with _translated("head"):
             value = await self._pool.fetchval(self._sql["head"])
+        return int(value)
+
+    async def pending(self) -> int:
+        """How many committed events wait for the sequencer (read-only: for health and metrics;
+        near 0 while a relay leader ticks it, growing when no reader runs at all)."""
+        with _translated("pending"):
+            value = await self._pool.fetchval(self._sql["pending"])
         return int(value)
 
     def listener(self) -> LogListener:
@@ -413,7 +489,7 @@ class LogListener:
 def encode_batch(
     events: Sequence[DataEvent], max_payload_bytes: int
 ) -> tuple[list[str], list[str], list[str], list[str], list[str], list[str], list[datetime]]:
-    """The batch as the column arrays ``append_events_v1`` takes (id, resource, key, type,
+    """The batch as the column arrays ``append_events_v2`` takes (id, resource, key, type,
     source, payload JSON, timestamp); validates every event first."""
     ids, resources, keys, types, sources, payloads, timestamps = [], [], [], [], [], [], []
     for event in events:
@@ -429,7 +505,7 @@ def encode_batch(
 
 
 def _numbering(events: Sequence[DataEvent]) -> tuple[list[int], list[int], list[int]]:
-    """How ``append_events_v1`` numbers the batch without a sort: for each event the 1-based
+    """How ``append_events_v2`` numbers the batch without a sort: for each event the 1-based
     index of its ``(resource, key)`` stream among the batch's distinct streams and its 1-based
     rank within that stream; for each stream the 1-based index of its first event."""
     streams: dict[tuple[str, str], int] = {}
@@ -529,11 +605,12 @@ def _result(batch: Sequence[DataEvent], rows: Sequence[asyncpg.Record]) -> Appen
         position, _, version, duplicate = stored[event_id]
         if duplicate:
             duplicates.append(event_id)
-        events.append(_stored(event, position, version))
+        # pending (inside the caller's transaction, or numbered after commit): no position yet
+        events.append(_stored(event, position if position and position > 0 else None, version))
     return AppendResult(events=tuple(events), duplicates=tuple(duplicates))
 
 
-def _stored(event: DataEvent, position: int, version: int) -> DataEvent:
+def _stored(event: DataEvent, position: int | None, version: int | None) -> DataEvent:
     """``event`` with its position and version: ``dataclasses.replace`` without running the
     validation again (it ran on the way in; replace costs 8x this copy on a batch)."""
     stored = object.__new__(type(event))
@@ -609,8 +686,12 @@ def _conflict(
     if getattr(exc, "sqlstate", None) == _CONFLICT:
         actual = int(getattr(exc, "detail", None) or 0)
         return ConcurrencyError(first.resource, first.key, expected, actual)
-    if isinstance(exc, asyncpg.UniqueViolationError):
-        # Only reachable when the caller's snapshot predates the lock (REPEATABLE READ or
-        # SERIALIZABLE): the constraints caught a stale version or position; retry the tx.
+    if isinstance(exc, asyncpg.DeadlockDetectedError):
+        # Two producer transactions appended to the same streams in opposite orders (in
+        # separate appends: one batch inserts in a fixed order); Postgres aborted this one.
+        return ConcurrencyError(first.resource, first.key, expected, None)
+    if isinstance(exc, asyncpg.UniqueViolationError | asyncpg.SerializationError):
+        # Only reachable when the caller's snapshot is older than a same-stream append that
+        # committed (REPEATABLE READ or SERIALIZABLE): the version index caught it; retry the tx.
         return ConcurrencyError(first.resource, first.key, expected, None)
     return None

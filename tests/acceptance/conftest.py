@@ -9,6 +9,8 @@ from collections.abc import Mapping
 
 import pytest
 
+from tests.replica_support import s3  # noqa: F401  (the replica tests' S3 server)
+
 CLI = [sys.executable, "-m", "satellites_es.cli"]
 
 

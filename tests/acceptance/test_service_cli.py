@@ -22,6 +22,7 @@ from .conftest import CLI, run_cli
 
 METRICS = (
     "satellites_log_head_position",
+    "satellites_log_pending_events",
     "satellites_relay_lag_events",
     "satellites_relay_oldest_unpublished_seconds",
     "satellites_projection_lag_events",
@@ -100,6 +101,7 @@ def test_run_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
         for name in METRICS:
             assert name in text, name
         assert f"satellites_log_head_position {float(head)}" in text
+        assert "satellites_log_pending_events 0.0" in text  # the relay leader numbers them
         assert 'satellites_projection_lag_events{projection="entities"} 0.0' in text
         more = asyncio.run(_append(config, 200))
         time.sleep(0.3)  # a batch may be in flight when SIGTERM lands

@@ -22,6 +22,7 @@ from tests.integration.sinks_support import (  # noqa: F401
     sink,
     vectors,
 )
+from tests.replica_support import s3  # noqa: F401  (the replica tests' S3 server)
 
 EventFactory = Callable[..., DataEvent]
 

@@ -68,8 +68,9 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert await diff(pg_config) == []
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
-    assert functions == {"append_events_v1", "append_event_v1"}
-    assert versions == ["0003"]
+    assert functions == {"append_events_v2", "append_event_v2", "sequence_events_v1",
+                         "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
+    assert versions == ["0004"]
 
 
 async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
@@ -77,7 +78,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 ) -> None:
     await upgrade(pg_config)
     await upgrade(pg_config)
-    assert (await catalog(pg_config))[2] == ["0003"]
+    assert (await catalog(pg_config))[2] == ["0004"]
     await downgrade(pg_config)
     tables, functions, versions = await catalog(pg_config)
     assert (tables, functions, versions) == ({"alembic_version"}, set(), [])
@@ -88,7 +89,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 
 async def test_concurrent_upgrades_of_one_schema(pg_config: PostgresConfig) -> None:
     await asyncio.gather(upgrade(pg_config), upgrade(pg_config))
-    assert (await catalog(pg_config))[2] == ["0003"]
+    assert (await catalog(pg_config))[2] == ["0004"]
 
 
 async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig) -> None:
@@ -98,7 +99,7 @@ async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig
         subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (await catalog(pg_config))[2] == ["0003"]
+    assert (await catalog(pg_config))[2] == ["0004"]
     assert await diff(pg_config) == []
 
 
@@ -134,4 +135,48 @@ async def test_alembic_with_only_a_schema_migrates_the_configured_database(
                                    text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pg_config.database != "satellites"  # the configured one, not the default
-    assert (await catalog(pg_config))[2] == ["0003"]
+    assert (await catalog(pg_config))[2] == ["0004"]
+
+
+async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions(
+    pg_config: PostgresConfig,
+) -> None:
+    """A log made by the v1 functions (0002: positions under LOCK TABLE) is upgraded in place:
+    stored events keep their positions, new appends continue densely after them (in a
+    producer's transaction too), and a downgrade back to 0003 sequences what is pending."""
+    from satellites_es.config import EventLogConfig
+    from satellites_es.events import DataEvent
+    from satellites_es.store import EventStore
+
+    await upgrade(pg_config, "0002")
+    conn = await asyncpg.connect(pg_config.dsn)
+    try:
+        await conn.execute(f'SET search_path TO "{pg_config.schema}"')
+        for i in range(3):
+            await conn.fetch(
+                "SELECT * FROM append_event_v1($1, 'docs', $2, 'doc.put', 'old', '{}'::jsonb,"
+                " now(), NULL, 'c')", f"old-{i}", f"k{i % 2}",
+            )  # fmt: skip
+        await upgrade(pg_config)
+        pool = await asyncpg.create_pool(pg_config.dsn, min_size=1, max_size=2)
+        try:
+            store = EventStore(pool, schema=pg_config.schema, config=EventLogConfig())
+            event = DataEvent(type="doc.put", resource="docs", key="k0", payload={}, source="new")
+            assert (await store.append(event)).last_position == 4
+            async with pool.acquire() as producer, producer.transaction():
+                held = DataEvent(type="doc.put", resource="docs", key="k1", payload={}, source="t")
+                pending = await store.append(held, conn=producer)
+            assert (await store.sequenced(pending)).last_position == 5
+            seen = [(e.id, e.position, e.version) async for b in store.read() for e in b]
+            assert [p for _, p, _ in seen] == [1, 2, 3, 4, 5]
+            assert seen[3] == (event.id, 4, 3) and seen[4][2] == 2  # k0: v1, v2 then 3; k1: 2
+            async with pool.acquire() as producer, producer.transaction():  # left pending
+                later = DataEvent(type="doc.put", resource="docs", key="k9", payload={}, source="t")
+                await store.append(later, conn=producer)
+        finally:
+            await pool.close()
+        await downgrade(pg_config, "0003")  # numbers the pending event first
+        assert await conn.fetchval("SELECT count(*) FROM events WHERE position < 0") == 0
+        assert await conn.fetchval("SELECT max(position) FROM events") == 6
+    finally:
+        await conn.close()

@@ -17,6 +17,7 @@ from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.parking import ParkedEvents
 from satellites_es.sql import queries
+from satellites_es.store import AppendResult
 
 LONG_TYPE = "t." + "x" * 300  # its routing key p<n>.<type> is over 255 bytes
 
@@ -42,9 +43,11 @@ async def _append_unchecked(data: DataLayer, event: DataEvent) -> int:
     sql = queries(data.config.postgres.schema)["append_one"]
     row = await data.postgres.fetchrow(
         sql, event.id, event.resource, event.key, event.type, event.source,
-        '{"k": "bad"}', datetime.now(UTC), None, data.log.channel,
+        '{"k": "bad"}', datetime.now(UTC), None, data.log.channel, True,
     )  # fmt: skip
     assert row is not None
+    if row["out_position"] is None:  # stored pending (the relay's sequencer tick was busy)
+        return (await data.log.sequenced(AppendResult(events=(event,)))).last_position
     return int(row["out_position"])
 
 

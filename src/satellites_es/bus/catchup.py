@@ -128,7 +128,7 @@ class CatchUp:
         )  # fmt: skip
 
     async def _read_past(self) -> None:
-        high = self.high if self.high is not None else await self._store.head()
+        high = self.high if self.high is not None else await self._store.sequence()
         self.high = high
         types = None if self.event_type is None else [self.event_type]
         past = cast(

@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from ..config import RabbitMQConfig
 from ..errors import (
@@ -71,6 +71,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..events import DataEvent, EventHandler, handler_name
+from ..tls import is_refusal
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
 from .partition import dlq_name, partition_for, queue_name, routing_key
@@ -208,7 +209,10 @@ class RabbitMQEventBus:
         retrying = AsyncRetrying(
             stop=stop_after_delay(self.connect_timeout),
             wait=wait_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(RETRYABLE_ERRORS),
+            # a certificate that does not verify fails the same way every time: no retry
+            retry=retry_if_exception(
+                lambda e: isinstance(e, RETRYABLE_ERRORS) and not is_refusal(e)
+            ),
             reraise=True,
         )
         try:

@@ -41,7 +41,7 @@ async def replay_log(
     """Publish the log's ``(after, until]`` (``until``: the head now) to ``group``; returns how
     many events were confirmed."""
     await bus.require_group(group)
-    until = await store.head() if until is None else until
+    until = await store.sequence() if until is None else until
     past = cast(
         AsyncGenerator[list[DataEvent], None],
         store.read(after, until=until, types=types or None, read_ahead=True),

@@ -15,6 +15,10 @@ A run of upserts is written with one ``VectorIndex.upsert_arrays`` call on one d
 figures). A projection whose handler is a :class:`~satellites_es.projections.fields.VectorFields`
 skips the per-event objects altogether: the projector hands :meth:`FaissSink.apply_runs` the
 columns it read from the log.
+
+With a snapshot store (``FaissConfig.snapshot_url``), the first ``prepare`` of a namespace in
+this process bootstraps it first (:mod:`.replica`): the newest verified snapshot of the store
+when it is newer than the local one, so a new process replays only the log after it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ..vectors import VectorIndex
 from ..vectors.codec import decode_matrix, decode_vector
 from .fields import VectorRun
 from .model import Change, Delete, Projection, Upsert
+from .replica import Replica
 from .sinks import Fix, Held, SinkDump, translated
 
 __all__ = ["FaissSink"]
@@ -38,11 +43,14 @@ __all__ = ["FaissSink"]
 class FaissSink:
     kind = "faiss"
 
-    def __init__(self, vectors: VectorIndex) -> None:
+    def __init__(self, vectors: VectorIndex, replica: Replica | None = None) -> None:
         self.vectors = vectors
+        self.replica = replica
 
     async def prepare(self, projection: Projection, version: int) -> None:
         name = projection.target(version)
+        if self.replica is not None and name not in self.replica.status:
+            await self.replica.bootstrap(name)
         if name not in await self.vectors.namespaces():
             opts = projection.options
             await self.vectors.create_namespace(

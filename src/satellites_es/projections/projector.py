@@ -136,7 +136,7 @@ class Projector:
         """Apply the log from the checkpoint up to ``until`` (default: the head now)."""
         await self.sink.prepare(self.projection, self.version)
         start = max(self.position, await self.start_position())
-        target = await self.store.head() if until is None else until
+        target = await self.store.sequence() if until is None else until
         tally = _Tally(start)
         batches = self._batches(start, target)
         # A batch is committed (written, checkpointed) in a task while the next one is read and

@@ -120,7 +120,7 @@ async def rebuild(
                 functools.partial(projector.catch_up, progress=progress), max_outage
             )
             events += result.events
-            if await store.head() - result.position < FLIP_THRESHOLD:
+            if await store.sequence() - result.position < FLIP_THRESHOLD:
                 break
         final = await _outlasting(
             functools.partial(projector.catch_up, progress=progress), max_outage

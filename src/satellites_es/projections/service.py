@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,20 +28,23 @@ from .sinks import Sink
 
 if TYPE_CHECKING:
     from ..facade import DataLayer
+    from .replica import Replica
+    from .snapshotter import Snapshotter
 
 __all__ = ["ProjectionService", "build_sink", "load_projections"]
 
 logger = logging.getLogger(__name__)
 
 
-def build_sink(projection: Projection, data: DataLayer) -> Sink:
+def build_sink(projection: Projection, data: DataLayer, replica: Replica | None = None) -> Sink:
     """The sink a projection writes to, on the layer's native clients, wrapped by the
-    projection's ``sink_adapter`` when it has one."""
-    sink = _native_sink(projection, data)
+    projection's ``sink_adapter`` when it has one; a FAISS sink bootstraps its namespaces
+    through ``replica`` when given (:mod:`.replica`)."""
+    sink = _native_sink(projection, data, replica)
     return sink if projection.sink_adapter is None else projection.sink_adapter(sink, data)
 
 
-def _native_sink(projection: Projection, data: DataLayer) -> Sink:
+def _native_sink(projection: Projection, data: DataLayer, replica: Replica | None) -> Sink:
     if projection.sink == "redis":
         from .redis_sink import RedisSink
 
@@ -51,7 +55,7 @@ def _native_sink(projection: Projection, data: DataLayer) -> Sink:
         return ElasticsearchSink(data.elasticsearch, data.config.elasticsearch.index_prefix)
     from .faiss_sink import FaissSink
 
-    return FaissSink(data.vectors)
+    return FaissSink(data.vectors, replica)
 
 
 def load_projections(module: str | None = None) -> dict[str, Projection]:
@@ -78,6 +82,7 @@ class ProjectionService:
         self.status: dict[str, FollowerStatus] = {p.name: FollowerStatus() for p in projections}
         self._stop = asyncio.Event()
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.replica, self.snapshotters = _replication(data, self.projections)
 
     @property
     def tasks(self) -> dict[str, asyncio.Task[None]]:
@@ -91,6 +96,12 @@ class ProjectionService:
             task = asyncio.create_task(self._supervise(p), name=f"projector-{p.name}")
             task.add_done_callback(self._done)
             self._tasks[p.name] = task
+        for name, snapshotter in self.snapshotters.items():
+            ready = functools.partial(_running, self.status[name])
+            task = asyncio.create_task(snapshotter.run(self._stop, ready=ready),
+                                       name=f"snapshotter-{name}")  # fmt: skip
+            task.add_done_callback(self._done)
+            self._tasks[f"snapshotter-{name}"] = task
 
     async def _supervise(self, projection: Projection) -> None:
         """Follow ``projection`` until stopped, restarting the follower when it fails."""
@@ -99,7 +110,7 @@ class ProjectionService:
         while not self._stop.is_set():
             started = asyncio.get_running_loop().time()
             try:
-                sink = build_sink(projection, self.data)
+                sink = build_sink(projection, self.data, self.replica)
                 await follow_active(
                     projection, sink, self.data.log, self.checkpoints, stop=self._stop,
                     poll_interval=self.poll_interval, on_projector=self._register, status=status,
@@ -177,4 +188,54 @@ class ProjectionService:
                 "parked": status.parked,
                 "save_error": status.save_error,
             }
+            self._replica_health(name, out[name])
         return out
+
+    def _replica_health(self, name: str, out: dict[str, Any]) -> None:
+        """A FAISS replica's bootstrap (``bootstrapping`` until caught up) and snapshotter."""
+        projector, replica = self.projectors.get(name), self.replica
+        booted = None
+        if replica is not None and projector is not None:
+            booted = replica.status.get(projector.projection.target(projector.version))
+        if booted is not None:
+            out["replica"] = booted.to_dict()
+            if out["state"] == "starting":
+                out["state"] = "bootstrapping"
+            elif out["state"] == "running":  # caught up with the log once: the tail is done
+                out["replica"]["phase"] = "ready"
+        if name in self.snapshotters:
+            out["snapshotter"] = self.snapshotters[name].status.to_dict()
+
+
+def _running(status: FollowerStatus) -> bool:
+    return status.state == "running"
+
+
+def _replication(
+    data: DataLayer, projections: Sequence[Projection]
+) -> tuple[Replica | None, dict[str, Snapshotter]]:
+    """With ``FaissConfig.snapshot_url`` set: the bootstrapper of this process's FAISS replicas
+    and, unless ``snapshot_upload`` is off, a snapshotter per FAISS projection (only the one
+    holding the lease uploads: :mod:`.snapshotter`)."""
+    config = data.config.faiss
+    faiss = [p for p in projections if p.sink == "faiss"]
+    if not faiss or not config.enabled or config.snapshot_url is None:
+        return None, {}
+    from ..vectors.snapshot_store import SnapshotStore
+    from .replica import Replica
+    from .snapshotter import Lease, Snapshotter
+
+    store = SnapshotStore.from_config(config)
+    assert store is not None
+    replica = Replica(data.vectors, store)
+    if not config.snapshot_upload:
+        return replica, {}
+    schema = data.config.postgres.schema
+    snapshotters = {}
+    for p in faiss:
+        lease = Lease(data.config.postgres.dsn, f"{schema}.{p.name}")
+        snapshotters[p.name] = Snapshotter(
+            p, data.vectors, store, lease, every_events=config.snapshot_every_events,
+            every_seconds=config.snapshot_every_seconds,
+        )  # fmt: skip
+    return replica, snapshotters

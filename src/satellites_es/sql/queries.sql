@@ -184,16 +184,443 @@ $fn$;
 -- name: drop_append_event_v1
 DROP FUNCTION append_event_v1(text, text, text, text, text, jsonb, timestamptz, integer, text);
 
+-- name: create_sequencer_v1
+-- Migration 0004: positions are taken after commit (issue 13). See the paragraph below.
+--
+-- Why. The v1 functions serialised appends with LOCK TABLE events IN EXCLUSIVE MODE held to the
+-- end of the producer's transaction: position order was commit order (no reader could skip),
+-- but every producer waited for every other, and one that appended and then kept its
+-- transaction open stopped them all, and with them the relay and every projection.
+--
+-- Pending rows. A producer appending inside its own transaction takes no log-wide lock at all.
+-- Its events are stored *pending*: position = -nextval('events_pending_seq'), a negative number
+-- that no reader ever asks for (readers follow "position > cursor" from 0). Only appends to the
+-- same (resource, key) stream wait for each other, on the unique index of (resource, key,
+-- version): the second sees the first's uncommitted version, waits for it to end, and takes the
+-- next version (or fails its expected_version). So within a stream a later version is always
+-- inserted after the earlier one committed, and gets a lower (more negative) pending number.
+--
+-- The sequencer. sequence_events_v1() gives committed pending rows their real positions: under
+-- a transaction-level advisory lock (one sequencer per schema at a time) it reads the head
+-- (max position) and numbers the pending rows head + 1, head + 2, ... in insertion order
+-- (pending number descending), in one UPDATE, then commits. A reader's snapshot therefore sees a
+-- sequencer's batch all at once, and every later batch above it: positions stay dense and
+-- monotone in commit order of the sequencer, which is all a reader's cursor relies on. A
+-- producer's uncommitted rows are invisible to the sequencer, so a producer holding its
+-- transaction open delays only itself: its events are numbered after it commits, above
+-- everything read so far. A rolled-back append leaves nothing (its pending rows never commit).
+-- Per-stream version order is position order: versions of a stream are inserted in commit
+-- order (above), and the sequencer numbers in insertion order.
+--
+-- Who sequences. Readers do, before they read (EventStore.sequence, called by the relay, the
+-- projectors, catch-up and open-ended reads): whichever comes first does the work, the others
+-- find nothing pending, and nothing stalls if one dies. The relay's leader also runs it every
+-- relay.sequence_interval (10 ms), and the sequencer NOTIFYs the log's listeners when it
+-- numbered something. A pending append itself sends no NOTIFY: every transaction that notifies
+-- takes one database-wide lock at commit (PreCommit_Notify), which would serialise the commits
+-- of all producers again; only holders of the sequencer lock notify, and they are serialised
+-- anyway.
+--
+-- Autocommitted appends (no caller transaction) take a fast path: if the sequencer lock is free
+-- (try-lock, never waited for) the append numbers the pending rows and then its own events
+-- directly, in the same short statement, so it returns its positions in one round trip and
+-- writes each row once. While it holds the lock it never waits on another producer: its insert
+-- runs under a 20 ms lock_timeout (the only wait possible is on an in-flight append to the same
+-- stream or of the same id), and on timeout it fails with SQLSTATE SAT02 for the client to redo
+-- the append as pending. If the lock is busy, the append stores pending rows and the client
+-- asks the sequencer for their positions after commit (a second round trip).
+--
+-- The price: an event appended inside a producer's transaction is written twice (inserted
+-- pending, updated by the sequencer) and its position is known only after commit
+-- (EventStore.sequenced). Under REPEATABLE READ or SERIALIZABLE a producer's stale snapshot
+-- can make the version unique index reject the append (ConcurrencyError): append in READ
+-- COMMITTED, the default.
+CREATE SEQUENCE events_pending_seq AS bigint;
+
+-- name: create_sequence_pending_v1
+CREATE FUNCTION sequence_pending_v1(channel text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+SET enable_seqscan TO off
+SET enable_hashjoin TO off
+SET enable_mergejoin TO off
+AS $fn$
+-- The sequencer's work; the caller holds the sequencer lock. Returns the new head, and wakes
+-- the log's listeners on ``channel`` when it numbered something (NULL: the caller will).
+-- It runs every few milliseconds, with few rows pending: index probes only. The planner settings
+-- above keep it so on a log without statistics (a new table is guessed to hold a third of its
+-- rows below zero, and the plan became a hash join over the whole log: 8 ms a call at 20,000
+-- events, growing with the log).
+DECLARE
+    base bigint;
+    numbered bigint;
+BEGIN
+    SELECT coalesce(max(e.position), 0) INTO base FROM events e WHERE e.position > 0;
+    UPDATE events AS e SET position = base + p.rank
+    FROM (SELECT x.position AS pending, row_number() OVER (ORDER BY x.position DESC) AS rank
+          FROM events x WHERE x.position < 0) AS p
+    WHERE e.position = p.pending;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 AND channel IS NOT NULL THEN
+        PERFORM pg_notify(channel, (base + numbered)::text);
+    END IF;
+    RETURN base + numbered;
+END
+$fn$;
+
+-- name: create_sequence_events_v1
+CREATE FUNCTION sequence_events_v1(channel text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+-- Number every committed pending event; returns the head. Waits for a sequencer at work
+-- (never for a producer: producers inside their own transactions never take this lock).
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()));
+    RETURN sequence_pending_v1(channel);
+END
+$fn$;
+
+-- name: create_sequenced_positions_v1
+CREATE FUNCTION sequenced_positions_v1(wanted text[], channel text)
+RETURNS TABLE (out_id text, out_position bigint)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+-- Sequence, then the positions of the events with these ids (NULL: not committed yet).
+BEGIN
+    PERFORM sequence_events_v1(channel);
+    RETURN QUERY
+    SELECT e.id, CASE WHEN e.position > 0 THEN e.position END
+    FROM events e WHERE e.id = ANY(wanted);
+END
+$fn$;
+
+-- name: drop_sequenced_positions_v1
+DROP FUNCTION sequenced_positions_v1(text[], text);
+
+-- name: drop_sequence_events_v1
+DROP FUNCTION sequence_events_v1(text);
+
+-- name: drop_sequence_pending_v1
+DROP FUNCTION sequence_pending_v1(text);
+
+-- name: drop_sequencer_v1
+DROP SEQUENCE events_pending_seq;
+
+-- name: create_append_events_v2
+-- The one-round-trip append without a log-wide lock (migration 0004; the design is in the
+-- create_sequencer_v1 paragraph). sequence_now: the caller is not inside a transaction of its
+-- own, so the append may take the fast path (number its events at once if the sequencer lock is
+-- free). The numbering of the batch by the caller is as in append_events_v1.
+--
+-- Optimistic path: every event is new; one INSERT, whose unique indexes are the id check. A
+-- unique violation (an id stored already, or a version taken by a same-stream append that
+-- committed meanwhile) falls to the careful path, which looks each id up, reports the stored
+-- ones and versions the rest again from a fresh snapshot; if that collides with yet another
+-- same-stream append, the whole attempt is made again (READ COMMITTED only: a stale
+-- REPEATABLE READ snapshot would collide forever, so there the violation is raised). On the
+-- fast path every attempt first numbers what became pending meanwhile: a same-stream append
+-- that committed while we waited for it must be numbered before our next version.
+--
+-- Pending numbers follow the batch order (nextval in the scan of the batch), but pending rows
+-- are inserted in (resource, key) order: two batches that share streams then wait for each
+-- other's versions in one order and cannot deadlock. (The fast path needs no such order: a wait
+-- of its own ends in its lock_timeout.) (Separate appends inside one producer transaction
+-- still can, like any two transactions writing rows in opposite orders; Postgres then aborts
+-- one and the caller gets ConcurrencyError: retry the transaction.)
+CREATE FUNCTION append_events_v2(
+    ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
+    timestamps timestamptz[], stream_of integer[], seqs integer[], firsts integer[],
+    expected integer, channel text, sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    locked boolean := false;  -- the fast path: we hold the sequencer lock
+    base bigint;  -- NULL: pending (numbered after commit); else numbered from base + 1 now
+    heads integer[];
+    r_position bigint[];
+    r_id text[];
+    r_version integer[];
+    r_duplicate boolean[];
+    may_retry boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+    IF sequence_now
+       AND pg_try_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()))
+    THEN
+        locked := true;
+        PERFORM set_config('lock_timeout', '20ms', true);  -- never wait long holding the lock
+    END IF;
+
+    LOOP
+        -- One version lookup per stream, as scalar subqueries (index probes, never a scan).
+        SELECT array_agg(
+                   (SELECT coalesce(max(e.version), 0) FROM events e
+                    WHERE e.resource = resources[f.first] AND e.key = keys[f.first])
+                   ORDER BY f.n)
+        INTO heads
+        FROM unnest(firsts) WITH ORDINALITY AS f(first, n);
+
+        IF expected IS NOT NULL AND heads[1] <> expected AND EXISTS (
+            SELECT 1 FROM unnest(ids) AS b(id)
+            WHERE (SELECT e.position FROM events e WHERE e.id = b.id LIMIT 1) IS NULL
+        ) THEN
+            RAISE EXCEPTION 'stream version conflict'
+                USING ERRCODE = 'SAT01', DETAIL = heads[1]::text;
+        END IF;
+
+        -- The fast path numbers what is pending only now, after the version lookup: a
+        -- same-stream append that committed after the lookup took the version we are about
+        -- to insert (we collide with it and go round again), and one that committed before it
+        -- is numbered here, below us.
+        IF locked THEN
+            base := sequence_pending_v1(NULL);
+        END IF;
+
+        BEGIN
+            IF base IS NOT NULL THEN
+                -- Fast path: positions base + 1, ... in batch order; inserted in batch order (a
+                -- wait on another producer here ends in lock_timeout, never in a deadlock).
+                INSERT INTO events AS e
+                    (position, id, resource, key, version, type, source, payload, "timestamp")
+                SELECT base + x.ord, x.id, x.resource, x.key, heads[x.s] + x.seq, x.type,
+                       x.source, x.payload, x."timestamp"
+                FROM unnest(ids, resources, keys, types, sources, payloads, timestamps,
+                            stream_of, seqs)
+                     WITH ORDINALITY
+                     AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord);
+                SELECT array_agg(base + x.ord ORDER BY x.ord), ids,
+                       array_agg(heads[x.s] + x.seq ORDER BY x.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM unnest(stream_of, seqs) WITH ORDINALITY AS x(s, seq, ord);
+            ELSE
+                -- Pending: numbers in batch order, rows inserted in (resource, key) order.
+                WITH input AS MATERIALIZED (
+                    SELECT x.*, -nextval('events_pending_seq') AS new_position
+                    FROM unnest(ids, resources, keys, types, sources, payloads, timestamps,
+                                stream_of, seqs)
+                         WITH ORDINALITY
+                         AS x(id, resource, key, type, source, payload, "timestamp", s, seq, ord)
+                ),
+                inserted AS (
+                    INSERT INTO events AS e
+                        (position, id, resource, key, version, type, source, payload,
+                         "timestamp")
+                    SELECT i.new_position, i.id, i.resource, i.key, heads[i.s] + i.seq, i.type,
+                           i.source, i.payload, i."timestamp"
+                    FROM input i
+                    ORDER BY i.resource, i.key, i.seq
+                )
+                SELECT array_agg(i.new_position ORDER BY i.ord), ids,
+                       array_agg(heads[i.s] + i.seq ORDER BY i.ord),
+                       array_fill(false, ARRAY[cardinality(ids)])
+                INTO r_position, r_id, r_version, r_duplicate
+                FROM input i;
+            END IF;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            NULL;
+        END;
+
+        -- Careful path: some ids were stored already (reported, the rest numbered again from
+        -- the same heads); a version taken meanwhile collides again and we go round.
+        BEGIN
+            WITH input AS MATERIALIZED (
+                SELECT x.*, d.position AS stored_position, d.version AS stored_version,
+                       CASE WHEN d.position IS NULL AND base IS NULL
+                            THEN -nextval('events_pending_seq') END AS pending_position
+                FROM unnest(ids, resources, keys, types, sources, payloads, timestamps,
+                            stream_of)
+                     WITH ORDINALITY
+                     AS x(id, resource, key, type, source, payload, "timestamp", s, ord)
+                LEFT JOIN LATERAL (
+                    SELECT e.position, e.version FROM events e WHERE e.id = x.id LIMIT 1
+                ) d ON true
+            ),
+            numbered AS (
+                SELECT i.*,
+                       coalesce(base + row_number() OVER (ORDER BY i.ord), i.pending_position)
+                         AS new_position,
+                       heads[i.s] + row_number() OVER (PARTITION BY i.s ORDER BY i.ord)
+                         AS new_version
+                FROM input i
+                WHERE i.stored_position IS NULL
+            ),
+            inserted AS (
+                INSERT INTO events AS e
+                    (position, id, resource, key, version, type, source, payload, "timestamp")
+                SELECT n.new_position, n.id, n.resource, n.key, n.new_version::integer, n.type,
+                       n.source, n.payload, n."timestamp"
+                FROM numbered n
+                ORDER BY n.resource, n.key, n.ord
+                RETURNING e.position, e.id, e.version
+            ),
+            answer AS (
+                SELECT i.position, i.id, i.version, false AS duplicate FROM inserted i
+                UNION ALL
+                SELECT i.stored_position, i.id, i.stored_version, true
+                FROM input i
+                WHERE i.stored_position IS NOT NULL
+            )
+            SELECT array_agg(a.position), array_agg(a.id), array_agg(a.version),
+                   array_agg(a.duplicate)
+            INTO r_position, r_id, r_version, r_duplicate
+            FROM answer a;
+            EXIT;
+        EXCEPTION WHEN unique_violation THEN
+            IF NOT may_retry THEN
+                RAISE;
+            END IF;
+        END;
+    END LOOP;
+
+    -- Only the fast path wakes the listeners: it holds the sequencer lock, so its NOTIFY adds
+    -- no contention. A pending append must not notify: every transaction that notifies takes
+    -- one database-wide lock at commit (PreCommit_Notify), which would serialise the commits
+    -- of all producers again. Its events are announced by the sequencer that numbers them.
+    IF locked THEN
+        PERFORM pg_notify(channel, base::text);
+    END IF;
+    RETURN QUERY
+    SELECT * FROM unnest(r_position, r_id, r_version, r_duplicate);
+END
+$fn$;
+
+-- name: drop_append_events_v2
+DROP FUNCTION append_events_v2(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], integer[], integer[],
+    integer[], integer, text, boolean
+);
+
+-- name: create_append_event_v2
+-- The same for one event, with scalar arguments (the latency-sensitive common case).
+CREATE FUNCTION append_event_v2(
+    new_id text, new_resource text, new_key text, new_type text, new_source text,
+    new_payload jsonb, new_timestamp timestamptz, expected integer, channel text,
+    sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+DECLARE
+    locked boolean := false;  -- the fast path: we hold the sequencer lock
+    stream_version integer;
+    new_position bigint;
+    may_retry boolean := current_setting('transaction_isolation') = 'read committed';
+BEGIN
+    IF sequence_now
+       AND pg_try_advisory_xact_lock(hashtext('satellites.sequencer'), hashtext(current_schema()))
+    THEN
+        locked := true;
+        PERFORM set_config('lock_timeout', '20ms', true);  -- never wait long holding the lock
+    END IF;
+
+    -- Insert first (a new event is the usual case): the unique indexes are the id check. Only
+    -- when nothing was inserted, or expected_version does not match, is the id looked up: a
+    -- retry of a stored event is reported as a duplicate, not as a conflict.
+    LOOP
+        SELECT coalesce(max(e.version), 0) INTO stream_version FROM events e
+        WHERE e.resource = new_resource AND e.key = new_key;
+        IF expected IS NULL OR stream_version = expected THEN
+            IF locked THEN  -- numbered after the version lookup: see append_events_v2
+                new_position := sequence_pending_v1(NULL) + 1;
+            ELSE
+                new_position := -nextval('events_pending_seq');
+            END IF;
+            -- ON CONFLICT DO NOTHING, not an exception block: no subtransaction (a producer
+            -- appending many times in one transaction would pile them up). It waits for an
+            -- in-flight append of the same id or stream version; if that one commits, nothing
+            -- is inserted here.
+            INSERT INTO events
+                (position, id, resource, key, version, type, source, payload, "timestamp")
+            VALUES (new_position, new_id, new_resource, new_key, stream_version + 1, new_type,
+                    new_source, new_payload, new_timestamp)
+            ON CONFLICT DO NOTHING;
+            EXIT WHEN FOUND;
+        END IF;
+
+        RETURN QUERY
+        SELECT CASE WHEN e.position > 0 THEN e.position END, e.id, e.version, true
+        FROM events e WHERE e.id = new_id;
+        IF FOUND THEN
+            IF locked THEN  -- this or an earlier round may have numbered pending events
+                PERFORM pg_notify(channel, '0');
+            END IF;
+            RETURN;
+        END IF;
+        IF expected IS NOT NULL AND stream_version <> expected THEN
+            RAISE EXCEPTION 'stream version conflict'
+                USING ERRCODE = 'SAT01', DETAIL = stream_version::text;
+        END IF;
+        IF NOT may_retry THEN  -- the version was taken by an append our snapshot cannot see
+            RAISE EXCEPTION 'stream version conflict' USING ERRCODE = 'unique_violation';
+        END IF;
+    END LOOP;
+
+    IF locked THEN  -- a pending append must not notify: see append_events_v2
+        PERFORM pg_notify(channel, new_position::text);
+    END IF;
+    -- The output row from variables (RETURN NEXT), not a query: the common path runs one
+    -- lookup and one insert, nothing else.
+    out_position := CASE WHEN new_position > 0 THEN new_position END;
+    out_id := new_id;
+    out_version := stream_version + 1;
+    out_duplicate := false;
+    RETURN NEXT;
+END
+$fn$;
+
+-- name: drop_append_event_v2
+DROP FUNCTION append_event_v2(
+    text, text, text, text, text, jsonb, timestamptz, integer, text, boolean
+);
+
+-- name: revoke_functions_v2
+-- The log's functions run as their owner (SECURITY DEFINER): a role that may append needs
+-- EXECUTE on them and no privilege on the tables. Nobody but the owner has EXECUTE until it is
+-- granted. (One statement: migrations run each block as one prepared statement.)
+REVOKE ALL ON FUNCTION
+    append_events_v2(text[], text[], text[], text[], text[], jsonb[], timestamptz[],
+                     integer[], integer[], integer[], integer, text, boolean),
+    append_event_v2(text, text, text, text, text, jsonb, timestamptz, integer, text, boolean),
+    sequence_pending_v1(text), sequence_events_v1(text), sequenced_positions_v1(text[], text)
+FROM PUBLIC;
+
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_events_v1(
+FROM {schema}.append_events_v2(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[],
-    $8::integer[], $9::integer[], $10::integer[], $11::integer, $12::text
+    $8::integer[], $9::integer[], $10::integer[], $11::integer, $12::text, $13::boolean
 );
 
 -- name: append_one
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_event_v1($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9);
+FROM {schema}.append_event_v2($1, $2, $3, $4, $5, $6::jsonb, $7, $8::integer, $9, $10::boolean);
+
+-- name: sequence
+-- Number the committed pending events (see create_sequencer_v1); the head after it.
+SELECT {schema}.sequence_events_v1($1::text);
+
+-- name: sequenced
+-- Sequence, then the positions of the events with these ids (NULL: not committed).
+SELECT out_id, out_position FROM {schema}.sequenced_positions_v1($1::text[], $2::text);
 
 -- name: read
 -- (the jsonb column itself: asyncpg receives its text; a ::text cast is twice as slow to fetch)
@@ -213,13 +640,20 @@ ORDER BY position
 LIMIT $3;
 
 -- name: read_stream
-SELECT position, id, resource, key, version, type, source, payload, "timestamp"
+-- Every committed event of the stream, the pending ones (not sequenced yet) without a position.
+SELECT CASE WHEN position > 0 THEN position END, id, resource, key, version, type, source,
+       payload, "timestamp"
 FROM {schema}.events
 WHERE resource = $1 AND key = $2 AND version > $3
 ORDER BY version;
 
 -- name: head
-SELECT coalesce(max(position), 0) FROM {schema}.events;
+-- The highest position (pending events, below zero, are not in the sequence yet).
+SELECT coalesce(max(position), 0) FROM {schema}.events WHERE position > 0;
+
+-- name: pending
+-- Committed events not numbered yet (an index range below zero; read-only).
+SELECT count(*) FROM {schema}.events WHERE position < 0;
 
 -- name: read_payloads
 -- read_types for a replay that needs only the position, key, type and payload of an event. The
@@ -298,11 +732,11 @@ RETURNING position;
 -- (Postgres sorts, on disk past work_mem; the client's memory stays bounded).
 SELECT position, id, resource, key, version, type, source, payload, "timestamp"
 FROM {schema}.events
-WHERE type = ANY($1::text[]) AND position <= $2
+WHERE type = ANY($1::text[]) AND position > 0 AND position <= $2
 ORDER BY key, position;
 
 -- name: audit_count
-SELECT count(*) FROM {schema}.events WHERE type = ANY($1::text[]) AND position <= $2;
+SELECT count(*) FROM {schema}.events WHERE type = ANY($1::text[]) AND position > 0 AND position <= $2;
 
 -- name: audit_unlogged_keys
 -- Of the keys a sink holds (copied into the session's temporary table audit_keys), those that
@@ -310,5 +744,83 @@ SELECT count(*) FROM {schema}.events WHERE type = ANY($1::text[]) AND position <
 SELECT k.key FROM audit_keys k
 WHERE NOT EXISTS (
     SELECT 1 FROM {schema}.events e
-    WHERE e.key = k.key AND e.type = ANY($1::text[]) AND e.position <= $2
+    WHERE e.key = k.key AND e.type = ANY($1::text[]) AND e.position > 0 AND e.position <= $2
 );
+
+-- Projection bookkeeping (satellites_es.projections.checkpoints): a checkpoint per (projection,
+-- version), and which version is active (and the one before it, for a rollback).
+
+-- name: checkpoint_get
+SELECT position FROM {schema}.projection_checkpoints WHERE projection = $1 AND version = $2;
+
+-- name: checkpoint_save
+-- Only forward (GREATEST): two projectors racing cannot move it back. Committed without waiting
+-- for the WAL flush (synchronous_commit off for this statement's transaction): a Postgres crash
+-- may lose the last checkpoints, and the projector then replays a little more, which the sinks'
+-- positions make harmless.
+WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO {schema}.projection_checkpoints (projection, version, position)
+SELECT $1::text, $2::int, $3::bigint FROM relaxed
+ON CONFLICT (projection, version) DO UPDATE
+SET position = GREATEST(projection_checkpoints.position, EXCLUDED.position), updated_at = now();
+
+-- name: checkpoint_versions
+SELECT version FROM {schema}.projection_checkpoints WHERE projection = $1 ORDER BY version;
+
+-- name: checkpoint_forget
+DELETE FROM {schema}.projection_checkpoints WHERE projection = $1 AND version = $2;
+
+-- name: version_active
+SELECT active_version, previous_version FROM {schema}.projection_versions WHERE projection = $1;
+
+-- name: version_set_active
+-- The version it replaces becomes the previous one (kept for a rollback), unless it is the same.
+INSERT INTO {schema}.projection_versions AS v (projection, active_version)
+VALUES ($1, $2)
+ON CONFLICT (projection) DO UPDATE
+SET previous_version = CASE WHEN v.active_version = EXCLUDED.active_version
+                            THEN v.previous_version ELSE v.active_version END,
+    active_version = EXCLUDED.active_version, updated_at = now()
+RETURNING previous_version;
+
+-- name: version_swap
+UPDATE {schema}.projection_versions
+SET active_version = $2, previous_version = $3, updated_at = now()
+WHERE projection = $1;
+
+-- The relay (satellites_es.relay): its cursor per relay name, and its leadership lock.
+
+-- name: relay_lock
+-- Leader election: a session advisory lock on the relay's own connection, keyed by
+-- "<schema>.<name>" ($1), held for as long as that session lives.
+SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1));
+
+-- name: relay_cursor_init
+INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
+ON CONFLICT (name) DO NOTHING;
+
+-- name: relay_cursor_load
+SELECT position FROM {schema}.relay_cursors WHERE name = $1;
+
+-- name: relay_cursor_advance
+-- Only forward: a fenced relay's late write cannot move a newer leader's cursor back.
+UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
+WHERE name = $1 AND position < $2;
+
+-- name: relay_oldest
+SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1;
+
+-- The read-only health check (satellites_es.healthcheck), on a read-only connection.
+
+-- name: health_log_exists
+SELECT to_regclass('{schema}.events') IS NOT NULL;
+
+-- name: health_cursors
+SELECT name, position FROM {schema}.relay_cursors ORDER BY name;
+
+-- name: health_projections
+SELECT v.projection, v.active_version, c.position
+FROM {schema}.projection_versions v
+LEFT JOIN {schema}.projection_checkpoints c
+       ON c.projection = v.projection AND c.version = v.active_version
+ORDER BY v.projection;

@@ -47,7 +47,14 @@ from .coalesce import QueryCoalescer
 from .locks import RWLock
 from .models import IndexKind, Metric, NamespaceSpec, VectorMatch
 from .namespace import Namespace
-from .persistence import read_snapshot, remove_namespace_dir, snapshot_namespaces, write_snapshot
+from .persistence import (
+    Snapshot,
+    encode_snapshot,
+    read_snapshot,
+    remove_namespace_dir,
+    snapshot_namespaces,
+    write_snapshot,
+)
 from .validation import (
     check_id,
     check_ids,
@@ -381,6 +388,23 @@ class VectorIndex:
         for name in names:
             await self._load(name)
 
+    async def export_snapshot(self, namespace: str) -> dict[str, bytes]:
+        """The files of a snapshot of ``namespace`` as it is now, in memory (for an object
+        store: :mod:`.snapshot_store`); the local snapshot on disk is left alone."""
+        slot = self._slot(namespace)
+        async with slot.lock.read():
+            ns = self._live(slot)
+            data, state = await self._run(ns.snapshot)
+        return await self._run(encode_snapshot, ns.spec, data, state)
+
+    async def adopt_snapshot(self, snapshot: Snapshot) -> None:
+        """Serve ``snapshot``, verified elsewhere (an object store's download, through
+        :mod:`.persistence`'s ``decode_*`` steps), in place of its namespace; it is written to
+        disk at the next ``save``."""
+        self._check_open()
+        check_namespace(snapshot.spec.name)
+        await self._adopt(snapshot, saved=False)
+
     # ---- internals -----------------------------------------------------------------------
 
     async def _save(self, slot: _Slot) -> None:
@@ -395,14 +419,18 @@ class VectorIndex:
 
     async def _load(self, name: str) -> None:
         spec, index, state = await self._run(read_snapshot, self._root / name, name)
-        loaded = Namespace(spec, index, state)
-        slot = self._slots.get(name)
+        await self._adopt(Snapshot(spec, index, state), saved=True)
+
+    async def _adopt(self, snapshot: Snapshot, *, saved: bool) -> None:
+        loaded = Namespace(snapshot.spec, snapshot.index, snapshot.state)
+        version = loaded.version if saved else -1
+        slot = self._slots.get(snapshot.spec.name)
         if slot is None:
-            self._install(loaded).saved_version = loaded.version
+            self._install(loaded).saved_version = version
             return
         async with slot.save_lock, slot.lock.write():
             slot.ns = loaded
-            slot.saved_version = loaded.version
+            slot.saved_version = version
 
     async def _search(
         self, slot: _Slot, matrix: npt.NDArray[np.float32], k: int, flt: Filter

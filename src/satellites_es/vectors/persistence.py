@@ -28,20 +28,29 @@ the index must deserialise to the manifest's dimension, metric and size, and the
 agree with the index label for label. Any failure raises
 :class:`~satellites_es.errors.CorruptIndexError` naming the file; a damaged snapshot is never
 served as an empty or different index.
+
+The bytes of a snapshot (:func:`encode_snapshot`) and their verification (:func:`decode_snapshot`)
+do not depend on where the files lie: the object store (:mod:`.snapshot_store`) uploads the same
+three files and checks a download with the same code, naming the object instead of the path.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import msgspec
 
 from ..errors import CorruptIndexError, InvalidNamespaceError, NamespaceNotFoundError
 from ._faiss import faiss
@@ -51,10 +60,22 @@ from .validation import check_namespace
 
 __all__ = [
     "CURRENT",
+    "FILES",
     "FORMAT_VERSION",
     "INDEX_FILE",
     "MANIFEST_FILE",
     "META_FILE",
+    "Manifest",
+    "Snapshot",
+    "assemble",
+    "decode_index",
+    "decode_snapshot",
+    "decode_state",
+    "encode_snapshot",
+    "install_snapshot",
+    "is_safe_name",
+    "manifest_sha256",
+    "open_manifest",
     "read_snapshot",
     "remove_namespace_dir",
     "snapshot_namespaces",
@@ -66,6 +87,9 @@ CURRENT = "CURRENT"
 INDEX_FILE = "index.faiss"
 META_FILE = "meta.json"
 MANIFEST_FILE = "MANIFEST.json"
+#: The files of a snapshot, the manifest last: a reader that finds the manifest finds the rest.
+FILES = (INDEX_FILE, META_FILE, MANIFEST_FILE)
+_READ_CHUNK = 16 * 1024 * 1024
 _SNAPSHOT = re.compile(r"snapshot-(\d{9})")
 _CURRENT_LINE = re.compile(r"(snapshot-\d{9}) ([0-9a-f]{64})\n?")
 
@@ -73,24 +97,41 @@ _CURRENT_LINE = re.compile(r"(snapshot-\d{9}) ([0-9a-f]{64})\n?")
 # ---- writing ------------------------------------------------------------------------------
 
 
+def encode_snapshot(
+    spec: NamespaceSpec, index_bytes: bytes, state: NamespaceState
+) -> dict[str, bytes]:
+    """The three files of a snapshot (see :data:`FILES`), the manifest hashing the other two."""
+    meta_bytes = _dump(_state_json(state))
+    manifest_bytes = _dump(_manifest(spec, state, index_bytes, meta_bytes))
+    return {INDEX_FILE: index_bytes, META_FILE: meta_bytes, MANIFEST_FILE: manifest_bytes}
+
+
+def manifest_sha256(files: Mapping[str, bytes]) -> str:
+    """The hash a pointer (``CURRENT``, the object store's ``POINTER``) names a snapshot by."""
+    return _sha256(files[MANIFEST_FILE])
+
+
 def write_snapshot(
     ns_dir: Path, spec: NamespaceSpec, index_bytes: bytes, state: NamespaceState
 ) -> Path:
     """Write a complete snapshot beside the current one and make it current; returns its dir."""
+    return install_snapshot(ns_dir, encode_snapshot(spec, index_bytes, state))
+
+
+def install_snapshot(ns_dir: Path, files: Mapping[str, bytes]) -> Path:
+    """Write ``files`` (see :func:`encode_snapshot`) as the namespace's new current snapshot,
+    in the steps of the module docstring; returns its dir."""
     _ensure_dir(ns_dir)
     number = _next_number(ns_dir)
     tmp = ns_dir / f".tmp-{number:09d}-{uuid.uuid4().hex}"
     tmp.mkdir()
-    meta_bytes = _dump(_state_json(state))
-    manifest_bytes = _dump(_manifest(spec, state, index_bytes, meta_bytes))
-    _write_durable(tmp / INDEX_FILE, index_bytes)
-    _write_durable(tmp / META_FILE, meta_bytes)
-    _write_durable(tmp / MANIFEST_FILE, manifest_bytes)
+    for file in FILES:
+        _write_durable(tmp / file, files[file])
     _fsync_dir(tmp)
     final = ns_dir / f"snapshot-{number:09d}"
     os.rename(tmp, final)
     _fsync_dir(ns_dir)
-    pointer = f"{final.name} {_sha256(manifest_bytes)}\n".encode()
+    pointer = f"{final.name} {manifest_sha256(files)}\n".encode()
     _write_durable(ns_dir / f"{CURRENT}.tmp", pointer)
     os.replace(ns_dir / f"{CURRENT}.tmp", ns_dir / CURRENT)  # the commit point
     _fsync_dir(ns_dir)
@@ -114,11 +155,11 @@ def snapshot_namespaces(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if _is_safe_name(p.name) and (p / CURRENT).is_file()
+        p.name for p in root.iterdir() if is_safe_name(p.name) and (p / CURRENT).is_file()
     )
 
 
-def _is_safe_name(name: str) -> bool:
+def is_safe_name(name: str) -> bool:
     """Directories that could not have been created by us (``.tmp-*``, odd names) are skipped."""
     try:
         check_namespace(name)
@@ -204,21 +245,102 @@ def _sha256(data: bytes) -> str:
 # ---- reading ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A verified snapshot, ready to serve."""
+
+    spec: NamespaceSpec
+    index: Any
+    state: NamespaceState
+
+
 def read_snapshot(ns_dir: Path, name: str) -> tuple[NamespaceSpec, Any, NamespaceState]:
     """Load and verify the current snapshot of ``ns_dir``: spec, FAISS index and state."""
     snap_dir, manifest_sha = _read_current(ns_dir)
-    manifest_path = snap_dir / MANIFEST_FILE
-    manifest_bytes = _read(manifest_path)
-    if _sha256(manifest_bytes) != manifest_sha:
-        raise CorruptIndexError(str(manifest_path), "checksum does not match CURRENT")
-    manifest = _parse_manifest(manifest_path, manifest_bytes, name)
-    spec = NamespaceSpec.from_json(manifest["spec"])
-    index_bytes = _read_checked(snap_dir / INDEX_FILE, manifest)
-    meta_bytes = _read_checked(snap_dir / META_FILE, manifest)
-    index = _load_index(snap_dir / INDEX_FILE, index_bytes, spec, manifest)
-    state = _parse_state(snap_dir / META_FILE, meta_bytes, manifest)
-    _check_labels(snap_dir / META_FILE, index, state)
-    return spec, index, state
+    files = {file: _read(snap_dir / file) for file in FILES}
+    got = decode_snapshot(name, files, manifest_sha, lambda file: str(snap_dir / file))
+    return got.spec, got.index, got.state
+
+
+def decode_snapshot(
+    name: str,
+    files: Mapping[str, bytes],
+    manifest_sha: str,
+    where: Callable[[str], str],
+    digests: Mapping[str, str] | None = None,
+) -> Snapshot:
+    """Verify the files of a snapshot of namespace ``name`` and load them: the manifest must hash
+    to ``manifest_sha``, each file must have its manifest's size and sha256, the index and the
+    metadata must agree. Raises :class:`CorruptIndexError` naming ``where(file)``. ``digests``:
+    the sha256 of files already hashed as they arrived (a download), not hashed again.
+
+    The same steps one at a time (:func:`open_manifest`, :func:`decode_state`,
+    :func:`decode_index`, :func:`assemble`) let a download verify and parse one file while the
+    next is still arriving."""
+    digests = digests or {}
+    manifest = open_manifest(name, files[MANIFEST_FILE], manifest_sha, where,
+                             digests.get(MANIFEST_FILE))  # fmt: skip
+    index = decode_index(manifest, files[INDEX_FILE], where, digests.get(INDEX_FILE))
+    state = decode_state(manifest, files[META_FILE], where, digests.get(META_FILE))
+    return assemble(manifest, index, state, where)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A snapshot's manifest, verified against its pointer."""
+
+    spec: NamespaceSpec
+    body: dict[str, Any]
+
+
+def open_manifest(
+    name: str, data: bytes, expected_sha: str, where: Callable[[str], str], sha: str | None = None
+) -> Manifest:
+    """The manifest of a snapshot of ``name``, if it hashes to ``expected_sha`` (its pointer's)."""
+    if (sha or _sha256(data)) != expected_sha:
+        raise CorruptIndexError(where(MANIFEST_FILE), "checksum does not match its pointer")
+    body = _parse_manifest(where(MANIFEST_FILE), data, name)
+    return Manifest(NamespaceSpec.from_json(body["spec"]), body)
+
+
+def decode_index(
+    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+) -> Any:
+    """The FAISS index, once its size and sha256 are the manifest's."""
+    _check_file(where(INDEX_FILE), data, manifest.body["files"][INDEX_FILE], sha or _sha256(data))
+    return _load_index(where(INDEX_FILE), data, manifest.spec, manifest.body)
+
+
+def decode_state(
+    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+) -> NamespaceState:
+    """The ids, metadata and positions, once their size and sha256 are the manifest's."""
+    _check_file(where(META_FILE), data, manifest.body["files"][META_FILE], sha or _sha256(data))
+    with _gc_paused():
+        return _parse_state(where(META_FILE), data, manifest.body)
+
+
+def assemble(
+    manifest: Manifest, index: Any, state: NamespaceState, where: Callable[[str], str]
+) -> Snapshot:
+    """The snapshot, once the index and the metadata agree label for label."""
+    _check_labels(where(META_FILE), index, state)
+    return Snapshot(manifest.spec, index, state)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic GC off while the metadata is parsed: a few objects per entry, none in a cycle,
+    and with it on, the survivors are scanned again at every collection of the older
+    generations (190,000 entries: ~0.8 s paused against 4-6 s in a process holding a large
+    heap). Left off only if it was off already."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _read_current(ns_dir: Path) -> tuple[Path, str]:
@@ -238,21 +360,18 @@ def _read(path: Path) -> bytes:
         raise CorruptIndexError(str(path), f"cannot be read: {exc.strerror}") from exc
 
 
-def _read_checked(path: Path, manifest: dict[str, Any]) -> bytes:
-    data = _read(path)
-    expected = manifest["files"][path.name]
+def _check_file(where: str, data: bytes, expected: Mapping[str, Any], sha256: str) -> None:
     if len(data) != expected["size"]:
-        raise CorruptIndexError(str(path), f"{len(data)} bytes, manifest says {expected['size']}")
-    if _sha256(data) != expected["sha256"]:
-        raise CorruptIndexError(str(path), "sha256 does not match the manifest")
-    return data
+        raise CorruptIndexError(where, f"{len(data)} bytes, manifest says {expected['size']}")
+    if sha256 != expected["sha256"]:
+        raise CorruptIndexError(where, "sha256 does not match the manifest")
 
 
-def _parse_manifest(path: Path, data: bytes, name: str) -> dict[str, Any]:
+def _parse_manifest(path: str, data: bytes, name: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
         if manifest["format"] != FORMAT_VERSION:
-            raise CorruptIndexError(str(path), f"unknown format {manifest['format']!r}")
+            raise CorruptIndexError(path, f"unknown format {manifest['format']!r}")
         spec = NamespaceSpec.from_json(manifest["spec"])
         for file in (INDEX_FILE, META_FILE):
             entry = manifest["files"][file]
@@ -261,54 +380,75 @@ def _parse_manifest(path: Path, data: bytes, name: str) -> dict[str, Any]:
     except CorruptIndexError:
         raise
     except Exception as exc:  # JSON, missing keys, wrong types, bad spec: all mean corrupt
-        raise CorruptIndexError(str(path), f"invalid manifest: {exc!r}") from exc
+        raise CorruptIndexError(path, f"invalid manifest: {exc!r}") from exc
     if spec.name != name:
-        raise CorruptIndexError(str(path), f"belongs to namespace {spec.name!r}, not {name!r}")
+        raise CorruptIndexError(path, f"belongs to namespace {spec.name!r}, not {name!r}")
     return dict(manifest)
 
 
-def _load_index(path: Path, data: bytes, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
+def _load_index(path: str, data: bytes, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
     try:
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        # read through a callback rather than deserialize_index(np.frombuffer(...)): its SWIG
+        # conversion copies the whole buffer element by element first (300 MB: ~1 s against
+        # ~0.45 s here)
+        reader = faiss.PyCallbackIOReader(io.BytesIO(data).read, _READ_CHUNK)
+        index = faiss.read_index(reader)
     except (RuntimeError, AssertionError, ValueError) as exc:
-        raise CorruptIndexError(str(path), f"faiss cannot read it: {exc}") from exc
+        raise CorruptIndexError(path, f"faiss cannot read it: {exc}") from exc
     expected_metric = faiss.METRIC_L2 if spec.metric == "l2" else faiss.METRIC_INNER_PRODUCT
     expected_total = manifest["count"] + manifest["tombstones"]
     if index.d != spec.dimension or index.metric_type != expected_metric:
-        raise CorruptIndexError(str(path), "dimension or metric differs from the manifest")
+        raise CorruptIndexError(path, "dimension or metric differs from the manifest")
     if index.ntotal != expected_total:
-        raise CorruptIndexError(str(path), f"{index.ntotal} vectors, expected {expected_total}")
+        raise CorruptIndexError(path, f"{index.ntotal} vectors, expected {expected_total}")
     return index
 
 
-def _parse_state(path: Path, data: bytes, manifest: dict[str, Any]) -> NamespaceState:
+class _StateJSON(msgspec.Struct, forbid_unknown_fields=True):
+    """``meta.json`` as :func:`_state_json` writes it; msgspec checks every type while it
+    parses, at C speed (190,000 entries: ~0.75 s against ~1.1 s for ``json.loads`` and
+    converting each field in Python)."""
+
+    format: int
+    entries: list[tuple[int, str, dict[str, Any] | None]]
+    positions: dict[str, int]
+    tombstones: list[int]
+    next_label: int
+    applied_position: int | None
+    trained: bool
+
+
+_STATE = msgspec.json.Decoder(_StateJSON)
+
+
+def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceState:
     try:
-        raw = json.loads(data)
-        entries = {int(label): (str(vid), meta) for label, vid, meta in raw["entries"]}
+        raw = _STATE.decode(data)
+        entries = {label: (vid, meta) for label, vid, meta in raw.entries}
         state = NamespaceState(
             entries=entries,
-            positions={str(k): int(v) for k, v in raw["positions"].items()},
-            tombstones={int(label) for label in raw["tombstones"]},
-            next_label=int(raw["next_label"]),
-            applied_position=raw["applied_position"],
-            trained=bool(raw["trained"]),
+            positions=raw.positions,
+            tombstones=set(raw.tombstones),
+            next_label=raw.next_label,
+            applied_position=raw.applied_position,
+            trained=raw.trained,
         )
-    except Exception as exc:
-        raise CorruptIndexError(str(path), f"invalid metadata: {exc!r}") from exc
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CorruptIndexError(path, f"invalid metadata: {exc}") from exc
     ids = [vid for vid, _ in entries.values()]
     if len(entries) != manifest["count"] or len(set(ids)) != len(ids):
-        raise CorruptIndexError(str(path), "entries do not match the manifest's count")
+        raise CorruptIndexError(path, "entries do not match the manifest's count")
     if state.applied_position != manifest["applied_position"]:
-        raise CorruptIndexError(str(path), "applied position differs from the manifest")
+        raise CorruptIndexError(path, "applied position differs from the manifest")
     return state
 
 
-def _check_labels(path: Path, index: Any, state: NamespaceState) -> None:
+def _check_labels(path: str, index: Any, state: NamespaceState) -> None:
     """Every label the index holds must be a live entry or a tombstone, and vice versa."""
     expected = set(state.entries) | state.tombstones
     if expected and max(expected) >= state.next_label:
-        raise CorruptIndexError(str(path), "a label is above next_label")
+        raise CorruptIndexError(path, "a label is above next_label")
     if hasattr(index, "id_map"):
         held = set(faiss.vector_to_array(index.id_map).tolist())
         if held != expected:
-            raise CorruptIndexError(str(path), "labels differ from those in the index")
+            raise CorruptIndexError(path, "labels differ from those in the index")

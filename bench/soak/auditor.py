@@ -1,6 +1,7 @@
-"""The soak's bus auditor, a process of its own (so the soak can SIGKILL it too).
+"""The soak's bus auditor, a process of its own (so the soak can SIGKILL it too), and the
+soak's reader of what it recorded.
 
-``python bench/soak_audit.py`` with the soak's ``SATELLITES_*`` variables subscribes to every
+``python -m bench.soak.auditor`` with the soak's ``SATELLITES_*`` variables subscribes to every
 event on the RabbitMQ bus in the consumer group ``soak-audit`` and, for each delivery, runs one
 Lua call on Redis (atomic):
 
@@ -18,19 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import redis.asyncio as aioredis
 
-import redis.asyncio as aioredis  # noqa: E402
-
-from satellites_es.bus.rabbitmq import RabbitMQEventBus  # noqa: E402
-from satellites_es.config import DataLayerConfig  # noqa: E402
-from satellites_es.events import DataEvent  # noqa: E402
-
-GROUP = "soak-audit"
+from bench.soak.namespace import AUDIT_GROUP as GROUP
+from bench.soak.namespace import Namespace
+from bench.soak.oracle import BusCounts
+from satellites_es.bus.rabbitmq import RabbitMQEventBus
+from satellites_es.config import DataLayerConfig
+from satellites_es.events import DataEvent
 
 AUDIT_LUA = """
 redis.call('INCR', KEYS[3])
@@ -46,11 +43,11 @@ if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
 end
 return 0
 """
+NAMES = ("positions", "counter", "deliveries", "last_by_key", "order_violations")
 
 
 def audit_keys(prefix: str) -> dict[str, str]:
-    names = ("positions", "counter", "deliveries", "last_by_key", "order_violations")
-    return {name: f"{prefix}audit:{name}" for name in names}
+    return {name: f"{prefix}audit:{name}" for name in NAMES}
 
 
 class AuditHandler:
@@ -58,8 +55,7 @@ class AuditHandler:
 
     def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
         keys = audit_keys(prefix)
-        self._keys = [keys[n] for n in ("positions", "counter", "deliveries", "last_by_key",
-                                        "order_violations")]  # fmt: skip
+        self._keys = [keys[n] for n in NAMES]
         self._script = redis.register_script(AUDIT_LUA)
 
     async def __call__(self, event: DataEvent) -> None:
@@ -67,6 +63,41 @@ class AuditHandler:
             return
         stream = f"{event.resource}\x1f{event.key}"
         await self._script(keys=self._keys, args=[event.position, stream])
+
+
+class AuditRecord:
+    """Reads what the auditor process recorded in Redis."""
+
+    def __init__(self, ns: Namespace, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self.keys = audit_keys(ns.redis_prefix)
+
+    async def counts(self) -> BusCounts:
+        k = self.keys
+        distinct = int(await self.redis.scard(k["positions"]))
+        values = await self.redis.mget(k["counter"], k["deliveries"], k["order_violations"])
+        counter, deliveries, violations = (int(v or 0) for v in values)
+        return BusCounts(distinct, counter, deliveries, violations)
+
+    async def positions(self) -> frozenset[int]:
+        out: set[int] = set()
+        async for member in self.redis.sscan_iter(self.keys["positions"], count=5000):
+            out.add(int(member))
+        return frozenset(out)
+
+
+async def declare_audit_queues(
+    config: DataLayerConfig, redis: aioredis.Redis, ns: Namespace
+) -> None:
+    """Declare and bind the audit group's durable queues once, before any relay publishes (a
+    publish no queue is bound for is refused), so events wait there while the auditor is down."""
+    bus = RabbitMQEventBus(config.rabbitmq, group=GROUP)
+    bus.subscribe_all(AuditHandler(redis, ns.redis_prefix))
+    await bus.start()
+    try:
+        await bus.wait_ready()
+    finally:
+        await bus.stop()
 
 
 async def main() -> None:
