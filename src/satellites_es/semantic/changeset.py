@@ -20,10 +20,11 @@ nothing). Each event is routed by its type to the projections that serve it
 (:meth:`SemanticSchema.routes`).
 
 **Positions.** Without ``conn`` the append commits at once and :attr:`Committed.position` is the
-last position. With ``conn=`` (the caller's transaction) the events commit with that transaction:
-once the log assigns positions at commit (issue #13), ``position`` is None until then, and
-``await committed.sequenced()`` after the transaction commits returns it (it asks the log,
-``EventStore.sequenced``); where the append already returned positions it returns them at once.
+last position. With ``conn=`` (the caller's transaction) the events commit with that transaction
+and the log numbers them after it (issue #13): ``position`` is None until then, and
+``await committed.sequenced()`` once the transaction has committed returns it (it asks the log,
+``EventStore.sequenced``; :class:`~satellites_es.errors.PersistenceError` if the transaction
+did not commit).
 """
 
 from __future__ import annotations
@@ -92,10 +93,7 @@ class Committed:
         known = self.position
         if known is not None:
             return known
-        sequenced = getattr(self.store, "sequenced", None)
-        if sequenced is None:
-            raise PersistenceError("the events have no positions yet and the log cannot say")
-        resolved = await sequenced(self.result)
+        resolved = await self.store.sequenced(self.result)
         position = Committed(resolved, self.routes, self.store).position
         if position is None:
             raise PersistenceError("the change set's transaction has not committed")
