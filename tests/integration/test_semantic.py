@@ -142,6 +142,7 @@ async def test_a_change_set_in_the_callers_transaction_resolves_its_position_aft
         committed = (
             await docs.changeset().put_document("tx", doc(7, words="outbox")).commit(conn=conn)
         )
+        assert committed.position is None  # numbered by the log after the commit (issue #13)
     position = await committed.sequenced()
     [stored] = await docs.data.log.read_at([position])
     assert stored.key == "tx" and stored.payload["embedder"] == "hashing-64"
