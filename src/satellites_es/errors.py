@@ -12,6 +12,7 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     │   └── BackendRefusedError       ... and retrying cannot help: its certificate does not
     │                                 verify, the login or the TLS handshake is refused
     ├── InvalidEventError (ValueError) an event is malformed: missing field, not JSON, too large
+    │   └── InvalidDocumentError      a change set operation is malformed (names the operation)
     ├── PersistenceError              the event log could not read or write
     │   └── ConcurrencyError          an append's expected version did not match the stream
     ├── PublishError                  a message was not confirmed: nacked, unroutable, timed out
@@ -19,7 +20,9 @@ adapter with ``raise X(...) from exc``; they never escape the public API untrans
     │   └── UndeliverableError        the broker can never take it (a routing key over 255 bytes)
     ├── ProjectionError               a projection could not apply, rebuild or flip
     │   ├── RejectedChangesError      a sink refused some changes of a call and applied the rest
-    │   └── PoisonEventError          one event cannot be projected (names projection, position, key)
+    │   ├── PoisonEventError          one event cannot be projected (names projection, position, key)
+    │   ├── ProjectorDownError        wait_for: the projector that would apply it is not running
+    │   └── NotCaughtUpError          wait_for: the position was not applied within the timeout
     ├── BackgroundTaskError           a task a service depends on (the relay) died
     ├── UpcastError                   a stored event's schema version is newer than known, or
     │                                 its upcaster failed (names the event)
@@ -39,14 +42,17 @@ __all__ = [
     "ConcurrencyError",
     "ConfigurationError",
     "CorruptIndexError",
+    "InvalidDocumentError",
     "InvalidEventError",
     "InvalidNamespaceError",
     "InvalidVectorError",
     "LifecycleError",
     "NamespaceNotFoundError",
+    "NotCaughtUpError",
     "PersistenceError",
     "PoisonEventError",
     "ProjectionError",
+    "ProjectorDownError",
     "PublishError",
     "RejectedChangesError",
     "SatellitesError",
@@ -89,6 +95,11 @@ class BackendRefusedError(BackendUnavailableError):
 
 class InvalidEventError(SatellitesError, ValueError):
     """An event is malformed; raised before anything is written."""
+
+
+class InvalidDocumentError(InvalidEventError):
+    """A change set operation is malformed (no text, a vector of the wrong dimension, a value
+    that is not JSON); raised by ``commit`` before anything is written. Names the operation."""
 
 
 class PersistenceError(SatellitesError):
@@ -164,6 +175,22 @@ class PoisonEventError(ProjectionError):
         self.projection, self.version, self.position = projection, version, position
         self.key, self.event_id = key, event_id
         self.error_type, self.error = error_type, error
+
+
+class ProjectorDownError(ProjectionError):
+    """``wait_for`` found the projector that would apply the position not running (failed,
+    restarting, stopped, or not served by this process): raised at once, not at the timeout."""
+
+
+class NotCaughtUpError(ProjectionError):
+    """``wait_for``: a projection did not apply the position within the timeout."""
+
+    def __init__(self, projection: str, position: int, reached: int, timeout: float) -> None:
+        super().__init__(
+            f"projection {projection} did not reach position {position} in {timeout:g}s "
+            f"(it is at {reached})"
+        )
+        self.projection, self.position, self.reached = projection, position, reached
 
 
 class BackgroundTaskError(SatellitesError):

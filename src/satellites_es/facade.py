@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 import enum
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -49,6 +49,8 @@ from .tls import rabbitmq_tls
 from .tracing import span
 
 if TYPE_CHECKING:
+    from .projections import Projection
+    from .projections.service import ProjectionService
     from .relay import Relay
     from .store import EventStore
     from .upcasting import Upcasters
@@ -140,6 +142,7 @@ class DataLayer:
         self._store: EventStore | None = None
         self._relay: Relay | None = None
         self._relay_task: asyncio.Task[None] | None = None
+        self._projection_services: list[ProjectionService] = []
         if hasattr(self._bus, "start") and hasattr(self._bus, "stop"):
             self._backends["rabbitmq"] = _BusBackend(self._bus)
 
@@ -406,6 +409,37 @@ class DataLayer:
         if task.done() and not task.cancelled() and task.exception() is not None:
             return BackendHealth("down", error=f"relay stopped: {task.exception()}")
         return await probe(relay.metrics, timeout)
+
+    # -- read your own writes -----------------------------------------------------------------
+
+    def attach_projections(self, service: ProjectionService) -> None:
+        """Called by a :class:`ProjectionService` that runs on this layer as it starts, so that
+        :meth:`wait_for` can wait on this process's own projectors."""
+        if service not in self._projection_services:
+            self._projection_services.append(service)
+
+    def detach_projections(self, service: ProjectionService) -> None:
+        if service in self._projection_services:
+            self._projection_services.remove(service)
+
+    async def wait_for(
+        self,
+        position: int,
+        projections: Iterable[str | Projection] | None = None,
+        *,
+        timeout: float = 30.0,
+    ) -> None:
+        """Return once ``position`` is visible to this process's reads of each projection
+        (every projection this process runs when None): FAISS on this process's own index, an
+        Elasticsearch index searchable (refreshed), Redis applied. A projector of this process
+        that is down raises :class:`~satellites_es.errors.ProjectorDownError` at once; a
+        position not reached in ``timeout`` seconds raises
+        :class:`~satellites_es.errors.NotCaughtUpError`. See :mod:`satellites_es.semantic.consistency`.
+        """
+        from .semantic.consistency import wait_for
+
+        self._running("postgres")
+        await wait_for(self, list(self._projection_services), position, projections, timeout)
 
     # -- native clients -----------------------------------------------------------------------
 

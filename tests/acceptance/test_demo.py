@@ -22,6 +22,16 @@ EXPECTED = (
     r"Read your writes: position \d+ visible in Elasticsearch",
     r"rebuild embeddings .*100%",
     r"Rebuilt embeddings into version 2 \(previous 1\) and flipped",
+    # the semantic layer: change sets embedded by the real model (the wordllama extra is a dev
+    # dependency), three searches, read-your-writes through search, a re-embed
+    r"Semantic layer.*embedded by wordllama-l2supercat-256",
+    r"Wrote \d+ documents and \d+ authors through change sets",
+    r"hybrid search: 'rabbitmq consumers",
+    r"text search: 'rabbitmq consumers",
+    r"vector search: 'rabbitmq consumers",
+    r"Read your writes through search.*found by a hybrid search in \d+ ms: doc-new",
+    r"re-embed library_vectors with hashing-384 .*100%",
+    r"Re-embedded library_vectors with hashing-384 into version 2 \(previous 1\) and flipped",
     r"The bus delivered \d+ events to a subscriber",
     r"demo finished OK",
 )
@@ -30,6 +40,7 @@ EXPECTED = (
 def _check(output: str) -> None:
     for pattern in EXPECTED:
         assert re.search(pattern, output), f"missing {pattern!r} in:\n{output}"
+    print(output)
     appended = int(re.search(r"Appended (\d+) events", output).group(1))  # type: ignore[union-attr]
     delivered = int(re.search(r"delivered (\d+) events", output).group(1))  # type: ignore[union-attr]
     assert delivered >= appended  # every event reached the subscriber (one more: the update)

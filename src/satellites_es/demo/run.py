@@ -7,7 +7,10 @@
 4. semantic search (FAISS), full-text search (Elasticsearch), a cached entity (Redis), and
    read-your-own-writes after an update;
 5. a blue/green rebuild of the embeddings projection with a progress bar, then the flip;
-6. timings.
+6. the semantic layer (:mod:`.semantic`): the corpus through change sets embedded by a real
+   model, hybrid next to text-only and vector-only search, read-your-writes through search, a
+   re-embed with another model;
+7. timings.
 
 The demo works in its own namespace (schema ``satellites_demo``, key prefix ``demo:``, index
 prefix ``demo-``, exchange ``satellites.demo.events``, FAISS under its data directory), whatever the
@@ -101,6 +104,10 @@ async def _pipeline(
         await _searches(out, data, embedder, projections)
         await _read_your_writes(out, data, service)
         await _rebuild(out, data, projections["embeddings"], report)
+        from .semantic import semantic_demo  # it imports the semantic layer, which imports us
+
+        with report.timed("semantic"):
+            await semantic_demo(out, data, authors, docs)
         await _wait_delivered(delivered)
         out.print(f"The bus delivered {report.delivered} events to a subscriber.")
     finally:

@@ -23,10 +23,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import ConfigurationError
 from ..events import DataEvent
+
+if TYPE_CHECKING:
+    from ..facade import DataLayer
+    from .sinks import Sink
 
 __all__ = ["Change", "Delete", "PoisonPolicy", "Projection", "SinkKind", "Upsert"]
 
@@ -49,6 +53,9 @@ class Delete:
 
 Change = Upsert | Delete
 Handler = Callable[[DataEvent], Upsert | Delete | None]
+#: Wraps the sink built for a projection (``build_sink``) with behaviour of its own: the
+#: semantic layer's vector projection embeds, in batches, what its version's model did not.
+SinkAdapter = Callable[["Sink", "DataLayer"], "Sink"]
 
 
 PoisonAction = Literal["park", "stop"]
@@ -97,6 +104,8 @@ class Projection:
     ttl_seconds: int | None = None
     #: What to do with an event that fails for good (see :class:`PoisonPolicy`).
     poison: PoisonPolicy = field(default_factory=PoisonPolicy)
+    #: Wraps the native sink (see :data:`SinkAdapter`); None: the native sink as it is.
+    sink_adapter: SinkAdapter | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -37,8 +37,14 @@ logger = logging.getLogger(__name__)
 
 
 def build_sink(projection: Projection, data: DataLayer, replica: Replica | None = None) -> Sink:
-    """The sink a projection writes to, on the layer's native clients; a FAISS sink bootstraps
-    its namespaces through ``replica`` when given (:mod:`.replica`)."""
+    """The sink a projection writes to, on the layer's native clients, wrapped by the
+    projection's ``sink_adapter`` when it has one; a FAISS sink bootstraps its namespaces
+    through ``replica`` when given (:mod:`.replica`)."""
+    sink = _native_sink(projection, data, replica)
+    return sink if projection.sink_adapter is None else projection.sink_adapter(sink, data)
+
+
+def _native_sink(projection: Projection, data: DataLayer, replica: Replica | None) -> Sink:
     if projection.sink == "redis":
         from .redis_sink import RedisSink
 
@@ -78,7 +84,14 @@ class ProjectionService:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.replica, self.snapshotters = _replication(data, self.projections)
 
+    @property
+    def tasks(self) -> dict[str, asyncio.Task[None]]:
+        """The follower task of each projection (running while the service runs)."""
+        return dict(self._tasks)
+
     async def start(self) -> None:
+        # the layer's wait_for(position) waits on these projectors (FAISS: this process's own)
+        self.data.attach_projections(self)
         for p in self.projections:
             task = asyncio.create_task(self._supervise(p), name=f"projector-{p.name}")
             task.add_done_callback(self._done)
@@ -131,6 +144,7 @@ class ProjectionService:
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self.data.detach_projections(self)
         tasks = list(self._tasks.values())
         if not tasks:
             return

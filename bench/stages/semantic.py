@@ -1,0 +1,251 @@
+"""Semantic layer benchmark: retrieval quality, hybrid latency, embedding throughput.
+
+* ``quality``: recall@10 and nDCG@10 of the text leg, the vector leg (hashing, and WordLlama
+  when the extra is installed) and hybrid, on the labelled set kept in
+  ``bench/data/semantic_eval.json`` (made from the demo corpus: see
+  :mod:`satellites_es.semantic.evaluation`), over the 3,000 documents it was made from. Printed
+  as lines; the figure ``hybrid_ndcg_vs_best_leg`` compares hybrid with the better leg.
+* ``hybrid_p50`` / ``hybrid_p99``: one hybrid search at a time (k=10, legs of depth 50) at
+  100,000 documents (``--quick``: 20,000) against the slower of its two legs alone, 30 queries
+  of the evaluation sets (``--quick``: 20) through the same store, the modes taking turns per
+  query. The projectors are stopped first (the FAISS index stays in memory), so that their
+  polling does not compete with the searches. Goal <= 1.3x: the legs run concurrently,
+  so hybrid should cost about its slower leg, plus fusion.
+* ``embed_throughput``: documents/s of a change set's embedding step (batches of 256 through
+  the embedder, each vector checked, encoded and put in its event) against calling the embedder
+  on the same batches directly. Goal >= 0.9x.
+* ``concurrent_hybrid``: searches/s of 64 hybrid searches (``--quick``: 32) made by 64
+  concurrent callers against the same searches one at a time (no goal in the issue: it shows what concurrency buys on 2 cores).
+
+Elasticsearch is the noida-db emulator unless ``SATELLITES_ES_URL`` names a real cluster; the
+absolute figures are the emulator's, the ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bench.common import figure, percentile
+from satellites_es.config import DataLayerConfig
+from satellites_es.demo.corpus import sample_corpus
+from satellites_es.facade import DataLayer
+from satellites_es.semantic import (
+    Embedder,
+    HashingEmbedder,
+    SemanticSchema,
+    SemanticStore,
+    WordLlamaEmbedder,
+)
+from satellites_es.semantic.changeset import EMBED_BATCH
+from satellites_es.semantic.evaluation import EvalQuery, document_fields, ndcg_at, recall_at
+from satellites_es.testing import elasticsearch_url, find_service_url, unique_name
+
+EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "semantic_eval.json"
+EVAL_DOCS = 3000
+CONCURRENCY = 64
+K = 10
+
+
+def load_eval_sets() -> dict[str, list[EvalQuery]]:
+    raw = json.loads(EVAL_SET.read_text())
+    return {name: [EvalQuery.from_json(q) for q in qs] for name, qs in raw["sets"].items()}
+
+
+def _models() -> list[Embedder]:
+    models: list[Embedder] = [HashingEmbedder(384)]
+    with contextlib.suppress(Exception):
+        models.append(WordLlamaEmbedder())
+    return models
+
+
+@contextlib.asynccontextmanager
+async def _layer() -> AsyncIterator[DataLayer]:
+    name = unique_name("bsem")
+    with elasticsearch_url() as es, tempfile.TemporaryDirectory() as faiss_dir:
+        env = {
+            "SATELLITES_POSTGRES_URL": find_service_url("postgres"),
+            "SATELLITES_POSTGRES_SCHEMA": name,
+            "SATELLITES_REDIS_URL": find_service_url("redis"),
+            "SATELLITES_REDIS_KEY_PREFIX": f"{name}:",
+            "SATELLITES_ELASTICSEARCH_URL": es,
+            "SATELLITES_ELASTICSEARCH_INDEX_PREFIX": f"{name}-",
+            "SATELLITES_FAISS_INDEX_PATH": faiss_dir,
+            "SATELLITES_RABBITMQ_ENABLED": "false",
+            "SATELLITES_RELAY_ENABLED": "false",
+            # 64 concurrent searches queue in the emulator (one BM25 query at a time, seconds
+            # each at 100k documents): the last one waits for all the others
+            "SATELLITES_ELASTICSEARCH_REQUEST_TIMEOUT": "1800",
+        }
+        async with DataLayer(DataLayerConfig.from_env(env)) as data:
+            try:
+                yield data
+            finally:
+                await data.postgres.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+                found = await data.elasticsearch.indices.get(index=f"{name}-*")
+                for index in found.body:
+                    await data.elasticsearch.indices.delete(index=index)
+
+
+def _schema(collection: str, model: Embedder) -> SemanticSchema:
+    return SemanticSchema(collection, text_fields=("title", "body"),
+                          metadata_fields=("topic",), embedders=(model,))  # fmt: skip
+
+
+async def _load(data: DataLayer, collection: str, model: Embedder, n: int) -> SemanticStore:
+    """A collection of the first ``n`` corpus documents, its projections caught up."""
+    store = SemanticStore(data, _schema(collection, model))
+    service = store.serve(poll_interval=0.1)
+    service.projections = [store.schema.text, store.schema.vectors]
+    _, docs = sample_corpus(documents=n)
+    position = 0
+    for start in range(0, n, 2000):
+        changes = store.changeset()
+        for d in docs[start : start + 2000]:
+            changes.put_document(d.id, document_fields(d))
+        position = (await changes.commit()).position or position
+    await service.start()
+    await data.wait_for(position, timeout=1800)
+    store.service = service  # type: ignore[attr-defined]  # stopped by the caller
+    return store
+
+
+async def _ranked(store: SemanticStore, q: EvalQuery, mode: str) -> list[str]:
+    return [h.id for h in await store.search(q.query, K, mode=mode)]  # type: ignore[arg-type]
+
+
+async def _quality(
+    data: DataLayer, sets: dict[str, list[EvalQuery]]
+) -> dict[tuple[str, str], dict[str, float]]:
+    """(set, leg) -> recall@10 and nDCG@10, the legs: text, vector and hybrid per model."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    for i, model in enumerate(_models()):
+        store = await _load(data, f"eval{i}", model, EVAL_DOCS)
+        short = model.name.split("-")[0]
+        modes = (("text", "text"), (f"vector ({short})", "vector"), (f"hybrid ({short})", "hybrid"))
+        for set_name, queries in sets.items():
+            for label, mode in modes:
+                if label == "text" and i > 0:
+                    continue  # the same text leg
+                ranked = [await _ranked(store, q, mode) for q in queries]
+                pairs = list(zip(ranked, queries, strict=True))
+                out[(set_name, label)] = {
+                    "recall@10": sum(recall_at(r, q) for r, q in pairs) / len(pairs),
+                    "nDCG@10": sum(ndcg_at(r, q) for r, q in pairs) / len(pairs),
+                }
+        await store.service.stop()  # type: ignore[attr-defined]
+    return out
+
+
+async def _latency(
+    store: SemanticStore, queries: list[EvalQuery], n: int
+) -> dict[str, list[float]]:
+    """Seconds per search of ``n`` queries in each mode, the modes taking turns per query so
+    that drift on a shared machine hits them alike."""
+    times: dict[str, list[float]] = {"hybrid": [], "text": [], "vector": []}
+    for q in (queries * (1 + n // len(queries)))[:n]:
+        for mode in times:
+            started = time.perf_counter()
+            await store.search(q.query, K, mode=mode)  # type: ignore[arg-type]
+            times[mode].append(time.perf_counter() - started)
+    return times
+
+
+def _latency_figure(
+    times: dict[str, list[float]], slower: str, q: float, note: str
+) -> dict[str, Any]:
+    hybrid, leg = percentile(times["hybrid"], q) * 1000, percentile(times[slower], q) * 1000
+    return figure(hybrid, leg, f"ms vs {slower} leg alone", "<= 1.3x", note=note)
+
+
+def _latency_figure(
+    times: dict[str, list[float]], slower: str, q: float, note: str
+) -> dict[str, Any]:
+    hybrid, leg = percentile(times["hybrid"], q) * 1000, percentile(times[slower], q) * 1000
+    return figure(hybrid, leg, f"ms vs {slower} leg alone", "<= 1.3x", note=note)
+
+
+async def _concurrent(
+    store: SemanticStore, queries: list[EvalQuery], n: int
+) -> tuple[float, float]:
+    """Searches/s: ``n`` hybrid searches by 64 concurrent callers vs one at a time."""
+    texts = [q.query for q in (queries * (1 + n // len(queries)))[:n]]
+    started = time.perf_counter()
+    for t in texts:
+        await store.search(t, K)
+    serial = len(texts) / (time.perf_counter() - started)
+    pending = list(texts)
+
+    async def caller() -> None:
+        while pending:
+            await store.search(pending.pop(), K)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+    return len(texts) / (time.perf_counter() - started), serial
+
+
+async def _embedding(store: SemanticStore, n: int) -> tuple[float, float]:
+    """Documents/s: a change set's embedding step vs the embedder on the same batches."""
+    _, docs = sample_corpus(documents=n, seed=11)
+    model = await store.write_embedder()
+    texts = [store.schema.embed_text(document_fields(d)) for d in docs]
+    layer, raw = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        for s in range(0, n, EMBED_BATCH):
+            await model.embed(texts[s : s + EMBED_BATCH])
+        raw.append(n / (time.perf_counter() - started))
+        changes = store.changeset()
+        for d in docs:
+            changes.put_document(d.id, document_fields(d))
+        started = time.perf_counter()
+        await changes.events(model)
+        layer.append(n / (time.perf_counter() - started))
+    return sorted(layer)[1], sorted(raw)[1]
+
+
+async def run(quick: bool) -> dict[str, dict[str, Any]]:
+    sets = load_eval_sets()
+    size = 20_000 if quick else 100_000
+    figures: dict[str, dict[str, Any]] = {}
+    async with _layer() as data:
+        quality = await _quality(data, sets)
+        for (set_name, label), m in quality.items():
+            print(f"semantic quality {set_name} {label}: recall@10={m['recall@10']:.3f} "
+                  f"nDCG@10={m['nDCG@10']:.3f} ({len(sets[set_name])} queries)", flush=True)  # fmt: skip
+        for set_name in sets:
+            for hybrid in [k for s_, k in quality if s_ == set_name and k.startswith("hybrid")]:
+                model = hybrid[len("hybrid ") :]
+                legs = {k: quality[(set_name, k)]["nDCG@10"] for k in ("text", f"vector {model}")}
+                best = max(legs, key=legs.__getitem__)
+                figures[f"hybrid_ndcg_vs_best_leg_{set_name}_{model.strip('()')}"] = figure(
+                    quality[(set_name, hybrid)]["nDCG@10"], legs[best], f"nDCG@10 vs {best}",
+                    ">= 1.0x",
+                )  # fmt: skip
+        queries = [q for qs in sets.values() for q in qs]
+        model = _models()[-1]
+        started = time.perf_counter()
+        store = await _load(data, "bench", model, size)
+        loaded = time.perf_counter() - started
+        await store.service.stop()  # type: ignore[attr-defined]  # its index stays in memory
+        times = await _latency(store, queries, 20 if quick else 30)
+        slower = max(("text", "vector"), key=lambda m: percentile(times[m], 0.5))
+        concurrent, serial = await _concurrent(store, queries, 32 if quick else 64)
+        layer, raw = await _embedding(store, 5000 if quick else 20_000)
+    note = f"{size:,} documents, {model.name}, loaded and projected in {loaded:.0f}s; p50 " + \
+        ", ".join(f"{m}={percentile(times[m], 0.5) * 1000:.1f}ms" for m in times)  # fmt: skip
+    print(f"# semantic: {note}", flush=True)
+    return {
+        **figures,
+        "hybrid_p50": _latency_figure(times, slower, 0.5, note),
+        "hybrid_p99": _latency_figure(times, slower, 0.99, note),
+        "embed_throughput": figure(layer, raw, f"docs/s ({model.name})", ">= 0.9x"),
+        "concurrent_hybrid": figure(concurrent, serial, "searches/s, 64 concurrent vs serial", "-"),
+    }

@@ -1,0 +1,60 @@
+"""Reciprocal rank fusion of the text and vector legs, and the text leg's query."""
+
+from __future__ import annotations
+
+import pytest
+
+from satellites_es.errors import ConfigurationError
+from satellites_es.semantic.hybrid import RRF_K, TextHit, check_weights, fuse, text_query
+from satellites_es.semantic.schema import SNIPPET
+from satellites_es.vectors import VectorMatch
+
+
+def t(doc: str, score: float) -> TextHit:
+    return TextHit(doc, score, {"topic": "text"}, f"<em>{doc}</em>")
+
+
+def v(doc: str, score: float) -> VectorMatch:
+    return VectorMatch(doc, score, {"topic": "vec", SNIPPET: f"stored {doc}"})
+
+
+def test_a_document_both_legs_rank_high_wins_and_carries_both_ranks() -> None:
+    hits = fuse([t("a", 9), t("b", 8), t("c", 7)], [v("b", 0.9), v("c", 0.8), v("d", 0.7)], k=4)
+    assert [h.id for h in hits] == ["b", "c", "a", "d"]
+    b = hits[0]
+    assert (b.text_rank, b.vector_rank) == (2, 1)
+    assert b.score == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
+    assert b.metadata == {"topic": "text"} and b.snippet == "<em>b</em>"  # the text leg's
+    d = hits[3]
+    assert (d.text_rank, d.vector_rank) == (None, 3)
+    assert d.metadata == {"topic": "vec"} and d.snippet == "stored d"  # snippet out of metadata
+
+
+def test_weights_tilt_the_fusion_and_a_zero_weight_leg_only_breaks_no_ties() -> None:
+    text, vector = [t("a", 2), t("b", 1)], [v("b", 0.9), v("a", 0.1)]
+    assert [h.id for h in fuse(text, vector, 2, (1.0, 0.5))] == ["a", "b"]
+    assert [h.id for h in fuse(text, vector, 2, (0.5, 1.0))] == ["b", "a"]
+    assert [h.id for h in fuse(text, [], 2, (1.0, 1.0))] == ["a", "b"]
+
+
+def test_tied_scores_share_a_rank_so_the_other_leg_decides_between_them() -> None:
+    hits = fuse([t("a", 5.0), t("b", 5.0), t("c", 1.0)], [v("b", 0.9)], k=3)
+    assert [h.id for h in hits] == ["b", "a", "c"]
+    assert [h.text_rank for h in hits] == [1, 1, 3]
+
+
+def test_k_limits_the_fused_list() -> None:
+    assert len(fuse([t(str(i), 10 - i) for i in range(10)], [], k=3)) == 3
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0), (-1.0, 1.0), (1.0, -0.1)])
+def test_weights_must_be_usable(weights: tuple[float, float]) -> None:
+    with pytest.raises(ConfigurationError, match="weights"):
+        check_weights(weights)
+
+
+def test_the_text_query_filters_metadata_with_terms() -> None:
+    plain = text_query("q", ("title", "body"), None)
+    assert plain == {"multi_match": {"query": "q", "fields": ["title", "body"]}}
+    filtered = text_query("q", ("title",), {"topic": "x", "year": 2024})
+    assert filtered["bool"]["filter"] == [{"term": {"topic": "x"}}, {"term": {"year": 2024}}]
