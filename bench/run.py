@@ -21,8 +21,17 @@ import typer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-STAGES = ("append", "relay", "vectors", "rebuild", "audit", "replica", "upcast", "envelope",
-          "semantic")
+STAGES = (
+    "append",
+    "relay",
+    "vectors",
+    "rebuild",
+    "audit",
+    "replica",
+    "upcast",
+    "envelope",
+    "semantic",
+)
 
 app = typer.Typer(add_completion=False)
 
