@@ -511,7 +511,7 @@ app.add_typer(parked_app, name="parked")
 
 from .snapshots_cli import register as register_snapshots  # noqa: E402  (its own module)
 
-app.add_typer(register_snapshots(command), name="snapshots")
+app.add_typer(register_snapshots(handled), name="snapshots")
 
 
 @command(app)
