@@ -136,7 +136,9 @@ async def _relay_rate(side: Side, rabbit: Any, n: int, name: str) -> float:
     relay_module = importlib.import_module(f"{side.pkg}.relay")
     bus_module = importlib.import_module(f"{side.pkg}.bus.rabbitmq")
     config_module = importlib.import_module(f"{side.pkg}.config")
-    typed = config_module.RabbitMQConfig(**vars(rabbit))
+    cls = config_module.RabbitMQConfig  # the side's own class: fields may differ (TLS, #16)
+    known = {f.name for f in dataclasses.fields(cls)}
+    typed = cls(**{k: v for k, v in vars(rabbit).items() if k in known})
     bus = bus_module.RabbitMQEventBus(typed)
     await bus.start()
     try:
