@@ -123,8 +123,8 @@ def _exit_at_once(fn: Callable[..., None]) -> Callable[..., None]:
     """Run ``fn`` with the CLI's error policy, then end the process at once with its exit code.
 
     obstore's native runtime sometimes aborts the interpreter's ordinary shutdown after a
-    failed request (SIGABRT, exit 134, 2 runs in 12 here with the store down), which turned a
-    one-line error with exit 1 into a crash. Nothing is left to clean up after the command: its
+    failed request (SIGABRT, exit 134; BENCHMARKS.md, issue 20), which turned a one-line error
+    with exit 1 into a crash. Nothing is left to clean up after the command: its
     output is flushed, then ``os._exit`` skips the native teardown.
     """
 

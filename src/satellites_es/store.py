@@ -660,7 +660,7 @@ def stored_event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
     """A stored event, upcast to its type's latest schema version. Its fields passed
     ``_checked`` on the way in and the columns are NOT NULL, so only the payload's shape is
     checked again (a row written by hand could hold a JSON array): ``DataEvent``'s own
-    validation cost a replay ~4 us an event more."""
+    validation would cost a replay measurably more (BENCHMARKS.md, issue 13)."""
     position, event_id, resource, key, version, type_, source, payload, timestamp, meta = row
     payload = loads(payload)
     if meta == "{}":  # the usual row: no metadata, schema version 1

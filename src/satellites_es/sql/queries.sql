@@ -258,8 +258,8 @@ AS $fn$
 -- the log's listeners on ``channel`` when it numbered something (NULL: the caller will).
 -- It runs every few milliseconds, with few rows pending: index probes only. The planner settings
 -- above keep it so on a log without statistics (a new table is guessed to hold a third of its
--- rows below zero, and the plan became a hash join over the whole log: 8 ms a call at 20,000
--- events, growing with the log).
+-- rows below zero, and the plan became a hash join over the whole log, its cost growing with
+-- the log; BENCHMARKS.md, issue 13).
 DECLARE
     base bigint;
     numbered bigint;

@@ -332,8 +332,8 @@ def assemble(
 def _gc_paused() -> Iterator[None]:
     """The cyclic GC off while the metadata is parsed: a few objects per entry, none in a cycle,
     and with it on, the survivors are scanned again at every collection of the older
-    generations (190,000 entries: ~0.8 s paused against 4-6 s in a process holding a large
-    heap). Left off only if it was off already."""
+    generations, which dominated the parse in a process holding a large heap (BENCHMARKS.md,
+    issue 20). Left off only if it was off already."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -389,8 +389,7 @@ def _parse_manifest(path: str, data: bytes, name: str) -> dict[str, Any]:
 def _load_index(path: str, data: bytes, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
     try:
         # read through a callback rather than deserialize_index(np.frombuffer(...)): its SWIG
-        # conversion copies the whole buffer element by element first (300 MB: ~1 s against
-        # ~0.45 s here)
+        # conversion copies the whole buffer element by element first (BENCHMARKS.md, issue 20)
         reader = faiss.PyCallbackIOReader(io.BytesIO(data).read, _READ_CHUNK)
         index = faiss.read_index(reader)
     except (RuntimeError, AssertionError, ValueError) as exc:
@@ -406,8 +405,7 @@ def _load_index(path: str, data: bytes, spec: NamespaceSpec, manifest: dict[str,
 
 class _StateJSON(msgspec.Struct, forbid_unknown_fields=True):
     """``meta.json`` as :func:`_state_json` writes it; msgspec checks every type while it
-    parses, at C speed (190,000 entries: ~0.75 s against ~1.1 s for ``json.loads`` and
-    converting each field in Python)."""
+    parses, at C speed, instead of ``json.loads`` and converting each field in Python."""
 
     format: int
     entries: list[tuple[int, str, dict[str, Any] | None]]

@@ -7,8 +7,8 @@ burst on an approximate index into one part per thread, so the parts search side
 the event loop answers the callers of the part that finished.
 
 OpenMP. Each thread searches with FAISS's default team (every core). A team of one per part was
-tried (one core per part) and measured worse on this loaded 2-core machine: a lone query on the
-event loop, and raw FAISS called there, went from ~0.3 ms to 5-20 ms p50 under load. The likely
+tried (one core per part) and measured worse: a lone query on the event loop, and raw FAISS
+called there, became many times slower under load (BENCHMARKS.md, issue 21). The likely
 cause: with no team but the event loop thread's, libgomp lets that team's idle thread spin after
 every FAISS call (even one query opens a parallel region: ``IndexIDMap`` maps its labels in one),
 and it throttles spinning only while it manages more threads than cores (BENCHMARKS.md, issue 21).
