@@ -69,7 +69,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -719,18 +719,30 @@ def _checked_types(types: Collection[str]) -> list[str]:
     return wanted
 
 
-@contextlib.contextmanager
-def _translated(
-    action: str, first: DataEvent | None = None, expected: int | None = None
-) -> Iterator[None]:
-    """Turn a driver error into ours: a version conflict, or a PersistenceError."""
-    try:
-        yield
-    except DB_ERRORS as exc:
-        conflict = _conflict(exc, first, expected)
+class _translated:
+    """Turn a driver error into ours: a version conflict, or a PersistenceError. A class, not a
+    generator: it wraps every append, and a ``contextmanager`` costs a generator per call."""
+
+    __slots__ = ("_action", "_expected", "_first")
+
+    def __init__(
+        self, action: str, first: DataEvent | None = None, expected: int | None = None
+    ) -> None:
+        self._action, self._first, self._expected = action, first, expected
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        if exc is None or not isinstance(exc, DB_ERRORS):
+            return
+        conflict = _conflict(exc, self._first, self._expected)
         if conflict is not None:
             raise conflict from exc
-        raise PersistenceError(f"event log {action} failed: {type(exc).__name__}: {exc}") from exc
+        raise PersistenceError(
+            f"event log {self._action} failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _conflict(
