@@ -11,27 +11,38 @@ dropped the user's schema, their Redis keys, ES indices and FAISS directory. Now
   the schema, a Redis key, an Elasticsearch index, a file in the FAISS directory);
 * before clearing anything, :func:`claim` looks at every part: one that holds anything but has
   no marker was not made by the demo, and the demo refuses, naming what it found, before it
-  has touched any part.
+  has touched any part;
+* two demos on the same services would clear each other's namespace mid-run (the second's
+  :func:`claim` empties what the first is building), so a run holds :func:`exclusive` from
+  before its claim to its end: a Postgres advisory lock for the schema and a Redis lock under
+  the key prefix (the parts two runs can share; each may share one and not the other). A
+  second run waits for the first, saying so, and gives up after ``wait`` seconds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import shutil
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.exceptions import ApiError, TransportError
+from redis.asyncio.lock import Lock
 from redis.exceptions import RedisError
 
 from ..config import DataLayerConfig
 from ..errors import BackendUnavailableError, SatellitesError
-from ..sql import quote_schema
+from ..sql import queries, quote_schema
 
-__all__ = ["DEMO_ENV", "DemoNamespaceError", "claim"]
+__all__ = ["DEMO_ENV", "DemoBusyError", "DemoNamespaceError", "claim", "exclusive"]
+
+logger = logging.getLogger(__name__)
 
 DEMO_ENV: Mapping[str, str] = {
     "SATELLITES_POSTGRES_SCHEMA": "satellites_demo",
@@ -49,6 +60,16 @@ FAISS_MARKER = ".satellites-demo"
 
 class DemoNamespaceError(SatellitesError):
     """Part of the demo's namespace holds data the demo did not create: nothing was cleared."""
+
+
+class DemoBusyError(SatellitesError):
+    """Another demo run held the demo's namespace for longer than this run would wait."""
+
+
+REDIS_LOCK = "__satellites_demo_lock__"
+#: How long the Redis lock outlives a run that died without releasing it, in seconds; a live
+#: run extends it every third of that.
+LOCK_TTL = 30.0
 
 
 @contextlib.contextmanager
@@ -217,3 +238,63 @@ def _reset_faiss(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     (path / FAISS_MARKER).write_text(MARKER + "\n", encoding="utf-8")
+
+
+@contextlib.asynccontextmanager
+async def exclusive(
+    config: DataLayerConfig, *, wait: float = 600.0, say: Callable[[str], None] = logger.warning
+) -> AsyncIterator[None]:
+    """Hold the demo's namespace for one run (see the module docstring): waits up to ``wait``
+    seconds for a run holding it (``say`` tells the user once), then :class:`DemoBusyError`."""
+    deadline = time.monotonic() + wait
+    told = False
+
+    def waiting(part: str) -> None:
+        nonlocal told
+        if time.monotonic() > deadline:
+            raise DemoBusyError(
+                f"another demo run has held the demo's namespace ({part}) for over {wait:.0f}s; "
+                "wait for it to finish, or run this one against other services"
+            )
+        if not told:
+            say(f"another demo run is using the demo's namespace ({part}): waiting for it")
+            told = True
+
+    schema = config.postgres.schema
+    with _backend("postgres"):
+        conn = await _pg(config)
+    try:
+        with _backend("postgres"):
+            while not await conn.fetchval(queries(schema)["demo_try_lock"], schema):
+                waiting(f"Postgres schema {schema!r}")
+                await asyncio.sleep(0.5)
+        client = _redis(config)
+        if client is None:
+            yield
+            return
+        lock = client.lock(f"{config.redis.key_prefix}{REDIS_LOCK}", timeout=LOCK_TTL)
+        try:
+            with _backend("redis"):
+                while not await lock.acquire(blocking=False):
+                    waiting(f"Redis prefix {config.redis.key_prefix!r}")
+                    await asyncio.sleep(0.5)
+            keeper = asyncio.create_task(_keep(lock))
+            try:
+                yield
+            finally:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)
+                with contextlib.suppress(RedisError):  # expired: another run may hold it now
+                    await lock.release()
+        finally:
+            await client.aclose()
+    finally:
+        await conn.close()  # ends the session: the advisory lock goes with it
+
+
+async def _keep(lock: Lock) -> None:
+    """Extend the Redis lock while the run lasts (it expires LOCK_TTL after a crash)."""
+    while True:
+        await asyncio.sleep(LOCK_TTL / 3)
+        with contextlib.suppress(RedisError):
+            await lock.reacquire()

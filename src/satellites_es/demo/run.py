@@ -39,7 +39,7 @@ from ..projections.service import ProjectionService, build_sink, load_projection
 from ..vectors.codec import encode_vector
 from .corpus import Author, Document, sample_corpus
 from .embedder import HashingEmbedder
-from .namespace import claim
+from .namespace import claim, exclusive
 from .stack import DemoStack
 
 __all__ = ["DemoReport", "run_demo"]
@@ -72,6 +72,8 @@ async def run_demo(
             config = await exits.enter_async_context(stack)
         _show_services(out, stack)
         projections = load_projections(config.projections_module)
+        # one run at a time on these services: another's claim would clear this one's namespace
+        await exits.enter_async_context(exclusive(config, say=lambda m: out.print(f"[yellow]{m}")))
         await claim(config)
         async with DataLayer(config) as data:
             await _show_versions(out, data)

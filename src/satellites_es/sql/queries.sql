@@ -1116,3 +1116,9 @@ FROM {schema}.projection_versions v
 LEFT JOIN {schema}.projection_checkpoints c
        ON c.projection = v.projection AND c.version = v.active_version
 ORDER BY v.projection;
+
+-- The demo's run lock (satellites_es.demo.namespace.exclusive): one demo at a time per schema
+-- of a database, held by its session for the whole run.
+
+-- name: demo_try_lock
+SELECT pg_try_advisory_lock(hashtext('satellites.demo'), hashtext($1));
