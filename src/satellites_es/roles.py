@@ -55,14 +55,14 @@ logger = logging.getLogger(__name__)
 
 #: Functions a producer may call (by name: each name is one function in the schema): the
 #: append functions, and the sequencer's answer to an autocommitted append that found it busy.
-PRODUCER_FUNCTIONS: tuple[str, ...] = ("append_events_v3", "append_event_v3",
+PRODUCER_FUNCTIONS: tuple[str, ...] = ("append_events_v4", "append_event_v4",
                                        "sequenced_positions_v1")  # fmt: skip
 #: Tables a producer reads: only Alembic's revision, so its start can see the schema is current.
 PRODUCER_READS: tuple[str, ...] = ("alembic_version",)
 #: Functions the relay and projectors may call: the sequencer, which they run before reading.
 READER_FUNCTIONS: tuple[str, ...] = ("sequence_events_v1",)
 #: Tables the relay and projectors read.
-READER_READS: tuple[str, ...] = ("events", "alembic_version")
+READER_READS: tuple[str, ...] = ("events", "sequencer_state", "alembic_version")
 #: Tables the relay and projectors write (cursors, checkpoints, versions, parked events).
 READER_WRITES: tuple[str, ...] = (
     "relay_cursors",

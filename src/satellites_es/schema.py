@@ -17,12 +17,16 @@ proves that ``alembic upgrade head`` produces exactly this metadata.
   rollback after a blue/green flip).
 * ``parked_events``: events a projection (per version) or a relay set aside because they can
   never succeed as they are (:mod:`satellites_es.parking`).
+* ``sequencer_state``: one row, the sequencer's floor (every pending number up to it is
+  resolved) and its next candidate (migration 0006; the ``create_sequencer_state_v1`` paragraph
+  in ``sql/queries.sql``).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -44,6 +48,7 @@ __all__ = [
     "projection_checkpoints",
     "projection_versions",
     "relay_cursors",
+    "sequencer_state",
 ]
 
 #: Deterministic constraint names, so migrations and metadata agree on them.
@@ -131,4 +136,16 @@ parked_events = Table(
     PrimaryKeyConstraint("kind", "name", "version", "position"),
     CheckConstraint("kind IN ('projection', 'relay')", name="kind"),
     CheckConstraint("status IN ('parked', 'retry')", name="status"),
+)
+
+
+sequencer_state = Table(
+    "sequencer_state",
+    metadata,
+    Column("id", Boolean, nullable=False, server_default=text("true")),
+    Column("floor", BigInteger, nullable=False, server_default=text("0")),
+    Column("candidate", BigInteger, nullable=False, server_default=text("0")),
+    Column("horizon", BigInteger, nullable=True),  # a transaction id (xid8 as a number)
+    PrimaryKeyConstraint("id"),
+    CheckConstraint("id", name="one_row"),
 )

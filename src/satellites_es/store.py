@@ -1,8 +1,8 @@
 """The event log in Postgres: append (the transactional outbox), read, follow.
 
-Append is one round trip: ``append_events_v3`` (a plpgsql function created by migration 0005,
-its SQL in ``sql/queries.sql``; ``append_event_v3`` is its scalar twin for a single event, the
-latency-sensitive case) drops ids already stored, gives each new event the next version of its
+Append is one round trip: ``append_events_v4`` (a plpgsql function created by migration 0006
+around 0005's ``append_events_body_v3``, its SQL in ``sql/queries.sql``; ``append_event_v4`` is
+its scalar twin for a single event, the latency-sensitive case) drops ids already stored, gives each new event the next version of its
 ``(resource, key)`` stream and inserts (NOTIFY: see below). A batch travels as column arrays
 (``unnest`` on the server), not as one JSON document, with each event's stream and rank within
 it numbered here (:func:`_numbering`), so the server looks each stream's version up once and,
@@ -22,7 +22,10 @@ positions stay dense and monotone, a producer holding its transaction open delay
 (its events are numbered after it commits), a rolled-back append leaves nothing, and a stream's
 version order is its position order. Readers sequence before they read (:meth:`sequence`; the
 relay, the projectors and open-ended :meth:`read` calls do it when woken by the producer's
-NOTIFY or their poll), so there is no extra process to run.
+NOTIFY or their poll), so there is no extra process to run. The sequencer scans only above its
+*floor*, the pending number up to which every transaction has ended (migration 0006; the
+``create_sequencer_state_v1`` paragraph): a numbered row's old entry stays in the index until
+VACUUM, and without the floor every call stepped over all of them.
 
 An autocommitted append (no ``conn``) numbers its events at once when the sequencer lock is free
 (one round trip, each row written once), else it asks the sequencer after its commit (a second
@@ -43,7 +46,7 @@ for the rest; no asyncpg exception leaves this module.
 
 **The envelope** (:mod:`.envelope`). Each event's metadata (correlation, causation, actor,
 trace context, headers) and payload schema version are stored in the ``metadata`` column
-(migration 0005, ``append_events_v3``), validated like the payload, and returned by every read.
+(migration 0005), validated like the payload, and returned by every read.
 An append made while a subscriber's handler runs, or inside an OpenTelemetry span, fills what
 the events leave unset from there (:func:`.envelope.ambient`): one check per call when there is
 neither. Every read upcasts older schema versions to the latest (:mod:`.upcasting`): the rows
@@ -96,7 +99,7 @@ Connect: TypeAlias = "Callable[[], Awaitable[asyncpg.Connection[asyncpg.Record]]
 
 _MAX_POSITION = 2**63 - 1
 _MAX_IDENTIFIER = 63  # Postgres truncates LISTEN channels longer than this; pg_notify refuses
-_CONFLICT = "SAT01"  # SQLSTATE raised by append_events_v3 on a version conflict
+_CONFLICT = "SAT01"  # SQLSTATE raised by the append functions on a version conflict
 _TEXT_FIELDS = ("id", "type", "resource", "key", "source")
 # An escaped NUL in JSON (an odd number of backslashes before u0000): jsonb cannot store it.
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
@@ -515,7 +518,7 @@ def encode_batch(
     events: Sequence[DataEvent], max_payload_bytes: int
 ) -> tuple[list[str], list[str], list[str], list[str], list[str], list[str], list[datetime],
            list[str]]:  # fmt: skip
-    """The batch as the column arrays ``append_events_v3`` takes (id, resource, key, type,
+    """The batch as the column arrays ``append_events_v4`` takes (id, resource, key, type,
     source, payload JSON, timestamp, metadata JSON); validates every event first."""
     ids, resources, keys, types, sources, payloads, timestamps = [], [], [], [], [], [], []
     metadatas = []
@@ -533,7 +536,7 @@ def encode_batch(
 
 
 def _numbering(events: Sequence[DataEvent]) -> tuple[list[int], list[int], list[int]]:
-    """How ``append_events_v3`` numbers the batch without a sort: for each event the 1-based
+    """How ``append_events_v4`` numbers the batch without a sort: for each event the 1-based
     index of its ``(resource, key)`` stream among the batch's distinct streams and its 1-based
     rank within that stream; for each stream the 1-based index of its first event."""
     streams: dict[tuple[str, str], int] = {}

@@ -68,9 +68,10 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert await diff(pg_config) == []
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
-    assert functions == {"append_events_v3", "append_event_v3", "sequence_events_v1",
-                         "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
-    assert versions == ["0005"]
+    assert functions == {"append_events_v4", "append_event_v4", "append_events_body_v3",
+                         "append_event_body_v3", "sequence_events_v1", "sequence_pending_v1",
+                         "sequenced_positions_v1"}  # fmt: skip
+    assert versions == ["0006"]
 
 
 async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
@@ -78,7 +79,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 ) -> None:
     await upgrade(pg_config)
     await upgrade(pg_config)
-    assert (await catalog(pg_config))[2] == ["0005"]
+    assert (await catalog(pg_config))[2] == ["0006"]
     await downgrade(pg_config)
     tables, functions, versions = await catalog(pg_config)
     assert (tables, functions, versions) == ({"alembic_version"}, set(), [])
@@ -89,7 +90,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 
 async def test_concurrent_upgrades_of_one_schema(pg_config: PostgresConfig) -> None:
     await asyncio.gather(upgrade(pg_config), upgrade(pg_config))
-    assert (await catalog(pg_config))[2] == ["0005"]
+    assert (await catalog(pg_config))[2] == ["0006"]
 
 
 async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig) -> None:
@@ -99,7 +100,7 @@ async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig
         subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (await catalog(pg_config))[2] == ["0005"]
+    assert (await catalog(pg_config))[2] == ["0006"]
     assert await diff(pg_config) == []
 
 
@@ -135,7 +136,7 @@ async def test_alembic_with_only_a_schema_migrates_the_configured_database(
                                    text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pg_config.database != "satellites"  # the configured one, not the default
-    assert (await catalog(pg_config))[2] == ["0005"]
+    assert (await catalog(pg_config))[2] == ["0006"]
 
 
 async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions(

@@ -883,6 +883,242 @@ REVOKE ALL ON FUNCTION
                     boolean)
 FROM PUBLIC;
 
+-- name: create_sequencer_state_v1
+-- Migration 0006: the sequencer's floor (issue 13).
+--
+-- Why. The sequencer found pending rows with an index range scan of "position < 0". A numbered
+-- row leaves its old pending entry in the primary key index until VACUUM removes it, and the
+-- scan stepped over every one of them: after 100,000 events appended inside transactions, one
+-- call with nothing to number read the dead entries of all of them (BENCHMARKS.md, issue 13).
+-- The relay's leader sequences every 10 ms, so an idle log burned a core until autovacuum ran,
+-- which on a large log (20% of its rows dead) may be never.
+--
+-- The floor. Every pending number (the allocation a, stored as position -a) up to the floor is
+-- resolved: its row was numbered, or its transaction rolled back. The scan then covers only
+-- "position < -floor": the dead entries below the floor are never visited again.
+--
+-- Moving it. A pending number can be held by a transaction still in progress (its row invisible
+-- to the sequencer), and that row must be numbered once it commits, before any later version of
+-- its stream: so the floor may pass a number only once its transaction has ended. The sequencer
+-- reads the sequence's last allocated number C (the candidate), then takes a transaction id of
+-- its own, H (the horizon). Every append takes its transaction id *before* its pending numbers
+-- (append_event_v4, append_events_v4), and ids are handed out in order, so every transaction
+-- that holds a number up to C has an id below H. (Not the xmax of a snapshot: that is the last
+-- *completed* id + 1, and running transactions may hold ids above it.) A later run that sees no
+-- transaction with an id below H still running (its own included) numbers everything
+-- committed, which now includes every row up to C, and then moves the floor to C and takes
+-- the next candidate. The
+-- floor thus trails the sequence by a tick or two; a producer holding its transaction open
+-- holds the floor back (the scan then visits the dead entries above it, as before) and never
+-- the numbering. An unrelated transaction that took an id holds it back the same way; one that
+-- only reads takes no id and is not seen. The sequence must not cache numbers per session
+-- (CACHE 1, its default, made sure of below): a cached number could be handed out after the
+-- candidate was read.
+--
+-- One row, changed only when the floor or the candidate moves (never when the log is idle).
+CREATE TABLE sequencer_state (
+    id boolean NOT NULL DEFAULT true,
+    floor bigint NOT NULL DEFAULT 0,
+    candidate bigint NOT NULL DEFAULT 0,
+    horizon bigint,  -- a transaction id (xid8 as a number)
+    CONSTRAINT pk_sequencer_state PRIMARY KEY (id),
+    CONSTRAINT ck_sequencer_state_one_row CHECK (id)
+);
+
+-- name: init_sequencer_state_v1
+INSERT INTO sequencer_state DEFAULT VALUES;
+
+-- name: pending_seq_no_cache_v1
+ALTER SEQUENCE events_pending_seq CACHE 1;
+
+-- name: drop_sequencer_state_v1
+DROP TABLE sequencer_state;
+
+-- name: replace_sequence_pending_floor_v1
+-- sequence_pending_v1 with the floor (see create_sequencer_state_v1); the same signature, so
+-- the sequencer and the fast path of the append functions, which call it by name, use it as is.
+CREATE OR REPLACE FUNCTION sequence_pending_v1(channel text)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+SET enable_seqscan TO off
+SET enable_hashjoin TO off
+SET enable_mergejoin TO off
+AS $fn$
+-- The caller holds the sequencer lock. Returns the new head, and wakes the log's listeners on
+-- ``channel`` when it numbered something (NULL: the caller will).
+DECLARE
+    base bigint;
+    numbered bigint;
+    old_floor bigint := 0;
+    old_candidate bigint := 0;
+    old_horizon bigint;
+    new_floor bigint;
+    new_candidate bigint;
+    new_horizon bigint;
+    allocated bigint;
+    oldest bigint;
+BEGIN
+    SELECT s.floor, s.candidate, s.horizon INTO old_floor, old_candidate, old_horizon
+    FROM sequencer_state s WHERE s.id;
+    new_floor := old_floor;
+    new_candidate := old_candidate;
+    new_horizon := old_horizon;
+    -- The oldest transaction id still running, this one's included (a snapshot leaves its own
+    -- transaction out of its xmin). Read before a horizon of our own is taken below.
+    oldest := least(pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                    pg_current_xact_id_if_assigned()::text::bigint);
+    IF old_horizon IS NOT NULL AND oldest >= old_horizon THEN
+        new_floor := old_candidate;  -- after the numbering below, which sees all of them
+        new_horizon := NULL;
+    END IF;
+    -- No candidate waiting: take the next one, if any number was allocated. The horizon is a
+    -- transaction id taken after reading the candidate, so above every id that holds a number
+    -- up to it: this transaction's own, only if it has none yet (an append on the fast path took
+    -- its id before; a later run then takes the candidate).
+    IF new_horizon IS NULL AND pg_current_xact_id_if_assigned() IS NULL THEN
+        -- (a function, not a scan of the sequence: with seqscan off, that took milliseconds)
+        allocated := coalesce(pg_sequence_last_value('events_pending_seq'), 0);
+        IF allocated > new_floor THEN
+            new_candidate := allocated;
+            new_horizon := pg_current_xact_id()::text::bigint;
+        ELSE
+            new_candidate := new_floor;
+        END IF;
+    END IF;
+
+    SELECT coalesce(max(e.position), 0) INTO base FROM events e WHERE e.position > 0;
+    UPDATE events AS e SET position = base + p.rank
+    FROM (SELECT x.position AS pending, row_number() OVER (ORDER BY x.position DESC) AS rank
+          FROM events x WHERE x.position < -old_floor) AS p
+    WHERE e.position = p.pending;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+
+    IF (new_floor, new_candidate, new_horizon)
+       IS DISTINCT FROM (old_floor, old_candidate, old_horizon) THEN
+        UPDATE sequencer_state s
+        SET floor = new_floor, candidate = new_candidate, horizon = new_horizon
+        WHERE s.id;
+    END IF;
+    IF numbered > 0 AND channel IS NOT NULL THEN
+        PERFORM pg_notify(channel, (base + numbered)::text);
+    END IF;
+    RETURN base + numbered;
+END
+$fn$;
+
+-- name: rename_append_events_v3_body
+-- The v3 append functions become the bodies of v4 (below), which take the transaction id first;
+-- renamed, so that a process still calling v3 fails loudly instead of taking pending numbers
+-- before an id (which the floor relies on).
+ALTER FUNCTION append_events_v3(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
+    integer[], integer[], integer, text, boolean
+) RENAME TO append_events_body_v3;
+
+-- name: rename_append_event_v3_body
+ALTER FUNCTION append_event_v3(
+    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
+) RENAME TO append_event_body_v3;
+
+-- name: unrename_append_events_v3_body
+ALTER FUNCTION append_events_body_v3(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
+    integer[], integer[], integer, text, boolean
+) RENAME TO append_events_v3;
+
+-- name: unrename_append_event_v3_body
+ALTER FUNCTION append_event_body_v3(
+    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
+) RENAME TO append_event_v3;
+
+-- name: revoke_append_bodies_v3
+-- Only the owner may call the bodies: a role granted v3 (a producer) keeps that grant across
+-- the rename, and calling a body directly would skip taking the transaction id first.
+DO $do$
+DECLARE
+    f regprocedure;
+    g oid;
+BEGIN
+    FOREACH f IN ARRAY ARRAY[
+        'append_events_body_v3(text[], text[], text[], text[], text[], jsonb[], timestamptz[],
+         jsonb[], integer[], integer[], integer[], integer, text, boolean)'::regprocedure,
+        'append_event_body_v3(text, text, text, text, text, jsonb, timestamptz, jsonb, integer,
+         text, boolean)'::regprocedure]
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+        FOR g IN SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(p.proacl) a
+                 WHERE p.oid = f AND a.grantee <> p.proowner AND a.grantee <> 0
+        LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', f, g::regrole::text);
+        END LOOP;
+    END LOOP;
+END
+$do$;
+
+-- name: create_append_events_v4
+-- append_events_v3 (now append_events_body_v3), after taking the transaction's id: every
+-- pending number is then held by a transaction with an id (see create_sequencer_state_v1).
+CREATE FUNCTION append_events_v4(
+    ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
+    timestamps timestamptz[], metadatas jsonb[], stream_of integer[], seqs integer[],
+    firsts integer[], expected integer, channel text, sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+BEGIN
+    PERFORM pg_current_xact_id();
+    RETURN QUERY SELECT * FROM append_events_body_v3(ids, resources, keys, types, sources,
+        payloads, timestamps, metadatas, stream_of, seqs, firsts, expected, channel,
+        sequence_now);
+END
+$fn$;
+
+-- name: create_append_event_v4
+-- append_event_v3 (now append_event_body_v3), after taking the transaction's id.
+CREATE FUNCTION append_event_v4(
+    new_id text, new_resource text, new_key text, new_type text, new_source text,
+    new_payload jsonb, new_timestamp timestamptz, new_metadata jsonb, expected integer,
+    channel text, sequence_now boolean
+)
+RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $fn$
+BEGIN
+    PERFORM pg_current_xact_id();
+    RETURN QUERY SELECT * FROM append_event_body_v3(new_id, new_resource, new_key, new_type,
+        new_source, new_payload, new_timestamp, new_metadata, expected, channel, sequence_now);
+END
+$fn$;
+
+-- name: drop_append_events_v4
+DROP FUNCTION append_events_v4(
+    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
+    integer[], integer[], integer, text, boolean
+);
+
+-- name: drop_append_event_v4
+DROP FUNCTION append_event_v4(
+    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
+);
+
+-- name: revoke_functions_v4
+REVOKE ALL ON FUNCTION
+    append_events_v4(text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[],
+                     integer[], integer[], integer[], integer, text, boolean),
+    append_event_v4(text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text,
+                    boolean)
+FROM PUBLIC;
+
 -- name: add_metadata_v1
 -- Migration 0005: the envelope column. A constant default adds it without rewriting the table
 -- (Postgres 11+ keeps the default in the catalogue): stored rows are not touched.
@@ -893,7 +1129,7 @@ ALTER TABLE events DROP COLUMN metadata;
 
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_events_v3(
+FROM {schema}.append_events_v4(
     $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::timestamptz[],
     $8::jsonb[], $9::integer[], $10::integer[], $11::integer[], $12::integer, $13::text,
     $14::boolean
@@ -901,7 +1137,7 @@ FROM {schema}.append_events_v3(
 
 -- name: append_one
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_event_v3(
+FROM {schema}.append_event_v4(
     $1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::integer, $10, $11::boolean
 );
 
@@ -943,8 +1179,9 @@ ORDER BY version;
 SELECT coalesce(max(position), 0) FROM {schema}.events WHERE position > 0;
 
 -- name: pending
--- Committed events not numbered yet (an index range below zero; read-only).
-SELECT count(*) FROM {schema}.events WHERE position < 0;
+-- Committed events not numbered yet (an index range below the sequencer's floor; read-only).
+SELECT count(*) FROM {schema}.events
+WHERE position < -coalesce((SELECT floor FROM {schema}.sequencer_state), 0);
 
 -- name: read_payloads
 -- read_types for a replay that needs only the position, key, type and payload of an event. The
