@@ -54,4 +54,4 @@ def downgrade() -> None:
     op.execute(load("create_sequence_pending_v1"))  # the body before the floor
     op.execute(load("drop_sequencer_state_v1"))
     op.execute(load("revoke_functions_v3"))
-    op.execute("REVOKE ALL ON FUNCTION sequence_pending_v1(text) FROM PUBLIC")
+    op.execute(load("revoke_sequence_pending_v1"))

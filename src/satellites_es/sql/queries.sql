@@ -1009,6 +1009,10 @@ BEGIN
 END
 $fn$;
 
+-- name: revoke_sequence_pending_v1
+-- A downgrade of 0006 recreates the function: its EXECUTE is revoked again.
+REVOKE ALL ON FUNCTION sequence_pending_v1(text) FROM PUBLIC;
+
 -- name: rename_append_events_v3_body
 -- The v3 append functions become the bodies of v4 (below), which take the transaction id first;
 -- renamed, so that a process still calling v3 fails loudly instead of taking pending numbers
