@@ -83,8 +83,11 @@ async def test_an_idle_sequencer_call_costs_the_same_after_many_sequenced_events
     await pool.execute(f'UPDATE "{store.schema}".sequencer_state SET floor = 0, candidate = 0,'
                        " horizon = NULL")  # fmt: skip
     without_floor = await _buffers(pool, store.schema)
-    assert after <= empty + 5, (empty, after)
-    assert without_floor > after + 20, (after, without_floor)
+    # ~300 buffers without the floor, 8 with it and 12 on the empty log when run alone; the
+    # state row's dead versions, which another session's old snapshot keeps from being pruned,
+    # add the same to all three, so the margins are checked, not the counts
+    assert without_floor - after >= 100, (empty, after, without_floor)
+    assert after - empty <= (without_floor - empty) / 10, (empty, after, without_floor)
     assert await store.pending() == 0
 
 
