@@ -87,7 +87,7 @@ async def test_an_idle_sequencer_call_costs_the_same_after_many_sequenced_events
     # state row's dead versions, which another session's old snapshot keeps from being pruned,
     # add the same to all three, so the margins are checked, not the counts
     assert without_floor - after >= 100, (empty, after, without_floor)
-    assert after - empty <= (without_floor - empty) / 10, (empty, after, without_floor)
+    assert after <= without_floor / 3, (empty, after, without_floor)
     assert await store.pending() == 0
 
 
