@@ -147,7 +147,7 @@ def test_sql_blocks_and_schema_quoting() -> None:
 def test_metadata_tables_and_constraint_names() -> None:
     assert set(metadata.tables) == {
         "events", "relay_cursors", "projection_checkpoints", "projection_versions",
-        "parked_events",
+        "parked_events", "sequencer_state",
     }  # fmt: skip
     events = metadata.tables["events"]
     assert events.schema is None  # placed by search_path, per deployment and per test
