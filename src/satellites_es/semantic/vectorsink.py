@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..facade import DataLayer
     from .schema import SemanticSchema
 
-__all__ = ["EmbedderRegistry", "EmbeddingSink", "adapter"]
+__all__ = ["EmbedderRegistry", "EmbeddingSink", "adapter", "schema_of"]
 
 _KEY = "embedders"
 
@@ -210,10 +210,23 @@ async def _embedded(changes: Sequence[Change], embedder: Embedder) -> list[Chang
     return out
 
 
+class _Adapter:
+    """The ``sink_adapter`` of a schema's vector projection; it keeps the schema, so that a
+    command given only the projection (``satellites-es reembed NAME``) finds its embedders."""
+
+    def __init__(self, schema: SemanticSchema) -> None:
+        self.schema = schema
+
+    def __call__(self, sink: Sink, data: DataLayer) -> Sink:
+        return EmbeddingSink(sink, EmbedderRegistry(data.log, self.schema))
+
+
 def adapter(schema: SemanticSchema) -> Any:
     """The ``sink_adapter`` of a schema's vector projection."""
+    return _Adapter(schema)
 
-    def wrap(sink: Sink, data: DataLayer) -> Sink:
-        return EmbeddingSink(sink, EmbedderRegistry(data.log, schema))
 
-    return wrap
+def schema_of(projection: Projection) -> SemanticSchema | None:
+    """The semantic schema whose vector projection this is, None for any other projection."""
+    found = projection.sink_adapter
+    return found.schema if isinstance(found, _Adapter) else None
