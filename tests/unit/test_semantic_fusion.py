@@ -90,6 +90,8 @@ def test_the_weights_fall_back_to_the_static_ones_where_a_spread_means_nothing()
     assert leg_weights(flat, peaked, (1.0, 0.5), 0) == (1.0, 0.5)
     assert leg_weights(flat, [0.9], (1.0, 0.5), 6) == (1.0, 0.5)  # one vector hit
     assert leg_weights([1.0, 1.0], [0.5, 0.5], (1.0, 0.5), 6) == (1.0, 0.5)  # neither commits
+    # a wild spread does not overflow: the committed leg takes (nearly) all the weight
+    assert leg_weights([1.0, -0.999999], peaked, (1.0, 1.0), 50) == pytest.approx((2.0, 0.0))
     # the static weights still tilt the per-query ones
     tilted = leg_weights(flat, peaked, (1.0, 0.5), 1)
     assert tilted[1] / tilted[0] == pytest.approx(0.5 * commitment(peaked) / commitment(flat))  # type: ignore[operator]

@@ -108,8 +108,12 @@ def leg_weights(
     c_text, c_vector = commitment(text), commitment(vector)
     if confidence == 0 or c_text is None or c_vector is None:
         return weights
-    w_text = weights[0] * c_text**confidence
-    w_vector = weights[1] * c_vector**confidence
+    # c ** confidence in logarithms, relative to the larger: no overflow for a wild spread
+    logs = [confidence * math.log(c) if c > 0 else -math.inf for c in (c_text, c_vector)]
+    top = max(logs)
+    if top == -math.inf:
+        return weights
+    w_text, w_vector = (w * math.exp(lg - top) for w, lg in zip(weights, logs, strict=True))
     total = w_text + w_vector
     if not total > 0:
         return weights
