@@ -10,8 +10,10 @@ import asyncio
 import itertools
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -244,3 +246,26 @@ async def test_hybrid_weighs_the_legs_by_their_commitment_unless_the_model_is_le
             await docs.search(query, k=10, **bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="confidence"):
         SemanticStore(docs.data, docs.schema, confidence=float("nan"))
+
+
+async def test_the_two_legs_of_a_hybrid_search_run_concurrently(
+    docs: SemanticStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each leg held 0.5 s inside its real call (the Elasticsearch client's search, the vector
+    index's query): a hybrid search takes about one hold, not two."""
+    committed = await docs.changeset().put_document("d1", doc(1)).commit()
+    await docs.data.wait_for(committed.position, timeout=30)  # type: ignore[arg-type]
+    es, vectors = docs.data.elasticsearch, docs.data.vectors
+    for obj, name in ((es, "search"), (vectors, "query")):
+        real = getattr(obj, name)
+
+        async def held(*args: object, _real: Any = real, **kwargs: object) -> Any:
+            await asyncio.sleep(0.5)
+            return await _real(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, held)
+    started = time.perf_counter()
+    hits = await docs.search("note relevance", k=5)
+    elapsed = time.perf_counter() - started
+    assert [h.id for h in hits] == ["d1"] and hits[0].text_rank == hits[0].vector_rank == 1
+    assert 0.5 <= elapsed < 0.9, elapsed  # one after the other would be >= 1.0 s
