@@ -23,6 +23,11 @@ the audit's bound: it is counted as ``newer`` and not judged. A position between
 the head with the same content is harmless (every later event has a higher position) and is
 what an Elasticsearch repair leaves where the document's version was pushed up from outside.
 
+A sink that does not hold what the handler gives (the semantic layer's vector sink embeds an
+event with the version's own model when another model embedded it: a re-embedded version) has
+an ``expected(projection, version, changes)`` method, and a chunk's changes pass through it
+before they are compared (and repaired with).
+
 ``--repair`` hands the drifted keys to the sink's :meth:`~.projections.sinks.Sink.repair`
 (each key written at its log position, extras removed; a key changed meanwhile is left alone),
 then audits again. FAISS is local to each process: the audit reads and repairs the snapshot on
@@ -229,6 +234,7 @@ class _Judge:
         await self._judge(chunk)
 
     async def _judge(self, chunk: Sequence[Expected]) -> None:
+        chunk = await self._as_held(chunk)
         held = await self.sink.read_keys(self.projection, self.version, [e.key for e in chunk])
         for expected in chunk:
             kind = await self._kind(expected, held.get(expected.key))
@@ -237,6 +243,15 @@ class _Judge:
                     expected.key, expected.change, held.get(expected.key), self.report.checkpoint
                 )
                 self.report.add(kind, fix, self.collect)
+
+    async def _as_held(self, chunk: Sequence[Expected]) -> Sequence[Expected]:
+        """The chunk's changes as the sink holds them (its ``expected`` hook, if it has one)."""
+        hook = getattr(self.sink, "expected", None)
+        changed = [e for e in chunk if e.change is not None]
+        if hook is None or not changed:
+            return chunk
+        mapped = iter(await hook(self.projection, self.version, [e.change for e in changed]))
+        return [Expected(e.key, next(mapped)) if e.change is not None else e for e in chunk]
 
     async def _kind(self, expected: Expected, held: Held | None) -> str | None:
         want = expected.change

@@ -392,6 +392,27 @@ def rebuild(
 
 
 @command(app)
+def reembed(
+    name: ProjectionArg,
+    embedder: Annotated[
+        str,
+        typer.Option("--embedder", help="The model to re-embed with: the name of one of the "
+                     "collection's embedders (SemanticSchema.embedders)."),
+    ],
+) -> None:  # fmt: skip
+    """Re-embed a semantic collection's vector projection with another of its models: a
+    blue/green rebuild into a new version while writes go on, then a flip ('rollback NAME'
+    flips back)."""
+    from .semantic.reembed import run_reembed
+
+    config = _no_relay(load_config())
+    (projection,) = _projections(config, [name])
+    result = asyncio.run(run_reembed(config, projection, embedder, console))
+    console.print(f"{name}: version {result.version}, embedded by {embedder}, is active "
+                  f"(previous {result.previous}); {result.events} events replayed")  # fmt: skip
+
+
+@command(app)
 def rollback(name: ProjectionArg) -> None:
     """Flip a projection back to the version it had before its last flip (nothing is deleted)."""
     from .operations import run_rollback

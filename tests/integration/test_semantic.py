@@ -7,17 +7,26 @@ Elasticsearch itself)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from satellites_es.config import DataLayerConfig
-from satellites_es.errors import InvalidDocumentError, InvalidEventError, ProjectorDownError
+from satellites_es.errors import (
+    ConfigurationError,
+    InvalidDocumentError,
+    InvalidEventError,
+    ProjectorDownError,
+)
 from satellites_es.facade import DataLayer
-from satellites_es.semantic import HashingEmbedder, SemanticStore
+from satellites_es.semantic import HashingEmbedder, SearchHit, SemanticStore
+from satellites_es.semantic.hybrid import RRF_K
 from tests.integration.semantic_support import MODEL_A, env_without_bus, make_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -200,3 +209,63 @@ async def test_wait_for_raises_at_once_when_the_projector_is_down(
         # stopped: no projector of that process serves its FAISS index any more
         with pytest.raises(ProjectorDownError, match="no projector of this process"):
             await other_data.wait_for(committed.position, [other.schema.vectors], timeout=60)
+
+
+def _leg_weights(hits: list[SearchHit]) -> tuple[float, float]:
+    """The (text, vector) weights a fused list was made with, solved from the two hits found by
+    both legs whose ranks differ most (score = w_t / (60 + text rank) + w_v / (60 + vector
+    rank))."""
+    rows = [(1 / (RRF_K + h.text_rank), 1 / (RRF_K + h.vector_rank), h.score)
+            for h in hits if h.text_rank is not None and h.vector_rank is not None]  # fmt: skip
+    a, b = max(itertools.combinations(rows, 2),
+               key=lambda p: abs(p[0][0] * p[1][1] - p[0][1] * p[1][0]))  # fmt: skip
+    det = a[0] * b[1] - a[1] * b[0]
+    assert abs(det) > 1e-7, "no two hits to solve the weights from"
+    return (a[2] * b[1] - a[1] * b[2]) / det, (a[0] * b[2] - a[2] * b[0]) / det
+
+
+async def test_hybrid_weighs_the_legs_by_their_commitment_unless_the_model_is_lexical(
+    docs: SemanticStore,
+) -> None:
+    changes = docs.changeset()
+    for i in range(40):
+        changes.put_document(f"d{i}", doc(i, words=("ranking fusion", "bm25 scores")[i % 2]
+                                              + " and more words" * (i % 5)))  # fmt: skip
+    committed = await changes.commit()
+    query = "bm25 ranking"
+    # the hashing embedder is lexical: plain RRF, equal weights
+    plain = await docs.search(query, k=10, consistent_at=committed.position)
+    assert _leg_weights(plain) == pytest.approx((1.0, 1.0))
+    # asked for, the legs' commitments tilt the weights, which keep their sum
+    tilted = _leg_weights(await docs.search(query, k=10, confidence=6.0))
+    assert sum(tilted) == pytest.approx(2.0) and abs(tilted[0] - tilted[1]) > 0.01
+    store_wide = SemanticStore(docs.data, docs.schema, confidence=6.0)
+    assert _leg_weights(await store_wide.search(query, k=10)) == pytest.approx(tilted)
+    for bad in ({"confidence": -1.0}, {"depth": 0}, {"weights": (0.0, 0.0)}):
+        with pytest.raises(ConfigurationError, match=next(iter(bad))):
+            await docs.search(query, k=10, **bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="confidence"):
+        SemanticStore(docs.data, docs.schema, confidence=float("nan"))
+
+
+async def test_the_two_legs_of_a_hybrid_search_run_concurrently(
+    docs: SemanticStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each leg held 0.5 s inside its real call (the Elasticsearch client's search, the vector
+    index's query): a hybrid search takes about one hold, not two."""
+    committed = await docs.changeset().put_document("d1", doc(1)).commit()
+    await docs.data.wait_for(committed.position, timeout=30)  # type: ignore[arg-type]
+    es, vectors = docs.data.elasticsearch, docs.data.vectors
+    for obj, name in ((es, "search"), (vectors, "query")):
+        real = getattr(obj, name)
+
+        async def held(*args: object, _real: Any = real, **kwargs: object) -> Any:
+            await asyncio.sleep(0.5)
+            return await _real(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, held)
+    started = time.perf_counter()
+    hits = await docs.search("note relevance", k=5)
+    elapsed = time.perf_counter() - started
+    assert [h.id for h in hits] == ["d1"] and hits[0].text_rank == hits[0].vector_rank == 1
+    assert 0.5 <= elapsed < 0.9, elapsed  # one after the other would be >= 1.0 s

@@ -1,6 +1,7 @@
 """Re-embedding a collection with a second model while live writes continue: the new vector
-version is built, flips, equals a fresh replay with that model, and a rollback restores the
-old model's results. (FAISS only: the text and cache projections do not change with a model.)"""
+version is built, flips, equals a fresh replay with that model, audits clean against the log
+(and still reports real drift), and a rollback restores the old model's results. (FAISS only:
+the text and cache projections do not change with a model.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from satellites_es.audit import AuditReport, audit
 from satellites_es.config import DataLayerConfig
 from satellites_es.facade import DataLayer
 from satellites_es.projections import Projector, SinkDump
@@ -66,6 +68,12 @@ async def _fresh(docs: SemanticStore, version: int, model: object) -> SinkDump:
     return await sink.dump(projection, version)
 
 
+async def _audit(docs: SemanticStore) -> AuditReport:
+    data, projection = docs.data, docs.schema.vectors
+    return await audit(projection, build_sink(projection, data), data.postgres,
+                       data.config.postgres.schema, collect_fixes=True)  # fmt: skip
+
+
 async def _ids(docs: SemanticStore) -> list[list[str]]:
     return [[h.id for h in await docs.search(q, k=10, mode="vector")] for q in QUERIES]
 
@@ -93,11 +101,26 @@ async def test_reembed_while_writing_flips_equals_a_fresh_replay_and_rolls_back(
     assert len(next(iter(flipped.values()))["vector"]) == MODEL_B.dimension  # type: ignore[index]
     with_b = await _ids(docs)
 
+    # the audit compares v2 with the log's texts embedded by v2's model, not with the vectors
+    # stored in the events (model A's): clean; and real drift is still seen and repaired
+    clean = await _audit(docs)
+    assert clean.clean and (clean.version, clean.keys) == (2, DOCUMENTS), clean.counts
+    wrong = (await MODEL_B.embed(["nothing this document says"]))[0]
+    await data.vectors.upsert("docs_vectors_v2", "d7", wrong, {"topic": "t"})
+    drifted = await _audit(docs)
+    assert drifted.counts == {"missing": 0, "extra": 0, "stale": 1}
+    assert drifted.examples["stale"] == ["d7"]
+    assert await sink.repair(projection, 2, drifted.fixes) == 1
+    assert (await _audit(docs)).clean
+
     assert await rollback_embeddings(docs) == (1, 2)
     await data.wait_for(head, [projection], timeout=120)  # the follower brings v1 up to date
     assert await docs.query_embedder() is MODEL_A
     fresh_a = await _fresh(docs, 51, MODEL_A)
     assert await sink.dump(projection, 1) == fresh_a
+    # v1 holds model A's vectors, the live writes made with model B re-embedded
+    rolled_back = await _audit(docs)
+    assert rolled_back.clean and rolled_back.version == 1, rolled_back.counts
     restored = await _ids(docs)
     expected = [[m.id for m in await data.vectors.query(
         "docs_vectors_v51", (await MODEL_A.embed([q]))[0], 10)] for q in QUERIES]  # fmt: skip

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from satellites_es.semantic.evaluation import EvalQuery, eval_sets, ndcg_at, plural, recall_at
+from satellites_es.semantic.evaluation import (
+    EvalQuery,
+    eval_sets,
+    ndcg_at,
+    plural,
+    recall_at,
+    tuning_sets,
+)
 
 KEPT = Path(__file__).resolve().parents[2] / "bench" / "data" / "semantic_eval.json"
 
@@ -22,6 +29,14 @@ def test_the_kept_sets_are_what_the_generator_makes() -> None:
         assert len(queries) == 60
         assert all(sum(g == 2 for g in q.grades.values()) >= 3 for q in queries)
     assert made["inflected"][0].query.split()[1].endswith("s")
+
+
+def test_the_tuning_sets_share_no_query_with_the_kept_ones() -> None:
+    kept = {q.query for qs in eval_sets().values() for q in qs}
+    tuning = tuning_sets()
+    assert [len(qs) for qs in tuning.values()] == [60] * 4
+    assert not kept & {q.query for qs in tuning.values() for q in qs}
+    assert sum(name.startswith("tuning-inflected") for name in tuning) == 2
 
 
 def test_recall_is_capped_at_k_and_ndcg_is_one_for_the_ideal_ranking() -> None:

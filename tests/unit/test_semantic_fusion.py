@@ -1,11 +1,21 @@
-"""Reciprocal rank fusion of the text and vector legs, and the text leg's query."""
+"""Reciprocal rank fusion of the text and vector legs, weighted per query by each leg's
+commitment, and the text leg's query."""
 
 from __future__ import annotations
 
 import pytest
 
 from satellites_es.errors import ConfigurationError
-from satellites_es.semantic.hybrid import RRF_K, TextHit, check_weights, fuse, text_query
+from satellites_es.semantic.hybrid import (
+    RRF_K,
+    TextHit,
+    check_confidence,
+    check_weights,
+    commitment,
+    fuse,
+    leg_weights,
+    text_query,
+)
 from satellites_es.semantic.schema import SNIPPET
 from satellites_es.vectors import VectorMatch
 
@@ -51,6 +61,46 @@ def test_k_limits_the_fused_list() -> None:
 def test_weights_must_be_usable(weights: tuple[float, float]) -> None:
     with pytest.raises(ConfigurationError, match="weights"):
         check_weights(weights)
+
+
+def test_commitment_is_the_spread_of_a_legs_scores_over_their_mean() -> None:
+    assert commitment([3.0, 1.0]) == pytest.approx(0.5)
+    assert commitment([2.0, 2.0, 2.0]) == 0.0  # flat: committed to nothing
+    assert commitment([0.1, -0.3]) == 0.0  # not even similar on average
+    assert commitment([5.0]) is None and commitment([]) is None
+
+
+# BM25 matching one common word of the query in every hit: flat scores
+FLAT = [t(f"f{i}", 4.4 - 0.01 * i) for i in range(10)]
+# a vector leg whose best hits stand out
+PEAKED = [v(f"p{i}", 0.9 - 0.08 * i) for i in range(10)]
+
+
+def test_the_leg_that_commits_to_its_hits_outweighs_a_flat_one() -> None:
+    w_text, w_vector = leg_weights([h.score for h in FLAT], [h.score for h in PEAKED], (1, 1), 6)
+    assert w_vector > 100 * w_text and w_text + w_vector == pytest.approx(2.0)
+    hits = fuse(FLAT, PEAKED, k=10, confidence=6)
+    assert [h.id for h in hits] == [f"p{i}" for i in range(10)]
+    plain = fuse(FLAT, PEAKED, k=10)  # plain RRF interleaves the legs
+    assert {h.id for h in plain} == {f"f{i}" for i in range(5)} | {f"p{i}" for i in range(5)}
+
+
+def test_the_weights_fall_back_to_the_static_ones_where_a_spread_means_nothing() -> None:
+    flat, peaked = [h.score for h in FLAT], [h.score for h in PEAKED]
+    assert leg_weights(flat, peaked, (1.0, 0.5), 0) == (1.0, 0.5)
+    assert leg_weights(flat, [0.9], (1.0, 0.5), 6) == (1.0, 0.5)  # one vector hit
+    assert leg_weights([1.0, 1.0], [0.5, 0.5], (1.0, 0.5), 6) == (1.0, 0.5)  # neither commits
+    # a wild spread does not overflow: the committed leg takes (nearly) all the weight
+    assert leg_weights([1.0, -0.999999], peaked, (1.0, 1.0), 50) == pytest.approx((2.0, 0.0))
+    # the static weights still tilt the per-query ones
+    tilted = leg_weights(flat, peaked, (1.0, 0.5), 1)
+    assert tilted[1] / tilted[0] == pytest.approx(0.5 * commitment(peaked) / commitment(flat))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("confidence", [-1.0, float("nan"), float("inf")])
+def test_the_confidence_must_be_a_finite_number_at_least_0(confidence: float) -> None:
+    with pytest.raises(ConfigurationError, match="confidence"):
+        check_confidence(confidence)
 
 
 def test_the_text_query_filters_metadata_with_terms() -> None:

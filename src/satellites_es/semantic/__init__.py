@@ -4,9 +4,10 @@ index, a vector namespace and caches, searched by hybrid retrieval, read consist
 ``schema`` (a collection and the projections serving it), ``embedders`` (the model protocol,
 the hashing fallback, WordLlama), ``changeset`` (operations committed in one append),
 ``vectorsink`` (each vector version built by one model), ``hybrid`` (BM25 + vectors fused by
-reciprocal rank), ``consistency`` (``wait_for``: read your own writes), ``store`` (the
-:class:`SemanticStore` tying them together), ``reembed`` (a new model, blue/green),
-``evaluation`` (a labelled query set and recall/nDCG).
+reciprocal rank, each leg weighted by its confidence in the query), ``consistency``
+(``wait_for``: read your own writes), ``store`` (the :class:`SemanticStore` tying them
+together), ``reembed`` (a new model, blue/green, also ``satellites-es reembed``),
+``evaluation`` (labelled query sets, tuning sets, recall/nDCG).
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ Two ship with the package:
   while the wheel ships it under ``tokenizers/`` and then tries Hugging Face, which a machine
   without network refuses; building the inference object from the two bundled files does not.
 
+An embedder may also set ``lexical = True``: its vectors are made of the text's words as they
+are spelt (feature hashing), so it fails on the same queries as BM25 and hybrid search does not
+weigh its leg against the text leg by confidence (:mod:`.hybrid`).
+
 Both are CPU-bound: a batch is embedded in a worker thread so the event loop keeps serving.
 """
 
@@ -55,6 +59,8 @@ class Embedder(Protocol):
 
 class HashingEmbedder:
     """Feature hashing (:mod:`satellites_es.demo.embedder`): deterministic everywhere, no model."""
+
+    lexical = True
 
     def __init__(self, dimension: int = 384) -> None:
         self._model = _Hashing(dimension)

@@ -1,4 +1,5 @@
-"""Hybrid retrieval: a BM25 leg and a vector leg, run concurrently, fused by reciprocal rank.
+"""Hybrid retrieval: a BM25 leg and a vector leg, run concurrently, fused by reciprocal rank
+weighted by each leg's confidence in this query.
 
 Each leg returns its ``depth`` best documents, ranked 1..n: the text leg from Elasticsearch (a
 ``multi_match`` over the text fields, the metadata filter as ``term`` filters), the vector leg
@@ -9,6 +10,22 @@ scores a document ``sum(weight_leg / (k_rrf + rank_leg))`` over the legs that fo
 no score calibration between BM25 and cosine, which are not comparable. Ties keep the order of
 the legs' ranks.
 
+**Per-query leg weights.** Plain RRF lands between the legs when one of them fails on a query
+(BM25 on a word typed in another inflection than the documents', a lexical embedding on the
+same): it never falls to the worse leg but does not reach the better one either. So each leg's
+weight is its static weight times its *confidence* in this query raised to ``confidence``
+(default :data:`CONFIDENCE`): the confidence is the normalised query commitment (NQC, Shtok et
+al., 2012: the standard deviation of the leg's scores over its ``depth`` hits divided by their
+mean), a query-performance predictor that needs only the leg's own scores. A leg whose best
+hits stand out from the rest is committed to them; one whose scores are flat (BM25 matching one
+common word of the query in every hit) is not. The two weights are rescaled to the static
+weights' sum, so fused scores stay on the same scale. ``confidence=0`` is plain weighted RRF.
+The exponent was chosen on tuning sets made like the evaluation sets but with other seeds,
+never on the evaluation sets (BENCHMARKS.md, "Semantic layer"). Comparing the two legs' NQC
+assumes their evidence is independent: an embedder that declares itself ``lexical`` (feature
+hashing) misses the same words BM25 misses, so its store fuses with plain RRF (see
+:class:`~.store.SemanticStore`).
+
 A hit carries its fused score, its rank in each leg (None where that leg did not return it), its
 metadata, and a snippet: the highlighted fragment of the text leg, else the stored snippet.
 """
@@ -16,6 +33,7 @@ metadata, and a snippet: the highlighted fragment of the text leg, else the stor
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,11 +42,13 @@ from ..errors import ConfigurationError
 from ..vectors import VectorMatch
 from .schema import SNIPPET
 
-__all__ = ["Mode", "SearchHit", "TextHit", "fuse", "text_query"]
+__all__ = ["CONFIDENCE", "Mode", "SearchHit", "TextHit", "commitment", "fuse", "text_query"]
 
 Mode = Literal["hybrid", "vector", "text"]
 #: The constant of reciprocal rank fusion (60 in the paper and in Elasticsearch's RRF).
 RRF_K = 60
+#: The default exponent of each leg's confidence (see the module docstring).
+CONFIDENCE = 6.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,46 @@ def check_weights(weights: tuple[float, float]) -> tuple[float, float]:
     return float(text), float(vector)
 
 
+def check_confidence(confidence: float) -> float:
+    if not (confidence >= 0 and math.isfinite(confidence)):
+        raise ConfigurationError("search(confidence=...)", "a finite number >= 0")
+    return float(confidence)
+
+
+def commitment(scores: Sequence[float]) -> float | None:
+    """The normalised query commitment of one leg's scores (higher is better, e.g. BM25 or
+    cosine): their standard deviation over their mean; 0 for a mean <= 0 (a leg whose best hits
+    are not even similar to the query on average commits to none); None for fewer than two
+    hits, where a spread means nothing."""
+    if len(scores) < 2:
+        return None
+    mean = statistics.fmean(scores)
+    return statistics.pstdev(scores) / mean if mean > 0 else 0.0
+
+
+def leg_weights(
+    text: Sequence[float], vector: Sequence[float], weights: tuple[float, float],
+    confidence: float,
+) -> tuple[float, float]:  # fmt: skip
+    """The static weights times each leg's commitment ** confidence, rescaled to their sum; the
+    static weights alone when ``confidence`` is 0, a leg has fewer than two hits, or neither
+    leg commits."""
+    c_text, c_vector = commitment(text), commitment(vector)
+    if confidence == 0 or c_text is None or c_vector is None:
+        return weights
+    # c ** confidence in logarithms, relative to the larger: no overflow for a wild spread
+    logs = [confidence * math.log(c) if c > 0 else -math.inf for c in (c_text, c_vector)]
+    top = max(logs)
+    if top == -math.inf:
+        return weights
+    w_text, w_vector = (w * math.exp(lg - top) for w, lg in zip(weights, logs, strict=True))
+    total = w_text + w_vector
+    if not total > 0:
+        return weights
+    scale = (weights[0] + weights[1]) / total
+    return w_text * scale, w_vector * scale
+
+
 def text_query(query: str, fields: Sequence[str], flt: Mapping[str, Any] | None) -> dict[str, Any]:
     """The Elasticsearch query of the text leg."""
     must = {"multi_match": {"query": query, "fields": list(fields)}}
@@ -91,9 +151,13 @@ def fuse(
     k: int,
     weights: tuple[float, float] = (1.0, 1.0),
     rrf_k: int = RRF_K,
+    confidence: float = 0.0,
 ) -> list[SearchHit]:
-    """The ``k`` best of both rankings by weighted reciprocal rank fusion."""
-    w_text, w_vector = weights
+    """The ``k`` best of both rankings by weighted reciprocal rank fusion, each leg's weight
+    scaled by its commitment to this query ** ``confidence`` (0: the static weights)."""
+    w_text, w_vector = leg_weights(
+        [t.score for t in text], [v.score for v in vector], weights, confidence
+    )
     score: dict[str, float] = {}
     ranks: dict[str, list[int | None]] = {}
     meta: dict[str, Mapping[str, Any]] = {}

@@ -11,6 +11,12 @@ queries are then embedded by the new model, and this process's writes too. ``rol
 back to the old model's version, which the local follower brings up to date.
 
 A progress bar (rich) shows events/s and the time left when a console is given.
+
+``satellites-es reembed NAME --embedder MODEL`` (:func:`run_reembed`) does the same from the
+command line for the vector projection ``NAME`` of a collection whose schema's projections the
+command finds (``PROJECTIONS = schema.projections``), then saves the new version's snapshot;
+serving processes follow the flip on their next pass, embedding with the new model, and
+``satellites-es rollback NAME`` flips back.
 """
 
 from __future__ import annotations
@@ -24,15 +30,16 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from ..errors import ConfigurationError, ProjectorDownError
 from ..projections import Progress as ReplayProgress
-from ..projections import RebuildResult, rebuild, rollback
+from ..projections import Projection, RebuildResult, rebuild, rollback
 from ..projections.rebuild import target_version
 from ..projections.service import build_sink
 from .embedders import Embedder
 
 if TYPE_CHECKING:
+    from ..config import DataLayerConfig
     from .store import SemanticStore
 
-__all__ = ["reembed", "rollback_embeddings"]
+__all__ = ["reembed", "rollback_embeddings", "run_reembed"]
 
 
 async def reembed(
@@ -109,3 +116,31 @@ async def rollback_embeddings(store: SemanticStore) -> tuple[int, int]:
     await _settle(store, result[0], await store.data.log.head())
     store.forget_write_embedder()
     return result
+
+
+async def run_reembed(
+    config: DataLayerConfig, projection: Projection, embedder_name: str, console: Console
+) -> RebuildResult:
+    """``satellites-es reembed``: re-embed ``projection`` (a semantic collection's vector
+    projection) with its schema's embedder named ``embedder_name``, with a progress bar."""
+    from ..facade import DataLayer
+    from ..projections.discovery import upcasters_of
+    from .store import SemanticStore
+    from .vectorsink import schema_of
+
+    schema = schema_of(projection)
+    if schema is None:
+        raise ConfigurationError(
+            "reembed", f"{projection.name} is not the vector projection of a semantic collection"
+        )
+    embedder = schema.embedder(embedder_name)
+    if embedder is None:
+        names = ", ".join(e.name for e in schema.embedders)
+        raise ConfigurationError(
+            "--embedder",
+            f"{embedder_name!r} is not one of {schema.collection}'s embedders ({names})",
+        )
+    async with DataLayer(config, upcasters=upcasters_of(config.projections_module)) as data:
+        result = await reembed(SemanticStore(data, schema), embedder, console=console)
+        await data.vectors.save(projection.target(result.version))
+        return result

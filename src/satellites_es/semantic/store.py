@@ -36,7 +36,16 @@ from ..projections.service import ProjectionService, build_sink
 from ..projections.sinks import translated
 from .changeset import ChangeSet
 from .embedders import Embedder, embed_checked
-from .hybrid import Mode, SearchHit, check_weights, fuse, text_hits, text_query
+from .hybrid import (
+    CONFIDENCE,
+    Mode,
+    SearchHit,
+    check_confidence,
+    check_weights,
+    fuse,
+    text_hits,
+    text_query,
+)
 from .schema import SemanticSchema
 from .vectorsink import EmbedderRegistry
 
@@ -60,11 +69,16 @@ class SemanticStore:
         *,
         weights: tuple[float, float] = (1.0, 1.0),
         depth: int = DEPTH,
+        confidence: float | None = None,
     ) -> None:
+        """``weights``: the static (text, vector) weights of the fusion; ``confidence``: the
+        exponent of each leg's per-query commitment (:mod:`.hybrid`), None for
+        :data:`~.hybrid.CONFIDENCE`, or 0 with an embedder that declares ``lexical = True``."""
         self.data = data
         self.schema = schema
         self.weights = check_weights(weights)
         self.depth = depth
+        self.confidence = None if confidence is None else check_confidence(confidence)
         self._registry: EmbedderRegistry | None = None
         self._write: Embedder | None = None
         self._by_version: dict[int, Embedder] = {}
@@ -132,14 +146,21 @@ class SemanticStore:
         consistent_at: int | None = None,
         weights: tuple[float, float] | None = None,
         depth: int | None = None,
+        confidence: float | None = None,
         timeout: float = 30.0,
     ) -> list[SearchHit]:
         """The ``k`` best documents for ``query`` (see :mod:`.hybrid`). ``consistent_at``: a
-        position (``Committed.position``) the legs must show first (``DataLayer.wait_for``)."""
+        position (``Committed.position``) the legs must show first (``DataLayer.wait_for``);
+        ``weights``, ``depth`` and ``confidence`` override the store's for this search."""
         if mode not in ("hybrid", "vector", "text"):
             raise ConfigurationError("search(mode=...)", "'hybrid', 'vector' or 'text'")
         if k < 1:
             raise ConfigurationError("search(k=...)", "must be >= 1")
+        if depth is not None and depth < 1:
+            raise ConfigurationError("search(depth=...)", "must be >= 1")
+        weights = self.weights if weights is None else check_weights(weights)
+        if confidence is not None:
+            confidence = check_confidence(confidence)
         use_text, use_vector = mode != "vector", mode != "text"
         if consistent_at is not None:
             legs = [p for p, used in ((self.schema.text, use_text),
@@ -147,11 +168,15 @@ class SemanticStore:
             await self.data.wait_for(consistent_at, legs, timeout=timeout)
         n = max(k, depth or self.depth) if mode == "hybrid" else k
         flt = dict(filter or {})
-        text, vector = await asyncio.gather(
+        text, (vector, embedder) = await asyncio.gather(
             self._text_leg(query, n, flt) if use_text else _nothing(),
-            self._vector_leg(query, n, flt) if use_vector else _nothing(),
+            self._vector_leg(query, n, flt) if use_vector else _no_vector(),
         )
-        return fuse(text, vector, k, self.weights if weights is None else check_weights(weights))
+        if confidence is None:
+            confidence = self.confidence
+        if confidence is None:
+            confidence = 0.0 if getattr(embedder, "lexical", False) else CONFIDENCE
+        return fuse(text, vector, k, weights, confidence=confidence)
 
     async def _text_leg(self, query: str, n: int, flt: dict[str, Any]) -> list[Any]:
         s = self.schema
@@ -165,10 +190,13 @@ class SemanticStore:
             )  # fmt: skip
         return text_hits(response.body, s.metadata_fields, s.text_fields)
 
-    async def _vector_leg(self, query: str, n: int, flt: dict[str, Any]) -> list[VectorMatch]:
+    async def _vector_leg(
+        self, query: str, n: int, flt: dict[str, Any]
+    ) -> tuple[list[VectorMatch], Embedder]:
         embedder = await self.query_embedder()
         row = (await embed_checked(embedder, [query]))[0]
-        return await self.data.vectors.query(self.schema.vectors.name, row, n, filter=flt or None)
+        found = await self.data.vectors.query(self.schema.vectors.name, row, n, filter=flt or None)
+        return found, embedder
 
     # -- caches ----------------------------------------------------------------------------------
 
@@ -188,3 +216,7 @@ class SemanticStore:
 
 async def _nothing() -> list[Any]:
     return []
+
+
+async def _no_vector() -> tuple[list[VectorMatch], None]:
+    return [], None

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..facade import DataLayer
     from .schema import SemanticSchema
 
-__all__ = ["EmbedderRegistry", "EmbeddingSink", "adapter"]
+__all__ = ["EmbedderRegistry", "EmbeddingSink", "adapter", "schema_of"]
 
 _KEY = "embedders"
 
@@ -132,28 +132,16 @@ class EmbeddingSink:
 
     async def apply(self, projection: Projection, version: int, changes: Sequence[Change]) -> int:
         sized, embedder = await self._sized(projection, version)
-        missing = [
-            i for i, c in enumerate(changes)
-            if isinstance(c, Upsert) and (c.document.get("model") != embedder.name
-                                          or not c.document.get("vector"))
-        ]  # fmt: skip
-        vectors: dict[int, str] = {}
-        if missing:
-            texts = [str(changes[i].document.get("text") or "") for i in missing]  # type: ignore[union-attr]
-            try:
-                matrix = await embed_checked(embedder, texts)
-            except Exception as exc:
-                raise ProjectionError(f"embedder {embedder.name}: {exc}") from exc
-            vectors = {i: encode_vector(row) for i, row in zip(missing, matrix, strict=True)}
-        out: list[Change] = []
-        for i, c in enumerate(changes):
-            if isinstance(c, Delete):
-                out.append(c)
-                continue
-            vector = vectors.get(i, c.document.get("vector"))
-            out.append(Upsert(c.key, {"vector": vector, "metadata": c.document.get("metadata")},
-                              c.position))  # fmt: skip
-        return await self.inner.apply(sized, version, out)
+        return await self.inner.apply(sized, version, await _embedded(changes, embedder))
+
+    async def expected(
+        self, projection: Projection, version: int, changes: Sequence[Change]
+    ) -> list[Change]:
+        """What ``apply`` would write for ``changes`` (the audit's hook): a version built by
+        another model than the one that embedded an event holds that event's text embedded by
+        its own model, so the audit compares with that, not with the stored vector."""
+        _, embedder = await self._sized(projection, version)
+        return await _embedded(changes, embedder)
 
     # -- the rest is the FAISS sink's ----------------------------------------------------------
 
@@ -195,10 +183,50 @@ class EmbeddingSink:
         return await self.inner.repair(projection, version, fixes)
 
 
+async def _embedded(changes: Sequence[Change], embedder: Embedder) -> list[Change]:
+    """The changes as the FAISS sink takes them (vector and metadata), the upserts that were
+    not embedded by ``embedder`` embedded by it, in one call."""
+    missing = [
+        i for i, c in enumerate(changes)
+        if isinstance(c, Upsert) and (c.document.get("model") != embedder.name
+                                      or not c.document.get("vector"))
+    ]  # fmt: skip
+    vectors: dict[int, str] = {}
+    if missing:
+        texts = [str(changes[i].document.get("text") or "") for i in missing]  # type: ignore[union-attr]
+        try:
+            matrix = await embed_checked(embedder, texts)
+        except Exception as exc:
+            raise ProjectionError(f"embedder {embedder.name}: {exc}") from exc
+        vectors = {i: encode_vector(row) for i, row in zip(missing, matrix, strict=True)}
+    out: list[Change] = []
+    for i, c in enumerate(changes):
+        if isinstance(c, Delete):
+            out.append(c)
+            continue
+        vector = vectors.get(i, c.document.get("vector"))
+        out.append(Upsert(c.key, {"vector": vector, "metadata": c.document.get("metadata")},
+                          c.position))  # fmt: skip
+    return out
+
+
+class _Adapter:
+    """The ``sink_adapter`` of a schema's vector projection; it keeps the schema, so that a
+    command given only the projection (``satellites-es reembed NAME``) finds its embedders."""
+
+    def __init__(self, schema: SemanticSchema) -> None:
+        self.schema = schema
+
+    def __call__(self, sink: Sink, data: DataLayer) -> Sink:
+        return EmbeddingSink(sink, EmbedderRegistry(data.log, self.schema))
+
+
 def adapter(schema: SemanticSchema) -> Any:
     """The ``sink_adapter`` of a schema's vector projection."""
+    return _Adapter(schema)
 
-    def wrap(sink: Sink, data: DataLayer) -> Sink:
-        return EmbeddingSink(sink, EmbedderRegistry(data.log, schema))
 
-    return wrap
+def schema_of(projection: Projection) -> SemanticSchema | None:
+    """The semantic schema whose vector projection this is, None for any other projection."""
+    found = projection.sink_adapter
+    return found.schema if isinstance(found, _Adapter) else None
