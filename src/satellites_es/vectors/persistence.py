@@ -474,6 +474,9 @@ def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceS
     try:
         raw = _STATE.decode(data)
         entries = {label: (vid, meta) for label, vid, meta in raw.entries}
+        # the namespace's id -> label map, built here (a worker, while the index may still be
+        # arriving) rather than when it is served; it also tells a repeated id
+        label_of = {vid: label for label, (vid, _) in entries.items()}
         state = NamespaceState(
             entries=entries,
             positions=raw.positions,
@@ -481,11 +484,11 @@ def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceS
             next_label=raw.next_label,
             applied_position=raw.applied_position,
             trained=raw.trained,
+            label_of=label_of,
         )
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptIndexError(path, f"invalid metadata: {exc}") from exc
-    ids = [vid for vid, _ in entries.values()]
-    if len(entries) != manifest["count"] or len(set(ids)) != len(ids):
+    if len(entries) != manifest["count"] or len(label_of) != len(entries):
         raise CorruptIndexError(path, "entries do not match the manifest's count")
     if state.applied_position != manifest["applied_position"]:
         raise CorruptIndexError(path, "applied position differs from the manifest")
