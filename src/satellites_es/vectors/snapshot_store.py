@@ -320,7 +320,7 @@ class SnapshotStore:
     ) -> tuple[Chunks, str] | None:
         """An object's bytes, as the pieces they arrived in, and their sha256; None if it does
         not exist. Each piece is hashed in a worker thread while the client fetches the next
-        (hashlib lets go of the GIL), so the hash costs the download no time of its own."""
+        (hashlib lets go of the GIL): hashing and downloading overlap instead of taking turns."""
         what = f"read {self.where(key)}"
         try:
             result = await _translated(what, obstore.get_async(self._store, key))
