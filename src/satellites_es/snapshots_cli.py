@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import os
-import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -119,33 +116,9 @@ async def _create(
         return namespace, position, published
 
 
-def _exit_at_once(fn: Callable[..., None]) -> Callable[..., None]:
-    """Run ``fn`` with the CLI's error policy, then end the process at once with its exit code.
-
-    obstore's native runtime sometimes aborts the interpreter's ordinary shutdown after a
-    failed request (SIGABRT, exit 134; BENCHMARKS.md, issue 20), which turned a one-line error
-    with exit 1 into a crash. Nothing is left to clean up after the command: its
-    output is flushed, then ``os._exit`` skips the native teardown.
-    """
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> None:
-        code = 0
-        try:
-            fn(*args, **kwargs)
-        except typer.Exit as exc:
-            code = exc.exit_code
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-
-    return run
-
-
 def register(handled: Callable[[Callable[..., None]], Callable[..., None]]) -> typer.Typer:
     """Declare the commands with the CLI's error policy (``handled``: an error becomes one line
-    and a ``typer.Exit``), each ending the process at once; returns the group."""
+    and a ``typer.Exit``); returns the group."""
     for name, fn in (("list", snapshots_list), ("create", snapshots_create)):
-        snapshots_app.command(name)(_exit_at_once(handled(fn)))
+        snapshots_app.command(name)(handled(fn))
     return snapshots_app

@@ -218,12 +218,16 @@ def elasticsearch_url(env: Mapping[str, str] | None = None) -> Iterator[str]:
 
 class TcpProxy:
     """A TCP proxy on a free local port in front of ``target``; :meth:`cut` severs every
-    connection and (while ``blocked``) refuses new ones: a network fault for one client only."""
+    connection and (while ``blocked``) refuses new ones: a network fault for one client only.
+    ``cut_after``: cut by itself once that many bytes have passed (either way), a fault in the
+    middle of a transfer."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, cut_after: int | None = None) -> None:
         self.target = (target_host, target_port)
         self.port = free_port()
         self.blocked = False
+        self.cut_after = cut_after
+        self.passed = 0
         self._server: asyncio.Server | None = None
         self._pairs: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -252,6 +256,10 @@ class TcpProxy:
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
+                self.passed += len(data)
+                if self.cut_after is not None and self.passed >= self.cut_after:
+                    self.cut_after = None
+                    self.cut()
         except (OSError, asyncio.CancelledError):
             pass
         finally:

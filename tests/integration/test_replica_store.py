@@ -13,25 +13,29 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import numpy as np
 import obstore
 import pytest
 
-from satellites_es.config import DataLayerConfig, FaissConfig, PostgresConfig
+from satellites_es.config import DataLayerConfig, EventLogConfig, FaissConfig, PostgresConfig
 from satellites_es.demo.projections import embeddings
 from satellites_es.errors import BackendUnavailableError
 from satellites_es.facade import DataLayer
 from satellites_es.metrics import Metrics
 from satellites_es.projections import Checkpoints, Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
+from satellites_es.projections.projector import FollowerStatus, follow_active
 from satellites_es.projections.replica import Replica
 from satellites_es.projections.service import ProjectionService
 from satellites_es.projections.snapshotter import Lease, Snapshotter, publish_now
 from satellites_es.store import EventStore
+from satellites_es.testing import TcpProxy
 from satellites_es.testing_s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.persistence import INDEX_FILE, META_FILE
 from satellites_es.vectors.snapshot_store import POINTER, SnapshotStore
+from tests.integration.test_projection_faults import _until
 from tests.replica_support import (
     DIM,
     NAMESPACE,
@@ -318,3 +322,105 @@ async def test_a_publisher_that_lost_the_race_never_moves_the_pointer_back(s3: S
     assert slow is None and fast is not None
     pointer = await first.pointer(NAMESPACE)
     assert pointer is not None and [s.id for s in pointer.snapshots] == [fast.id]
+
+
+# -- faults of a replica as a long-running part ------------------------------------------------
+
+
+async def test_store_cut_mid_download_is_reported_and_the_replica_replays_the_log(
+    store: EventStore, checkpoints: Checkpoints, tmp_path: Path, s3: S3Server
+) -> None:
+    """The store lost in the middle of the index's download (a proxy that severs and refuses
+    every connection after 1.5 MB of a ~4 MB snapshot): nothing of it is served, health says
+    the store is down naming the object, and the replica replays the log and serves. Once the
+    store is back, a new replica bootstraps from it."""
+    rng = random.Random(40)
+    direct = SnapshotStore(s3.url("cut"), endpoint=s3.endpoint)
+    await store.append(embedding_events(rng, 4000, keys=4000))
+    _, published = await _publish_from(tmp_path / "maker", store, checkpoints, direct)
+    pointer = await direct.pointer(NAMESPACE)
+    assert published is not None and pointer is not None and pointer.snapshots[0].bytes > 3e6
+    await store.append(embedding_events(rng, 200, keys=4000))  # a tail
+    async with TcpProxy("127.0.0.1", s3.port, cut_after=1_500_000) as proxy:
+        via = SnapshotStore(s3.url("cut"), endpoint=f"http://127.0.0.1:{proxy.port}", retries=1)
+        async with replica(tmp_path / "a", store, checkpoints, via) as (vectors, boot, projector):
+            await projector.catch_up()
+            assert proxy.blocked and boot is not None  # the cut happened during the bootstrap
+            status = boot.status[NAMESPACE]
+            assert (status.source, status.snapshot, status.refused) == ("log", None, [])
+            assert status.store_error is not None and "\n" not in status.store_error
+            assert "object_store" in status.store_error
+            assert f"/snapshots/{published}/" in status.store_error  # names the object
+            assert 0 < status.done < pointer.snapshots[0].bytes  # it was cut mid-way
+            assert len(await vectors.query(NAMESPACE, [1.0] * DIM, top_k=3)) == 3
+            await assert_matches_log(vectors, NAMESPACE, await log_fold(store))
+        proxy.restore()
+        async with replica(tmp_path / "b", store, checkpoints, via) as (vectors, boot, projector):
+            await projector.catch_up()
+            assert boot is not None and boot.status[NAMESPACE].source == "store"
+            await assert_matches_log(vectors, NAMESPACE, await log_fold(store))
+
+
+async def test_postgres_cut_during_the_tail_replay_is_ridden_out_while_the_snapshot_serves(
+    migrated: PostgresConfig, store: EventStore, checkpoints: Checkpoints, tmp_path: Path,
+    s3: S3Server,
+) -> None:  # fmt: skip
+    """Postgres unreachable from a replica after its snapshot loaded, in the middle of the
+    log's tail: the follower says Postgres is down and retries, the namespace keeps answering
+    from the snapshot meanwhile, and once Postgres is back the replica converges with the log
+    without downloading again."""
+    rng = random.Random(41)
+    snapshots = SnapshotStore(s3.url("pgcut"), endpoint=s3.endpoint)
+    await store.append(embedding_events(rng, 1000, keys=600))
+    position, published = await _publish_from(tmp_path / "maker", store, checkpoints, snapshots)
+    await store.append(embedding_events(rng, 3000, keys=600))  # the tail: three batches
+    async with TcpProxy(migrated.host, migrated.port) as proxy:
+        dsn = migrated.dsn.replace(f"{migrated.host}:{migrated.port}", f"127.0.0.1:{proxy.port}")
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=3, timeout=2)
+        try:
+            via = EventStore(pool, schema=migrated.schema, config=EventLogConfig(), dsn=dsn)
+            via_checkpoints = Checkpoints(pool, migrated.schema)
+            async with VectorIndex(
+                FaissConfig(index_path=tmp_path / "r", dimension=DIM)
+            ) as vectors:
+                boot = Replica(vectors, snapshots)
+                sink = _CutAfterFirstApply(vectors, boot, proxy)
+                status, stop = FollowerStatus(), asyncio.Event()
+                follower = asyncio.create_task(follow_active(
+                    embeddings, sink, via, via_checkpoints, stop=stop, poll_interval=0.2,
+                    status=status))  # fmt: skip
+                try:
+                    await _until(lambda: status.state == "backend_down", 30, "backend_down")
+                    assert not follower.done() and status.error is not None
+                    assert boot.status[NAMESPACE].snapshot == published
+                    applied = vectors.applied_position(NAMESPACE)
+                    assert applied is not None and position < applied < await store.head()
+                    hits = await vectors.query(NAMESPACE, [1.0] * DIM, top_k=3)
+                    assert len(hits) == 3  # the snapshot and the tail so far keep serving
+                    proxy.restore()
+                    head = await store.head()
+                    await _until(lambda: vectors.applied_position(NAMESPACE) == head, 60, "head")
+                finally:
+                    proxy.restore()
+                    stop.set()
+                    await asyncio.wait_for(follower, 30)
+                assert boot.status[NAMESPACE].source == "store"  # downloaded once, not again
+                await assert_matches_log(vectors, NAMESPACE, await log_fold(store))
+        finally:
+            await pool.close()
+
+
+class _CutAfterFirstApply(FaissSink):
+    """A FAISS sink that cuts Postgres (through ``proxy``) once it has applied a batch of the
+    tail: the cut lands in the middle of the tail's replay, whatever the timing."""
+
+    def __init__(self, vectors: VectorIndex, boot: Replica, proxy: TcpProxy) -> None:
+        super().__init__(vectors, boot)
+        self.proxy, self.done = proxy, False
+
+    async def apply_runs(self, projection: Any, version: int, runs: Any) -> int:
+        applied = await super().apply_runs(projection, version, runs)
+        if not self.done:
+            self.done = True
+            self.proxy.cut()
+        return applied

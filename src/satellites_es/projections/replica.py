@@ -132,7 +132,7 @@ class Replica:
         store, where = self.store, self.store.describe(namespace, snapshot)
         progress = status_adder(status)
         data, sha = await store.fetch(namespace, snapshot, MANIFEST_FILE, progress)
-        manifest = open_manifest(namespace, data, snapshot.manifest_sha256, where, sha)
+        manifest = open_manifest(namespace, data.join(), snapshot.manifest_sha256, where, sha)
         index_task = asyncio.create_task(store.fetch(namespace, snapshot, INDEX_FILE, progress))
         try:
             data, sha = await store.fetch(namespace, snapshot, META_FILE, progress)

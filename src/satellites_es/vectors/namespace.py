@@ -125,6 +125,8 @@ class NamespaceState:
     next_label: int
     applied_position: int | None
     trained: bool
+    #: id -> label of ``entries``, when the loader built it already (off the event loop)
+    label_of: dict[str, int] | None = None
 
 
 class Namespace:
@@ -138,7 +140,12 @@ class Namespace:
         self._next_label = state.next_label
         self.applied_position = state.applied_position
         self._trained = state.trained
-        self._label_of = {vector_id: label for label, (vector_id, _) in self._entries.items()}
+        label_of = state.label_of
+        self._label_of: dict[str, int] = (
+            label_of
+            if label_of is not None
+            else {vector_id: label for label, (vector_id, _) in self._entries.items()}
+        )
         self._filters = MetadataIndex()  # keys are indexed when a filter first uses them
         self._plans = PlanCache()  # selectors and search parameters, rebuilt after a write
         self._norms: tuple[int, Matrix] | None = None

@@ -39,13 +39,12 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +64,7 @@ __all__ = [
     "INDEX_FILE",
     "MANIFEST_FILE",
     "META_FILE",
+    "Chunks",
     "Manifest",
     "Snapshot",
     "assemble",
@@ -245,6 +245,49 @@ def _sha256(data: bytes) -> str:
 # ---- reading ------------------------------------------------------------------------------
 
 
+class Chunks:
+    """A file as the pieces it arrived in (an object store's stream), never joined into one
+    buffer unless a parser needs one: joining a 300 MB index copied it once more, on the
+    event loop, before FAISS copied it again into its own arrays."""
+
+    def __init__(self, parts: Sequence[Any] = ()) -> None:
+        self.parts: list[memoryview] = [memoryview(p).cast("B") for p in parts]
+        self._size = sum(p.nbytes for p in self.parts)
+
+    def append(self, part: Any) -> None:
+        view = memoryview(part).cast("B")
+        self.parts.append(view)
+        self._size += view.nbytes
+
+    def __len__(self) -> int:
+        return self._size
+
+    def join(self) -> bytes:
+        return self.parts[0].tobytes() if len(self.parts) == 1 else b"".join(self.parts)
+
+    def reader(self) -> Callable[[int], bytes]:
+        """``read(n)``: the next at most ``n`` bytes (fewer at a piece's end), b"" at the end,
+        as ``faiss.PyCallbackIOReader`` asks them."""
+        parts, at = iter(self.parts), 0
+        part: memoryview | None = next(parts, None)
+
+        def read(n: int) -> bytes:
+            nonlocal part, at
+            while part is not None and at >= part.nbytes:
+                part, at = next(parts, None), 0
+            if part is None:
+                return b""
+            out = part[at : at + n].tobytes()
+            at += len(out)
+            return out
+
+        return read
+
+
+def _chunks(data: bytes | Chunks) -> Chunks:
+    return data if isinstance(data, Chunks) else Chunks([data])
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A verified snapshot, ready to serve."""
@@ -304,20 +347,22 @@ def open_manifest(
 
 
 def decode_index(
-    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+    manifest: Manifest, data: bytes | Chunks, where: Callable[[str], str], sha: str | None = None
 ) -> Any:
     """The FAISS index, once its size and sha256 are the manifest's."""
-    _check_file(where(INDEX_FILE), data, manifest.body["files"][INDEX_FILE], sha or _sha256(data))
-    return _load_index(where(INDEX_FILE), data, manifest.spec, manifest.body)
+    chunks = _chunks(data)
+    _check_file(where(INDEX_FILE), chunks, manifest.body["files"][INDEX_FILE], sha)
+    return _load_index(where(INDEX_FILE), chunks, manifest.spec, manifest.body)
 
 
 def decode_state(
-    manifest: Manifest, data: bytes, where: Callable[[str], str], sha: str | None = None
+    manifest: Manifest, data: bytes | Chunks, where: Callable[[str], str], sha: str | None = None
 ) -> NamespaceState:
     """The ids, metadata and positions, once their size and sha256 are the manifest's."""
-    _check_file(where(META_FILE), data, manifest.body["files"][META_FILE], sha or _sha256(data))
+    chunks = _chunks(data)
+    _check_file(where(META_FILE), chunks, manifest.body["files"][META_FILE], sha)
     with _gc_paused():
-        return _parse_state(where(META_FILE), data, manifest.body)
+        return _parse_state(where(META_FILE), chunks.join(), manifest.body)
 
 
 def assemble(
@@ -360,9 +405,15 @@ def _read(path: Path) -> bytes:
         raise CorruptIndexError(str(path), f"cannot be read: {exc.strerror}") from exc
 
 
-def _check_file(where: str, data: bytes, expected: Mapping[str, Any], sha256: str) -> None:
+def _check_file(where: str, data: Chunks, expected: Mapping[str, Any], sha256: str | None) -> None:
+    """Size, then sha256 (``sha256``: computed as the file arrived; else hashed here)."""
     if len(data) != expected["size"]:
         raise CorruptIndexError(where, f"{len(data)} bytes, manifest says {expected['size']}")
+    if sha256 is None:
+        hasher = hashlib.sha256()
+        for part in data.parts:
+            hasher.update(part)
+        sha256 = hasher.hexdigest()
     if sha256 != expected["sha256"]:
         raise CorruptIndexError(where, "sha256 does not match the manifest")
 
@@ -386,11 +437,11 @@ def _parse_manifest(path: str, data: bytes, name: str) -> dict[str, Any]:
     return dict(manifest)
 
 
-def _load_index(path: str, data: bytes, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
+def _load_index(path: str, data: Chunks, spec: NamespaceSpec, manifest: dict[str, Any]) -> Any:
     try:
         # read through a callback rather than deserialize_index(np.frombuffer(...)): its SWIG
         # conversion copies the whole buffer element by element first (BENCHMARKS.md, issue 20)
-        reader = faiss.PyCallbackIOReader(io.BytesIO(data).read, _READ_CHUNK)
+        reader = faiss.PyCallbackIOReader(data.reader(), _READ_CHUNK)
         index = faiss.read_index(reader)
     except (RuntimeError, AssertionError, ValueError) as exc:
         raise CorruptIndexError(path, f"faiss cannot read it: {exc}") from exc
@@ -423,6 +474,9 @@ def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceS
     try:
         raw = _STATE.decode(data)
         entries = {label: (vid, meta) for label, vid, meta in raw.entries}
+        # the namespace's id -> label map, built here (a worker, while the index may still be
+        # arriving) rather than when it is served; it also tells a repeated id
+        label_of = {vid: label for label, (vid, _) in entries.items()}
         state = NamespaceState(
             entries=entries,
             positions=raw.positions,
@@ -430,11 +484,11 @@ def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceS
             next_label=raw.next_label,
             applied_position=raw.applied_position,
             trained=raw.trained,
+            label_of=label_of,
         )
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise CorruptIndexError(path, f"invalid metadata: {exc}") from exc
-    ids = [vid for vid, _ in entries.values()]
-    if len(entries) != manifest["count"] or len(set(ids)) != len(ids):
+    if len(entries) != manifest["count"] or len(label_of) != len(entries):
         raise CorruptIndexError(path, "entries do not match the manifest's count")
     if state.applied_position != manifest["applied_position"]:
         raise CorruptIndexError(path, "applied position differs from the manifest")

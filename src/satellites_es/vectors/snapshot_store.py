@@ -33,10 +33,14 @@ failure of the store itself (unreachable, refused, timed out, denied) is a
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import logging
 import re
+import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -56,6 +60,7 @@ from .persistence import (
     INDEX_FILE,
     MANIFEST_FILE,
     META_FILE,
+    Chunks,
     is_safe_name,
     manifest_sha256,
 )
@@ -80,6 +85,8 @@ CHUNK_SIZE = 16 * 1024 * 1024
 MAX_CONCURRENCY = 4
 #: A download reports progress at least every this many bytes.
 STREAM_CHUNK = 8 * 1024 * 1024
+#: At exit, how long to wait at most for the client's native threads to leave Python.
+EXIT_GRACE = 2.0
 
 Progress = Callable[[int], None]
 
@@ -104,7 +111,7 @@ class RemoteSnapshot:
 class Download:
     """A snapshot's files as downloaded, with the sha256 of each computed on the way."""
 
-    files: dict[str, bytes]
+    files: dict[str, Chunks]
     sha256: dict[str, str]
 
 
@@ -200,7 +207,7 @@ class SnapshotStore:
 
     async def fetch(
         self, namespace: str, snapshot: RemoteSnapshot, file: str, progress: Progress | None = None
-    ) -> tuple[bytes, str]:
+    ) -> tuple[Chunks, str]:
         """One file of ``snapshot`` as stored, with its sha256 computed as it arrives (verify it
         with :mod:`.persistence`'s ``decode_*``); a missing one is a :class:`CorruptIndexError`
         naming it."""
@@ -310,27 +317,37 @@ class SnapshotStore:
 
     async def _get_hashed(
         self, key: str, progress: Progress | None = None
-    ) -> tuple[bytes, str] | None:
-        """An object's bytes and their sha256, computed in a worker thread chunk by chunk while
-        the client fetches the next; None if it does not exist."""
+    ) -> tuple[Chunks, str] | None:
+        """An object's bytes, as the pieces they arrived in, and their sha256; None if it does
+        not exist. Each piece is hashed in a worker thread while the client fetches the next
+        (hashlib lets go of the GIL): hashing and downloading overlap instead of taking turns."""
         what = f"read {self.where(key)}"
         try:
             result = await _translated(what, obstore.get_async(self._store, key))
         except FileNotFoundError:
             return None
         hasher = hashlib.sha256()
-        chunks = []
+        chunks = Chunks()
         stream = result.stream(min_chunk_size=STREAM_CHUNK)
-        while True:
-            try:
-                chunk = await _translated(what, stream.__anext__())
-            except StopAsyncIteration:
-                break
-            await asyncio.to_thread(hasher.update, chunk)  # hashlib lets go of the GIL
-            chunks.append(chunk)
-            if progress is not None:
-                progress(len(chunk))
-        return b"".join(chunks), hasher.hexdigest()
+        hashing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                try:
+                    chunk = await _translated(what, stream.__anext__())
+                except StopAsyncIteration:
+                    break
+                if hashing is not None:
+                    await hashing  # in order: the previous piece first
+                hashing = asyncio.ensure_future(asyncio.to_thread(hasher.update, chunk))
+                chunks.append(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+            if hashing is not None:
+                await hashing
+        finally:
+            if hashing is not None and not hashing.done():  # cancelled: let the thread finish
+                await asyncio.wait([hashing])
+        return chunks, hasher.hexdigest()
 
     async def _put(self, key: str, data: bytes) -> None:
         await self._call(f"write {self.where(key)}", obstore.put_async(
@@ -380,3 +397,28 @@ def _open(url: str, endpoint: str | None, connect_timeout: float, retries: int) 
                          "max_backoff": timedelta(seconds=2)}}  # fmt: skip
     return S3Store(parts.netloc, prefix=parts.path.strip("/") or None, client_options=options,
                    retry_config=retry, **config)  # fmt: skip
+
+
+def _let_client_threads_leave() -> None:
+    """At interpreter exit, wait until no thread of the client's native runtime is inside
+    Python (registered with ``atexit``, whose hooks run before finalisation begins).
+
+    obstore completes a request on a thread of its tokio runtime, which calls into Python
+    (``loop.call_soon_threadsafe``) to hand the result to the event loop. The main thread can
+    take that result, finish ``asyncio.run`` and reach the exit while the native thread still
+    waits to take the GIL back after writing the loop's wake-up byte. On CPython before 3.14 a
+    thread that takes the GIL once finalisation has begun is ended with ``pthread_exit``,
+    which cannot unwind through Rust frames: the process aborted (SIGABRT, exit 134; CPython
+    gh-87135), turning a one-line error with exit 1 into a crash. Sleeping drops the GIL, so
+    the waiting thread takes it and leaves; such a thread shows as a Python frame on a
+    thread that :mod:`threading` does not know."""
+    me = threading.get_ident()
+    deadline = time.monotonic() + EXIT_GRACE
+    while True:
+        time.sleep(0.002)
+        known = {t.ident for t in threading.enumerate()} | {me}
+        if all(t in known for t in sys._current_frames()) or time.monotonic() > deadline:
+            return
+
+
+atexit.register(_let_client_threads_leave)
