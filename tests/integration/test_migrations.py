@@ -68,9 +68,8 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert await diff(pg_config) == []
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
-    assert functions == {"append_events_v4", "append_event_v4", "append_events_body_v3",
-                         "append_event_body_v3", "sequence_events_v1", "sequence_pending_v1",
-                         "sequenced_positions_v1"}  # fmt: skip
+    assert functions == {"append_events_v4", "append_event_v4", "sequence_events_v1",
+                         "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
     assert versions == ["0006"]
 
 

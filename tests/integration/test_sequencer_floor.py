@@ -123,34 +123,18 @@ async def test_a_held_transaction_holds_the_floor_back_not_the_numbering(
     await _floor_reaches(store, pool, held_number)
 
 
-async def test_the_v3_append_functions_are_gone_and_their_bodies_are_the_owners_only(
+async def test_the_v3_append_functions_are_gone_and_come_back_on_downgrade(
     pg_config: PostgresConfig,
 ) -> None:
-    """A process still calling v3 fails loudly; a role granted v3 before the upgrade cannot
-    call the renamed body (which would skip taking the transaction id first)."""
-    role = f"{pg_config.schema}_legacy"[:63]
+    """A process still calling v3 (which took pending numbers before an id) fails loudly."""
     await upgrade(pg_config, "0005")
+    await upgrade(pg_config)
     conn = await asyncpg.connect(pg_config.dsn)
     try:
-        await conn.execute(f'CREATE ROLE "{role}"')
-        await conn.execute(f'GRANT USAGE ON SCHEMA "{pg_config.schema}" TO "{role}"')
-        await conn.execute(
-            f'GRANT EXECUTE ON FUNCTION "{pg_config.schema}".append_event_v3(text, text, text,'
-            f' text, text, jsonb, timestamptz, jsonb, integer, text, boolean) TO "{role}"'
-        )
-        await upgrade(pg_config)
         with pytest.raises(asyncpg.UndefinedFunctionError):
             await conn.fetch(f"SELECT * FROM \"{pg_config.schema}\".append_event_v3('i', 'r',"
                              " 'k', 't', 's', '{}', now(), '{}', NULL, 'c', false)")  # fmt: skip
-        grantees = await conn.fetchval(
-            "SELECT array_agg(DISTINCT a.grantee::regrole::text) FROM pg_proc p,"
-            " aclexplode(p.proacl) a WHERE p.pronamespace = $1::regnamespace"
-            " AND p.proname IN ('append_event_body_v3', 'append_events_body_v3')"
-            " AND a.grantee <> p.proowner",
-            pg_config.schema,
-        )  # fmt: skip
-        assert not grantees
-        await downgrade(pg_config, "0005")  # and back: v3 as it was
+        await downgrade(pg_config, "0005")  # and back: v3 as it was, no floor
         names = await conn.fetchval(
             "SELECT array_agg(proname ORDER BY proname) FROM pg_proc"
             " WHERE pronamespace = $1::regnamespace AND proname LIKE 'append%'",
@@ -162,16 +146,23 @@ async def test_the_v3_append_functions_are_gone_and_their_bodies_are_the_owners_
         )
     finally:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{pg_config.schema}" CASCADE')
-        await conn.execute(f'DROP ROLE IF EXISTS "{role}"')
         await conn.close()
 
 
-def test_the_floor_paragraph_names_the_functions_it_relies_on() -> None:
-    """The design paragraph and the migration agree on what takes the transaction id first."""
-    from satellites_es.sql import load
+def test_the_v4_append_functions_take_the_transaction_id_before_anything_else() -> None:
+    """The v4 functions are the frozen v3 blocks with one call first; nothing else differs."""
+    from satellites_es.sql import load, transaction_id_first
 
+    for old, new in (("append_event_v3", "append_event_v4"),
+                     ("append_events_v3", "append_events_v4")):  # fmt: skip
+        v3 = load(f"create_{old}")
+        v4 = transaction_id_first(v3, old, new)
+        body = v4[v4.index("\nBEGIN\n") + 1 :]
+        first = body.splitlines()[1].strip()
+        assert first.startswith("PERFORM pg_current_xact_id();")
+        assert v4.replace(new, old).replace(body.splitlines()[1] + "\n", "", 1) == v3
+        assert "nextval" not in v4[: v4.index("PERFORM pg_current_xact_id()")]
+    with pytest.raises(ValueError):
+        transaction_id_first(load("create_append_event_v3"), "append_event_v2", "x")
     paragraph = load("create_sequencer_state_v1")
     assert re.search(r"append_event_v4, append_events_v4", paragraph)
-    for name in ("create_append_event_v4", "create_append_events_v4"):
-        body = load(name)
-        assert body.index("pg_current_xact_id()") < body.index("RETURN QUERY")

@@ -12,7 +12,7 @@ import functools
 import re
 from importlib import resources
 
-__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema"]
+__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema", "transaction_id_first"]
 
 #: The schema names we accept (the same rule as ``PostgresConfig.schema``).
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -43,3 +43,17 @@ def queries(schema: str) -> dict[str, str]:
     """Every block with ``{schema}`` replaced by the quoted ``schema``."""
     quoted = quote_schema(schema)
     return {name: body.replace("{schema}", quoted) for name, body in _blocks().items()}
+
+
+def transaction_id_first(create_block: str, old: str, new: str) -> str:
+    """A released function's ``CREATE FUNCTION`` block as function ``new``, its body first
+    taking the transaction's id (``pg_current_xact_id()``): migration 0006 makes the v4 append
+    functions so from the frozen v3 blocks (the ``create_sequencer_state_v1`` paragraph says why)
+    rather than keep a second copy of them that would have to stay in step."""
+    renamed = create_block.replace(f"CREATE FUNCTION {old}(", f"CREATE FUNCTION {new}(", 1)
+    body_start = renamed.index("\nBEGIN\n") + len("\nBEGIN\n")
+    if renamed == create_block or old in renamed:
+        raise ValueError(f"{old!r} is not the one function this block creates")
+    return (renamed[:body_start]
+            + "    PERFORM pg_current_xact_id();  -- before any pending number (migration 0006)\n"
+            + renamed[body_start:])  # fmt: skip

@@ -902,7 +902,8 @@ FROM PUBLIC;
 -- its stream: so the floor may pass a number only once its transaction has ended. The sequencer
 -- reads the sequence's last allocated number C (the candidate), then takes a transaction id of
 -- its own, H (the horizon). Every append takes its transaction id *before* its pending numbers
--- (append_event_v4, append_events_v4), and ids are handed out in order, so every transaction
+-- (append_event_v4, append_events_v4: the v3 functions with that one call first, derived
+-- from their blocks by sql.transaction_id_first), and ids are handed out in order, so every transaction
 -- that holds a number up to C has an id below H. (Not the xmax of a snapshot: that is the last
 -- *completed* id + 1, and running transactions may hold ids above it.) A later run that sees no
 -- transaction with an id below H still running (its own included) numbers everything
@@ -966,13 +967,15 @@ BEGIN
     new_floor := old_floor;
     new_candidate := old_candidate;
     new_horizon := old_horizon;
-    -- The oldest transaction id still running, this one's included (a snapshot leaves its own
-    -- transaction out of its xmin). Read before a horizon of our own is taken below.
-    oldest := least(pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-                    pg_current_xact_id_if_assigned()::text::bigint);
-    IF old_horizon IS NOT NULL AND oldest >= old_horizon THEN
-        new_floor := old_candidate;  -- after the numbering below, which sees all of them
-        new_horizon := NULL;
+    IF old_horizon IS NOT NULL THEN
+        -- The oldest transaction id still running, this one's included (a snapshot leaves its
+        -- own transaction out of its xmin). Read before a horizon of our own is taken below.
+        oldest := least(pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                        pg_current_xact_id_if_assigned()::text::bigint);
+        IF oldest >= old_horizon THEN
+            new_floor := old_candidate;  -- after the numbering below, which sees all of them
+            new_horizon := NULL;
+        END IF;
     END IF;
     -- No candidate waiting: take the next one, if any number was allocated. The horizon is a
     -- transaction id taken after reading the candidate, so above every id that holds a number
@@ -1012,97 +1015,6 @@ $fn$;
 -- name: revoke_sequence_pending_v1
 -- A downgrade of 0006 recreates the function: its EXECUTE is revoked again.
 REVOKE ALL ON FUNCTION sequence_pending_v1(text) FROM PUBLIC;
-
--- name: rename_append_events_v3_body
--- The v3 append functions become the bodies of v4 (below), which take the transaction id first;
--- renamed, so that a process still calling v3 fails loudly instead of taking pending numbers
--- before an id (which the floor relies on).
-ALTER FUNCTION append_events_v3(
-    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
-    integer[], integer[], integer, text, boolean
-) RENAME TO append_events_body_v3;
-
--- name: rename_append_event_v3_body
-ALTER FUNCTION append_event_v3(
-    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
-) RENAME TO append_event_body_v3;
-
--- name: unrename_append_events_v3_body
-ALTER FUNCTION append_events_body_v3(
-    text[], text[], text[], text[], text[], jsonb[], timestamptz[], jsonb[], integer[],
-    integer[], integer[], integer, text, boolean
-) RENAME TO append_events_v3;
-
--- name: unrename_append_event_v3_body
-ALTER FUNCTION append_event_body_v3(
-    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
-) RENAME TO append_event_v3;
-
--- name: revoke_append_bodies_v3
--- Only the owner may call the bodies: a role granted v3 (a producer) keeps that grant across
--- the rename, and calling a body directly would skip taking the transaction id first.
-DO $do$
-DECLARE
-    f regprocedure;
-    g oid;
-BEGIN
-    FOREACH f IN ARRAY ARRAY[
-        'append_events_body_v3(text[], text[], text[], text[], text[], jsonb[], timestamptz[],
-         jsonb[], integer[], integer[], integer[], integer, text, boolean)'::regprocedure,
-        'append_event_body_v3(text, text, text, text, text, jsonb, timestamptz, jsonb, integer,
-         text, boolean)'::regprocedure]
-    LOOP
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
-        FOR g IN SELECT DISTINCT a.grantee FROM pg_proc p, aclexplode(p.proacl) a
-                 WHERE p.oid = f AND a.grantee <> p.proowner AND a.grantee <> 0
-        LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', f, g::regrole::text);
-        END LOOP;
-    END LOOP;
-END
-$do$;
-
--- name: create_append_events_v4
--- append_events_v3 (now append_events_body_v3), after taking the transaction's id: every
--- pending number is then held by a transaction with an id (see create_sequencer_state_v1).
-CREATE FUNCTION append_events_v4(
-    ids text[], resources text[], keys text[], types text[], sources text[], payloads jsonb[],
-    timestamps timestamptz[], metadatas jsonb[], stream_of integer[], seqs integer[],
-    firsts integer[], expected integer, channel text, sequence_now boolean
-)
-RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
-LANGUAGE plpgsql
-VOLATILE
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $fn$
-BEGIN
-    PERFORM pg_current_xact_id();
-    RETURN QUERY SELECT * FROM append_events_body_v3(ids, resources, keys, types, sources,
-        payloads, timestamps, metadatas, stream_of, seqs, firsts, expected, channel,
-        sequence_now);
-END
-$fn$;
-
--- name: create_append_event_v4
--- append_event_v3 (now append_event_body_v3), after taking the transaction's id.
-CREATE FUNCTION append_event_v4(
-    new_id text, new_resource text, new_key text, new_type text, new_source text,
-    new_payload jsonb, new_timestamp timestamptz, new_metadata jsonb, expected integer,
-    channel text, sequence_now boolean
-)
-RETURNS TABLE (out_position bigint, out_id text, out_version integer, out_duplicate boolean)
-LANGUAGE plpgsql
-VOLATILE
-SECURITY DEFINER
-SET search_path FROM CURRENT
-AS $fn$
-BEGIN
-    PERFORM pg_current_xact_id();
-    RETURN QUERY SELECT * FROM append_event_body_v3(new_id, new_resource, new_key, new_type,
-        new_source, new_payload, new_timestamp, new_metadata, expected, channel, sequence_now);
-END
-$fn$;
 
 -- name: drop_append_events_v4
 DROP FUNCTION append_events_v4(
