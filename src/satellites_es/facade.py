@@ -43,7 +43,7 @@ from .errors import (
     LifecycleError,
     SatellitesError,
 )
-from .events import EventBus, InProcessEventBus
+from .events import EventBus, InProcessEventBus, RelayBus
 from .health import BackendHealth, Health, probe
 from .tls import rabbitmq_tls
 from .tracing import span
@@ -121,7 +121,7 @@ class DataLayer:
         self,
         config: DataLayerConfig | None = None,
         *,
-        bus: EventBus | None = None,
+        bus: RelayBus | None = None,
         optional: Collection[str] = (),
         upcasters: Upcasters | None = None,
     ) -> None:
@@ -137,7 +137,7 @@ class DataLayer:
                     "DataLayer(optional=...)", f"{name!r} cannot start without its server; "
                     "only 'redis' and 'elasticsearch' can"
                 )  # fmt: skip
-        self._bus: EventBus = bus if bus is not None else self._make_bus()
+        self._bus: RelayBus = bus if bus is not None else self._make_bus()
         self._events: EventBus = self._bus
         self._store: EventStore | None = None
         self._relay: Relay | None = None
@@ -163,7 +163,7 @@ class DataLayer:
             made["faiss"] = _VectorBackend(VectorIndex(c.faiss))
         return made
 
-    def _make_bus(self) -> EventBus:
+    def _make_bus(self) -> RelayBus:
         if not self.config.rabbitmq.enabled:
             return InProcessEventBus()
         from .bus.rabbitmq import RabbitMQEventBus
@@ -264,10 +264,10 @@ class DataLayer:
 
     def _start_relay(self, store: EventStore) -> None:
         """The relay runs as a named, watched task; several layers elect one leader."""
-        from .relay import Relay
+        from .relay_lease import postgres_relay
 
         c = self.config
-        self._relay = Relay(
+        self._relay = postgres_relay(
             store, self._bus, pool=self.postgres, schema=c.postgres.schema, config=c.relay,
             dsn=c.postgres.dsn,
         )  # fmt: skip

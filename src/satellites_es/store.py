@@ -69,7 +69,15 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -280,7 +288,7 @@ class EventStore:
         types: Collection[str] | None = None,
         read_ahead: bool = False,
         sequence: bool = True,
-    ) -> AsyncIterator[list[DataEvent]]:
+    ) -> AsyncGenerator[list[DataEvent], None]:
         """Events with ``after < position <= until``, in position order, a batch at a time.
         Without ``until`` the log is sequenced first (unless ``sequence=False``: a caller that
         sequences on its own, like the relay's leader), so every append committed before the
@@ -321,7 +329,7 @@ class EventStore:
         batch_size: int | None = None,
         until: int | None = None,
         read_ahead: bool = False,
-    ) -> AsyncIterator[PayloadBatch]:
+    ) -> AsyncGenerator[PayloadBatch, None]:
         """The position, key, type and payload of events, a :class:`PayloadBatch` at a time,
         for a replay that needs no more of an event than that (a declarative projection,
         :class:`~satellites_es.projections.VectorFields`). Same range, order, filter and read
@@ -413,6 +421,12 @@ class EventStore:
         with _translated("head"):
             value = await self._pool.fetchval(self._sql["head"])
         return int(value)
+
+    async def oldest_after(self, position: int) -> datetime | None:
+        """When the first event after ``position`` was recorded (None: there is none)."""
+        with _translated("oldest_after"):
+            value: datetime | None = await self._pool.fetchval(self._sql["oldest_after"], position)
+        return value
 
     async def pending(self) -> int:
         """How many committed events wait for the sequencer (read-only: for health and metrics;

@@ -1087,6 +1087,14 @@ WHERE projection = $1;
 -- "<schema>.<name>" ($1), held for as long as that session lives.
 SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1));
 
+-- name: relay_session
+-- The lease's own session: cursor writes need no WAL flush (after a Postgres crash the cursor
+-- may come back a little older, and the events after it are published again).
+SET synchronous_commit TO off;
+
+-- name: relay_heartbeat
+SELECT 1;
+
 -- name: relay_cursor_init
 INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
 ON CONFLICT (name) DO NOTHING;
@@ -1099,7 +1107,8 @@ SELECT position FROM {schema}.relay_cursors WHERE name = $1;
 UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
 WHERE name = $1 AND position < $2;
 
--- name: relay_oldest
+-- name: oldest_after
+-- When the first event after a position was recorded (the relay's oldest unpublished event).
 SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1;
 
 -- The read-only health check (satellites_es.healthcheck), on a read-only connection.
