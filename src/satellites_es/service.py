@@ -70,8 +70,8 @@ async def run_service(
     config = config.replace(relay=dataclasses.replace(config.relay, enabled=options.relay))
     projections = select_projections(config, options.projections) if options.projections else []
     with _signals(stop):
-        sections = {"redis": config.redis, "elasticsearch": config.elasticsearch}
-        optional = [name for name, section in sections.items() if section.enabled]
+        enabled = {"redis": config.redis.enabled, "elasticsearch": config.elasticsearch.enabled}
+        optional = [name for name, on in enabled.items() if on]
         upcasters = upcasters_of(config.projections_module)
         async with DataLayer(config, optional=optional, upcasters=upcasters) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)
