@@ -5,7 +5,7 @@ hashtext(schema || '.' || name))`` publishes. The lock lives on a connection of 
 (not a pooled one), so it is released exactly when that session ends: a SIGKILLed process, a cut
 network or a Postgres restart free it. The cursor is written on the same connection, so a relay
 that lost its session cannot move it; a termination listener and a ``SELECT 1`` heartbeat (the
-``relay_heartbeat`` block) tell the relay that the session is gone. The SQL is in
+``heartbeat`` block) tell the relay that the session is gone. The SQL is in
 ``sql/queries.sql`` (``relay_*``).
 """
 
@@ -119,7 +119,7 @@ class PostgresRelayLease:
             return False
         try:
             async with asyncio.timeout(timeout), self._conn_lock:
-                await conn.fetchval(self._sql["relay_heartbeat"])
+                await conn.fetchval(self._sql["heartbeat"])
         except DB_ERRORS:
             return False
         return True
