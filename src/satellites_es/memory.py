@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Unpack
 
 from .errors import ConcurrencyError, InvalidEventError, ProjectionError
 from .events import DataEvent
@@ -22,8 +22,8 @@ from .parking import ConsumerKind, Poison
 from .projections.checkpoints import ActiveVersion
 from .projections.model import Change, Projection, Upsert
 from .projections.sinks import Fix, Held, SinkDump, chunked
-from .protocols import LeadershipLost
-from .store import AppendResult, PayloadBatch, encode_batch
+from .protocols import LeadershipLost, PageOptions, ReadOptions
+from .store import AppendResult, PayloadBatch, encode_batch, woken
 
 __all__ = [
     "InMemoryCheckpoints",
@@ -42,13 +42,7 @@ class _Wakeups:
         self.woken = asyncio.Event()
 
     async def wait(self, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.woken.wait()
-        except TimeoutError:
-            return False
-        self.woken.clear()
-        return True
+        return await woken(self.woken, timeout)
 
 
 class InMemoryEventLog:
@@ -97,17 +91,13 @@ class InMemoryEventLog:
         return AppendResult(events=tuple(stored), duplicates=tuple(duplicates))
 
     async def read(
-        self,
-        after: int = 0,
-        *,
-        batch_size: int | None = None,
-        until: int | None = None,
-        types: Collection[str] | None = None,
-        read_ahead: bool = False,
-        sequence: bool = True,
+        self, after: int = 0, **options: Unpack[ReadOptions]
     ) -> AsyncGenerator[list[DataEvent], None]:
-        size = _size(batch_size or self._read_batch_size)
+        """Every append is numbered at once: nothing to sequence, nothing to read ahead."""
+        size = _size(options.get("batch_size") or self._read_batch_size)
+        types = options.get("types")
         wanted = None if types is None else _types(types)
+        until = options.get("until")
         upper = len(self.events) if until is None else until
         batch: list[DataEvent] = []
         position = after
@@ -125,20 +115,17 @@ class InMemoryEventLog:
             yield batch
 
     async def read_payloads(
-        self,
-        after: int = 0,
-        *,
-        types: Collection[str],
-        text_field: str,
-        batch_size: int | None = None,
-        until: int | None = None,
-        read_ahead: bool = False,
-    ) -> AsyncGenerator[PayloadBatch, None]:
+        self, after: int = 0, *, types: Collection[str], text_field: str,
+        **options: Unpack[PageOptions],
+    ) -> AsyncGenerator[PayloadBatch, None]:  # fmt: skip
+        """The payloads whole: a column replay of the in-memory log decodes nothing."""
         if not isinstance(text_field, str) or not text_field:
             raise InvalidEventError(
                 f"text_field must be a non-empty string, got {text_field!r:.80}"
             )
-        async for batch in self.read(after, batch_size=batch_size, until=until, types=types):
+        pages = self.read(after, batch_size=options.get("batch_size"), until=options.get("until"),
+                          types=types)  # fmt: skip
+        async for batch in pages:
             yield PayloadBatch([e.position or 0 for e in batch], [e.key for e in batch],
                                [e.type for e in batch], [dict(e.payload) for e in batch])  # fmt: skip
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypedDict, Unpack
 
 if TYPE_CHECKING:
     from .events import DataEvent
@@ -37,7 +37,9 @@ __all__ = [
     "CheckpointStore",
     "EventLog",
     "LeadershipLost",
+    "PageOptions",
     "Parking",
+    "ReadOptions",
     "RelayLease",
     "Wakeups",
 ]
@@ -52,6 +54,22 @@ class Wakeups(Protocol):
         ...
 
 
+class PageOptions(TypedDict, total=False):
+    """How a read of the log is paged (:meth:`EventStore.read
+    <satellites_es.store.EventStore.read>` says what each means)."""
+
+    batch_size: int | None  # events a batch (None: the log's default)
+    until: int | None  # the last position read (None: the head)
+    read_ahead: bool  # fetch the next batch while the caller works on this one
+
+
+class ReadOptions(PageOptions, total=False):
+    """:class:`PageOptions` and what only :meth:`EventLog.read` takes."""
+
+    types: Collection[str] | None  # only these event types
+    sequence: bool  # without ``until``: sequence the log first
+
+
 class EventLog(Protocol):
     """The event log as its readers and producers use it (see :mod:`satellites_es.store`)."""
 
@@ -63,28 +81,15 @@ class EventLog(Protocol):
         ...
 
     def read(
-        self,
-        after: int = 0,
-        *,
-        batch_size: int | None = None,
-        until: int | None = None,
-        types: Collection[str] | None = None,
-        read_ahead: bool = False,
-        sequence: bool = True,
+        self, after: int = 0, **options: Unpack[ReadOptions]
     ) -> AsyncGenerator[list[DataEvent], None]:
         """Events with ``after < position <= until``, in position order, a batch at a time."""
         ...
 
     def read_payloads(
-        self,
-        after: int = 0,
-        *,
-        types: Collection[str],
-        text_field: str,
-        batch_size: int | None = None,
-        until: int | None = None,
-        read_ahead: bool = False,
-    ) -> AsyncGenerator[PayloadBatch, None]:
+        self, after: int = 0, *, types: Collection[str], text_field: str,
+        **options: Unpack[PageOptions],
+    ) -> AsyncGenerator[PayloadBatch, None]:  # fmt: skip
         """The same range as :meth:`read`, as columns (position, key, type, payload)."""
         ...
 

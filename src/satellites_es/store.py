@@ -481,13 +481,7 @@ class LogListener:
         """True if notified (or reconnected) within ``timeout`` seconds, else False."""
         if self._conn is None or self._lost or self._conn.is_closed():
             return await self._reconnect(pause=timeout)
-        try:
-            async with asyncio.timeout(timeout):
-                await self._woken.wait()
-        except TimeoutError:
-            return False
-        self._woken.clear()
-        return True
+        return await woken(self._woken, timeout)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -523,6 +517,18 @@ class LogListener:
     def _on_terminated(self, conn: object) -> None:
         self._lost = True
         self._woken.set()
+
+
+async def woken(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds; cleared for the next wait (the
+    wake-up of a listener, here and in the in-memory log)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    event.clear()
+    return True
 
 
 def encode_batch(
