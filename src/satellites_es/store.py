@@ -303,9 +303,8 @@ class EventStore:
         events, and a pass over a range with none of them yields nothing.
 
         ``read_ahead``: fetch the next batch while the caller works on this one, so a replay
-        pays the server's part of the read (jsonb to text: ~14 us an event of CPU for 2 KB
-        payloads on the project's machine) beside the caller's work
-        instead of before it; a FAISS rebuild ran ~20% faster. One more pool connection is busy
+        pays the server's part of the read (jsonb to text, CPU per event) beside the caller's
+        work instead of before it (BENCHMARKS.md has the figures). One more pool connection is busy
         meanwhile; close the iterator (``contextlib.aclosing``) when leaving it early, so the
         pending fetch is cancelled at once.
         """
@@ -337,8 +336,8 @@ class EventStore:
 
         ``text_field``: a payload field that holds a long string (an encoded vector). Postgres
         sends it as raw text beside the rest of the payload, so neither side escapes or scans it
-        as JSON: the server's part of a 2 KB payload is ~7 us against ~14 for :meth:`read`
-        (inline rows, migration 0002), the client's JSON decode one small document. The payloads come back whole, the field
+        as JSON: the server's part is about half of :meth:`read`'s (inline rows, migration 0002;
+        figures in BENCHMARKS.md), the client's JSON decode one small document. The payloads come back whole, the field
         put back in; where it is not a string (a list of numbers, absent) the payload is read
         as it is. Payloads of an older schema version are upcast (whole, the field put back
         first), so a renamed vector field still arrives under its current name.

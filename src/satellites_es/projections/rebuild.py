@@ -14,11 +14,10 @@ resumes: the version it was building has a checkpoint (and, for FAISS, a snapsho
 
 A replay allocates a few objects per event, and the batch in flight outlives enough allocations
 to be promoted to the oldest GC generation, whose collections scan the whole heap: on a FAISS
-replay that was a quarter of the time. So a rebuild freezes the heap it starts with
+replay they took a large share of the time. So a rebuild freezes the heap it starts with
 (``gc.freeze``: those objects are left out of collections, new ones are collected as usual) and
-unfreezes it when it ends; a d=384 FAISS rebuild ran 16,300 -> 22,700 events/s (median of five
-alternated rounds). If the application has frozen its heap itself (before forking workers,
-say), a rebuild leaves that alone.
+unfreezes it when it ends (the measured gain is in BENCHMARKS.md). If the application has frozen
+its heap itself (before forking workers, say), a rebuild leaves that alone.
 """
 
 from __future__ import annotations
