@@ -41,7 +41,7 @@ from satellites_es.config import (
 )
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
-from satellites_es.relay import Relay
+from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
 from satellites_es.testing import find_service_url, unique_name
 
@@ -144,7 +144,9 @@ async def _relay_rate(store: EventStore, pool: asyncpg.Pool, pg: PostgresConfig,
     await store.append(_events(n, name))
     head = await store.head()
     config = RelayConfig(batch_size=WINDOW, confirm_window=WINDOW, poll_interval=0.05)
-    relay = Relay(store, bus, pool=pool, schema=pg.schema, config=config, name=name, dsn=pg.dsn)
+    relay = postgres_relay(
+        store, bus, pool=pool, schema=pg.schema, config=config, name=name, dsn=pg.dsn
+    )
     started = time.perf_counter()
     task = asyncio.create_task(relay.run())
     await _until(lambda: relay.cursor >= head, timeout=300)
@@ -236,7 +238,7 @@ async def _project_latency(env: Any, rabbit: RabbitMQConfig, count: int) -> list
     bus.subscribe_all(handler)
     await bus.start()
     name = f"latency-{rabbit.queue_type}"
-    relay = Relay(store, bus, pool=pool, schema=pg.schema, name=name, dsn=pg.dsn,
+    relay = postgres_relay(store, bus, pool=pool, schema=pg.schema, name=name, dsn=pg.dsn,
                   config=RelayConfig(poll_interval=1.0))  # fmt: skip
     # start at the head: the throughput rounds' events are not this figure's business
     await pool.execute(

@@ -52,7 +52,7 @@ from .parking import ParkedEvents
 from .projections import Checkpoints, Projection
 from .projections.model import Change, Upsert
 from .projections.sinks import Fix, Held, Sink
-from .sql import queries
+from .sql import load, queries
 from .store import stored_event
 from .upcasting import NONE, Upcasters
 
@@ -202,10 +202,10 @@ async def _unlogged(
     """Keys the sink holds and no event has (pass 2)."""
     projection, version = judge.projection, judge.version
     async with conn.transaction():
-        await conn.execute("CREATE TEMPORARY TABLE audit_keys (key text) ON COMMIT DROP")
+        await conn.execute(load("audit_keys_create"))
         async for keys in sink.scan_keys(projection, version, CHUNK * 4):
             await conn.copy_records_to_table("audit_keys", records=[(k,) for k in keys])
-        await conn.execute("ANALYZE audit_keys")
+        await conn.execute(load("audit_keys_analyze"))
         batch: list[Expected] = []
         async for row in conn.cursor(sql, types, bound, prefetch=2000):
             batch.append(Expected(row["key"], None))

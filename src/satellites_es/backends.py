@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from .config import ElasticsearchConfig, PostgresConfig, RedisConfig
 from .errors import BackendRefusedError, BackendUnavailableError
+from .sql import load
 from .tls import (
     PG_SSL_IN_USE,
     elasticsearch_tls,
@@ -189,7 +190,7 @@ class PostgresBackend:
     async def check(self) -> Mapping[str, Any]:
         assert self.pool is not None
         async with self.pool.acquire() as conn:
-            version = await conn.fetchval("SHOW server_version")
+            version = await conn.fetchval(load("server_version"))
             ssl_in_use = bool(await conn.fetchval(PG_SSL_IN_USE))
         return {
             "version": version,

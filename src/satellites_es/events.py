@@ -26,6 +26,7 @@ to it):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -43,6 +44,8 @@ __all__ = [
     "EventBus",
     "EventHandler",
     "InProcessEventBus",
+    "Publisher",
+    "RelayBus",
     "handler_name",
 ]
 
@@ -204,6 +207,27 @@ class EventBus(Protocol):
     async def publish(self, event: DataEvent) -> None: ...
 
 
+class Publisher(Protocol):
+    """Sends events in call order, each with its own outcome (a confirm, for RabbitMQ).
+
+    ``send`` returns at once with a future that resolves when the bus has taken the event, or
+    raises :class:`~satellites_es.errors.PublishError` (an
+    :class:`~satellites_es.errors.UnroutableError` when nobody subscribes to its type, an
+    :class:`~satellites_es.errors.UndeliverableError` when it can never be published). Once a
+    send failed, later ones may fail too (they are never delivered ahead of it); the caller
+    bounds how many are outstanding.
+    """
+
+    def send(self, event: DataEvent) -> asyncio.Future[None]: ...
+
+
+class RelayBus(EventBus, Protocol):
+    """A bus the relay publishes the log through: an :class:`EventBus` with a
+    :class:`Publisher` (the relay's one publish path: a rolling window of outcomes)."""
+
+    async def publisher(self) -> Publisher: ...
+
+
 class InProcessEventBus:
     """Simple in-process pub/sub; see the module docstring for its delivery contract."""
 
@@ -257,3 +281,25 @@ class InProcessEventBus:
                 )
                 if self.on_handler_error is not None:
                     self.on_handler_error(handler_name(handler), exc)
+
+    async def publisher(self) -> Publisher:
+        """A :class:`Publisher` delivering in send order, each event once every earlier one was
+        delivered (its future resolves after the handlers ran; a handler's error is counted, as
+        for :meth:`publish`, and does not fail the send)."""
+        return _InProcessPublisher(self)
+
+
+class _InProcessPublisher:
+    def __init__(self, bus: InProcessEventBus) -> None:
+        self._bus = bus
+        self._last: asyncio.Future[None] | None = None
+
+    def send(self, event: DataEvent) -> asyncio.Future[None]:
+        sent = asyncio.ensure_future(self._deliver(self._last, event))
+        self._last = sent
+        return sent
+
+    async def _deliver(self, before: asyncio.Future[None] | None, event: DataEvent) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # in send order, whatever became of the one before
+        await self._bus.publish(event)

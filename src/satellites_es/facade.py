@@ -35,7 +35,7 @@ from .backends import (
     RedisBackend,
     connect_with_retry,
 )
-from .config import DataLayerConfig, RabbitMQConfig
+from .config import DataLayerConfig
 from .errors import (
     BackendRefusedError,
     BackendUnavailableError,
@@ -43,12 +43,14 @@ from .errors import (
     LifecycleError,
     SatellitesError,
 )
-from .events import EventBus, InProcessEventBus
+from .events import EventBus, InProcessEventBus, RelayBus
 from .health import BackendHealth, Health, probe
 from .tls import rabbitmq_tls
 from .tracing import span
 
 if TYPE_CHECKING:
+    from .bus.rabbitmq import RabbitMQEventBus
+    from .durable import DurableEventBus
     from .projections import Projection
     from .projections.service import ProjectionService
     from .relay import Relay
@@ -93,11 +95,11 @@ class _VectorBackend:
 
 
 class _BusBackend:
-    """Adapts a bus with its own connection (RabbitMQ) to the backend lifecycle."""
+    """Adapts the RabbitMQ bus (a connection of its own) to the backend lifecycle."""
 
     name = "rabbitmq"
 
-    def __init__(self, bus: Any) -> None:
+    def __init__(self, bus: RabbitMQEventBus) -> None:
         self.bus = bus
 
     async def connect(self) -> None:
@@ -108,10 +110,18 @@ class _BusBackend:
 
     async def check(self) -> Mapping[str, Any]:
         result: Mapping[str, Any] = await self.bus.health()
-        config = getattr(self.bus, "config", None)
-        if isinstance(config, RabbitMQConfig):  # a TLS URL never falls back to plaintext
-            return {**result, **rabbitmq_tls(config).to_details()}
-        return result
+        # a TLS URL never falls back to plaintext: the config says what the connection is
+        return {**result, **rabbitmq_tls(self.bus.config).to_details()}
+
+
+def _broker(bus: RelayBus) -> RabbitMQEventBus | None:
+    """``bus`` when it is the RabbitMQ bus (its connection is the layer's to start, check and
+    stop), else None."""
+    if isinstance(bus, InProcessEventBus):  # no broker: not even aio-pika to import
+        return None
+    from .bus.rabbitmq import RabbitMQEventBus
+
+    return bus if isinstance(bus, RabbitMQEventBus) else None
 
 
 class DataLayer:
@@ -121,7 +131,7 @@ class DataLayer:
         self,
         config: DataLayerConfig | None = None,
         *,
-        bus: EventBus | None = None,
+        bus: RelayBus | None = None,
         optional: Collection[str] = (),
         upcasters: Upcasters | None = None,
     ) -> None:
@@ -137,14 +147,20 @@ class DataLayer:
                     "DataLayer(optional=...)", f"{name!r} cannot start without its server; "
                     "only 'redis' and 'elasticsearch' can"
                 )  # fmt: skip
-        self._bus: EventBus = bus if bus is not None else self._make_bus()
+        self._bus: RelayBus = bus if bus is not None else self._make_bus()
         self._events: EventBus = self._bus
+        #: The bus with a connection of its own (RabbitMQ), started and stopped with the layer;
+        #: None for the in-process bus.
+        self._broker = _broker(self._bus)
+        #: The log-backed façade bus (``events`` once started with the log), with its catch-up
+        #: subscriptions to close.
+        self._durable: DurableEventBus | None = None
         self._store: EventStore | None = None
         self._relay: Relay | None = None
         self._relay_task: asyncio.Task[None] | None = None
         self._projection_services: list[ProjectionService] = []
-        if hasattr(self._bus, "start") and hasattr(self._bus, "stop"):
-            self._backends["rabbitmq"] = _BusBackend(self._bus)
+        if self._broker is not None:
+            self._backends["rabbitmq"] = _BusBackend(self._broker)
 
     # -- construction -------------------------------------------------------------------------
 
@@ -163,7 +179,7 @@ class DataLayer:
             made["faiss"] = _VectorBackend(VectorIndex(c.faiss))
         return made
 
-    def _make_bus(self) -> EventBus:
+    def _make_bus(self) -> RelayBus:
         if not self.config.rabbitmq.enabled:
             return InProcessEventBus()
         from .bus.rabbitmq import RabbitMQEventBus
@@ -258,16 +274,16 @@ class DataLayer:
             self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn,
             upcasters=self.upcasters,
         )  # fmt: skip
-        self._events = DurableEventBus(self._store, self._bus)
+        self._events = self._durable = DurableEventBus(self._store, self._bus)
         if c.relay.enabled:
             self._start_relay(self._store)
 
     def _start_relay(self, store: EventStore) -> None:
         """The relay runs as a named, watched task; several layers elect one leader."""
-        from .relay import Relay
+        from .relay_lease import postgres_relay
 
         c = self.config
-        self._relay = Relay(
+        self._relay = postgres_relay(
             store, self._bus, pool=self.postgres, schema=c.postgres.schema, config=c.relay,
             dsn=c.postgres.dsn,
         )  # fmt: skip
@@ -292,9 +308,8 @@ class DataLayer:
         """
         if self._state is not LayerState.RUNNING:
             raise LifecycleError(f"DataLayer is {self._state.value}: start() it first")
-        wait_ready = getattr(self._bus, "wait_ready", None)
-        if wait_ready is not None:  # the in-process bus binds nothing: ready at once
-            await wait_ready()
+        if self._broker is not None:  # the in-process bus binds nothing: ready at once
+            await self._broker.wait_ready()
 
     def background_error(self) -> BaseException | None:
         """The error that ended a background task (the relay), if one did."""
@@ -350,17 +365,15 @@ class DataLayer:
                         if task.done() or relay.state not in leading or relay.cursor >= head:
                             break
                         await asyncio.sleep(0.01)
-                drain = getattr(self._bus, "drain", None)
-                if drain is not None:
-                    await drain()
+                if self._broker is not None:
+                    await self._broker.drain()
         except (TimeoutError, SatellitesError) as exc:
             logger.info("stop: not everything was delivered before stopping (%r)", exc)
 
     async def _close_all(self) -> None:
         await self._stop_relay()  # first: it publishes to the bus and reads Postgres
-        close_events = getattr(self._events, "close", None)
-        if close_events is not None:  # catch-up subscriptions read the log
-            await close_events()
+        if self._durable is not None:  # catch-up subscriptions read the log
+            await self._durable.close()
 
         async def close(name: str, backend: Backend) -> None:
             try:

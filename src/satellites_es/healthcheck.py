@@ -39,7 +39,7 @@ from .config import (
     RedisConfig,
 )
 from .health import BackendHealth, Health, probe
-from .sql import queries
+from .sql import load, queries
 from .tls import PG_SSL_IN_USE, elasticsearch_tls, postgres_tls, rabbitmq_tls, redis_tls
 from .vectors.persistence import snapshot_namespaces
 
@@ -109,7 +109,7 @@ async def _postgres(pg: PostgresConfig, log_enabled: bool, timeout: float) -> Ma
     )  # fmt: skip
     try:
         out: dict[str, Any] = {
-            "version": await conn.fetchval("SHOW server_version"),
+            "version": await conn.fetchval(load("server_version")),
             "dsn": pg.safe_dsn,
             "schema": pg.schema,
             **postgres_tls(pg, bool(await conn.fetchval(PG_SSL_IN_USE))).to_details(),

@@ -38,7 +38,7 @@ from sqlalchemy.pool import NullPool
 
 from .config import PostgresConfig
 from .errors import BackendUnavailableError, ConfigurationError, PersistenceError
-from .sql import quote_schema
+from .sql import load, queries, quote_schema, render
 
 __all__ = ["MIGRATIONS_DIR", "auto_upgrade", "downgrade", "ensure_database", "upgrade"]
 
@@ -50,9 +50,7 @@ logger = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "_migrations"
 
 #: Taken by ``migrations/env.py`` first: concurrent upgrades of one schema run one at a time.
-MIGRATION_LOCK_SQL = (
-    "SELECT pg_advisory_xact_lock(hashtext('satellites.migrate.' || current_schema()))"
-)
+MIGRATION_LOCK_SQL = load("migration_lock")
 
 _Action = Callable[[Config], None]
 _ALEMBIC_LOCK = threading.Lock()
@@ -112,24 +110,15 @@ async def _migration_rights(
     conn: asyncpg.Connection[asyncpg.Record], schema: str
 ) -> tuple[bool, str | None, str | None]:
     """(whether this role may migrate, the schema's owner, its Alembic revision)."""
-    row = await conn.fetchrow(
-        "SELECT pg_get_userbyid(nspowner) AS owner,"
-        " pg_has_role(current_user, nspowner, 'USAGE') AS mine"
-        " FROM pg_namespace WHERE nspname = $1",
-        schema,
-    )
+    sql = queries(schema)
+    row = await conn.fetchrow(sql["migrate_schema_owner"], schema)
     if row is None:  # no schema yet: whoever may create one migrates
-        can = await conn.fetchval("SELECT has_database_privilege(current_database(), 'CREATE')")
+        can = await conn.fetchval(sql["migrate_may_create_schema"])
         return bool(can), None, None
     current = None
     table = f"{quote_schema(schema)}.alembic_version"
-    if await conn.fetchval(
-        "SELECT has_schema_privilege($1, 'USAGE')"
-        " AND coalesce(has_table_privilege(to_regclass($2), 'SELECT'), false)",
-        schema,
-        table,
-    ):
-        current = await conn.fetchval(f"SELECT version_num FROM {table} LIMIT 1")
+    if await conn.fetchval(sql["migrate_revision_readable"], schema, table):
+        current = await conn.fetchval(sql["migrate_revision"])
     return bool(row["mine"]), row["owner"], current
 
 
@@ -152,11 +141,11 @@ async def ensure_database(pg: PostgresConfig) -> bool:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
     try:
-        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", pg.database)
+        exists = await conn.fetchval(load("database_exists"), pg.database)
         if exists:
             return False
         quoted = '"' + pg.database.replace('"', '""') + '"'
-        await conn.execute(f"CREATE DATABASE {quoted}")
+        await conn.execute(render("create_database", database=quoted))
         logger.info("created database %s", pg.database)
         return True
     except asyncpg.DuplicateDatabaseError:
@@ -190,9 +179,10 @@ async def _create_schema(pg: PostgresConfig) -> None:
     try:
         # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
         # an owner of a schema made for it (``db roles``) has no such right, nor needs it
-        if await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", pg.schema):
+        sql = queries(pg.schema)
+        if await conn.fetchval(sql["schema_exists"], pg.schema):
             return
-        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_schema(pg.schema)}")
+        await conn.execute(sql["create_schema"])
     except asyncpg.UniqueViolationError:
         pass  # a concurrent CREATE SCHEMA IF NOT EXISTS won the race
     finally:

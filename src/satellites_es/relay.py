@@ -3,23 +3,27 @@
 The outbox is the part of the log after the relay's cursor (``relay_cursors``, one row per
 relay name); there is no second copy of an event.
 
-**Confirm window and cursor.** The relay reads a batch after its cursor and hands it to
-``bus.publish_many(batch, window=confirm_window)``, which keeps up to ``confirm_window``
-publisher confirms outstanding. The cursor moves only over confirmed events: to the end of the
-batch when every confirm came back, or to the end of the confirmed prefix when a publish failed
-(``PublishBatchError.confirmed``); the rest is published again on the next try. A crash between
-the confirms and the cursor update therefore republishes that batch: consumers see duplicates,
+**Seams.** The relay depends only on protocols: the log
+(:class:`~satellites_es.protocols.EventLog`), the bus it publishes through
+(:class:`~satellites_es.events.RelayBus`, one publish path: its
+:class:`~satellites_es.events.Publisher`), its lease (:class:`~satellites_es.protocols.RelayLease`:
+leadership and cursor) and the parked events (:class:`~satellites_es.protocols.Parking`).
+:func:`satellites_es.relay_lease.postgres_relay` builds one on Postgres; the in-memory twins
+(:mod:`satellites_es.memory`) drive its unit tests.
+
+**Confirm window and cursor.** The relay sends the events after its cursor through the bus's
+publisher as it reads them, keeping up to ``confirm_window`` outcomes (publisher confirms)
+outstanding. The cursor moves only over confirmed events, at batch ends; the first failed
+confirm drops the window and the relay starts again from the cursor. A crash between the
+confirms and the cursor update therefore republishes that batch: consumers see duplicates,
 never gaps, and are idempotent by position.
 
 **Leader election and fencing.** Several relay processes may run with one name; only the one
-holding the Postgres session advisory lock ``(hashtext('satellites.relay'),
-hashtext(schema || '.' || name))`` publishes. The lock lives on a connection of the relay's own
-(not a pooled one), so it is released exactly when that session ends: a SIGKILLed process, a
-cut network or a Postgres restart free it, and a standby, which retries every
-``standby_interval``, takes over. The leader fences itself: the cursor is written on the lock's
-own connection (a relay that lost its session cannot move the cursor), a termination listener
-and a ``SELECT 1`` heartbeat every ``standby_interval`` detect a lost session, and then the
-publishing task is cancelled at once and the relay goes back to standby. Between the loss and
+holding the lease publishes (on Postgres a session advisory lock, released exactly when its
+session ends: :mod:`satellites_es.relay_lease`), and a standby, which retries every
+``standby_interval``, takes over. The leader fences itself: only the lease's holder can move the
+cursor, the lease is checked every ``standby_interval`` (a heartbeat), and once it is known lost
+the publishing task is cancelled at once and the relay goes back to standby. Between the loss and
 its detection (one heartbeat at most) two relays may publish the same events: duplicates, which
 consumers absorb.
 
@@ -32,7 +36,7 @@ configuration or lifecycle error ends :meth:`Relay.run`. Wake-ups come from the 
 listener, with a poll every ``poll_interval`` as the fallback.
 
 **The sequencer's tick.** The leader also numbers the events producers committed in their own
-transactions (:meth:`EventStore.sequence <satellites_es.store.EventStore.sequence>`) every
+transactions (:meth:`EventLog.sequence <satellites_es.protocols.EventLog.sequence>`) every
 ``sequence_interval``: such appends send no NOTIFY, and the sequencer's NOTIFY is what wakes the
 followers (the store's module docstring has the design).
 
@@ -52,52 +56,25 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, cast
+from collections.abc import AsyncGenerator
+from typing import Any, NamedTuple
 
-import aio_pika
-import asyncpg
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from .bus.rabbitmq import PublishBatchError
 from .config import RelayConfig
-from .errors import (
-    BackendUnavailableError,
-    ConfigurationError,
-    LifecycleError,
-    PersistenceError,
-    PublishError,
-    UndeliverableError,
-    UnroutableError,
-)
-from .events import DataEvent, EventBus
+from .errors import ConfigurationError, LifecycleError, UndeliverableError, UnroutableError
+from .events import DataEvent, Publisher, RelayBus
 from .faults import MAX_BACKOFF, backoff, is_transient
-from .parking import ParkedEvents, Poison
-from .sql import queries
-from .store import EventStore
+from .parking import Poison
+from .protocols import EventLog, LeadershipLost, Parking, RelayLease, Wakeups
 from .tracing import linked, span
 
-__all__ = ["Relay", "RelayState"]
+__all__ = ["LeadershipLost", "Relay", "RelayState"]
 
 logger = logging.getLogger(__name__)
 
-#: What the relay retries with backoff (everything else is a bug and stops ``run``).
-RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
-    PublishError,
-    BackendUnavailableError,
-    PersistenceError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    # a terminated lock session can leave the connection mid-operation (found by the soak)
-    asyncpg.InternalClientError,
-    aio_pika.exceptions.AMQPError,
-    OSError,  # ConnectionError, and TimeoutError since Python 3.11
-)
 #: How often the leader looks for parked events marked for retry, in seconds.
 RETRY_INTERVAL = 1.0
-
-AfterConfirm = Callable[[Sequence[DataEvent]], Awaitable[None]]
 
 
 class RelayState(enum.Enum):
@@ -107,12 +84,19 @@ class RelayState(enum.Enum):
     STOPPED = "stopped"
 
 
+class _Sent(NamedTuple):
+    """One event sent and the future of its outcome (its confirm)."""
+
+    event: DataEvent
+    confirm: asyncio.Future[None]
+
+
 class _Window:
     """The unconfirmed sends of :meth:`Relay._stream`, oldest first, and their batches."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.inflight: deque[tuple[DataEvent, asyncio.Future[None]]] = deque()
+        self.inflight: deque[_Sent] = deque()
         self.batches: deque[list[DataEvent]] = deque()
         self.confirmed = 0
         #: undeliverable events settled but not yet parked (parked before the cursor passes)
@@ -128,19 +112,15 @@ class _Window:
         return len(self.inflight) >= self.size
 
     def add(self, event: DataEvent, confirm: asyncio.Future[None]) -> None:
-        self.inflight.append((event, confirm))
+        self.inflight.append(_Sent(event, confirm))
 
     async def drop(self) -> None:
         """Cancel what is unconfirmed and collect every outcome."""
-        futures = [f for _, f in self.inflight]
+        futures = [sent.confirm for sent in self.inflight]
         self.inflight.clear()
         for future in futures:
             future.cancel()
         await asyncio.gather(*futures, return_exceptions=True)
-
-
-class LeadershipLost(Exception):
-    """The advisory lock's session ended: stop publishing now."""
 
 
 class Relay:
@@ -148,36 +128,25 @@ class Relay:
 
     def __init__(
         self,
-        store: EventStore,
-        bus: EventBus,
+        log: EventLog,
+        bus: RelayBus,
         *,
-        pool: asyncpg.Pool[asyncpg.Record],
-        schema: str,
+        lease: RelayLease,
+        parking: Parking,
         config: RelayConfig,
         name: str = "default",
-        dsn: str | None = None,
-        after_confirm: AfterConfirm | None = None,
     ) -> None:
-        self._sql = queries(schema)  # relay_* blocks of sql/queries.sql
         self.name = name
-        self._store, self._bus, self._pool, self._config = store, bus, pool, config
-        self._lock_key = f"{schema}.{name}"
-        self._dsn = dsn
-        #: Test hook: runs after a batch's confirms, before the cursor moves.
-        self._after_confirm = after_confirm
+        self._store, self._bus, self._lease, self._config = log, bus, lease, config
         self._state = RelayState.NEW
         self._cursor = 0
         self._head = 0
-        self._oldest: datetime | None = None
         self._published = 0
         self._unroutable = 0
         self._parked = 0
         self._failures = 0
         self._last_error: str | None = None
-        self._parking = ParkedEvents(pool, schema)
-        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
-        self._conn_lock = asyncio.Lock()
-        self._lost = asyncio.Event()
+        self._parking = parking
         self._stopping = asyncio.Event()
         self._running: asyncio.Task[None] | None = None
 
@@ -204,15 +173,16 @@ class Relay:
 
     @property
     def lease_backend_pid(self) -> int | None:
-        """The Postgres backend pid of the session holding (or trying for) the lock."""
-        conn = self._conn
-        return conn.get_server_pid() if conn is not None and not conn.is_closed() else None
+        """Who holds (or tries for) the lease: on Postgres, the backend pid of its session."""
+        return self._lease.holder
 
     async def metrics(self) -> dict[str, Any]:
         """Cursor, lag, age of the oldest unpublished event (seconds), published, state."""
         self._head = await self._store.head()
-        cursor = self._cursor if self._state is RelayState.ACTIVE else await self._read_cursor()
-        oldest = await self._pool.fetchval(self._sql["relay_oldest"], cursor)
+        cursor = (
+            self._cursor if self._state is RelayState.ACTIVE else await self._lease.read_cursor()
+        )
+        oldest = await self._store.oldest_after(cursor)
         age = (time.time() - oldest.timestamp()) if oldest is not None else 0.0
         return {
             "name": self.name, "state": self._state.value, "cursor": cursor,
@@ -221,10 +191,6 @@ class Relay:
             "unroutable": self._unroutable, "parked": self._parked,
             "last_error": self._last_error,
         }  # fmt: skip
-
-    async def _read_cursor(self) -> int:
-        value = await self._pool.fetchval(self._sql["relay_cursor_load"], self.name)
-        return int(value or 0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -244,7 +210,7 @@ class Relay:
                     await self._cycle()
         finally:
             self._state = RelayState.STOPPED
-            await self._drop_connection()
+            await self._lease.release()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in flight (bounded by ``timeout``) and stop."""
@@ -258,21 +224,6 @@ class Relay:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    async def run_once(self) -> int:
-        """Publish one batch if this relay can take the lead; returns how many were published."""
-        if not await self._acquire():
-            return 0
-        try:
-            self._cursor = await self._load_cursor()
-            await self._store.sequence()  # no leader tick runs here
-            async with contextlib.aclosing(self._batches()) as batches:
-                async for batch in batches:
-                    await self._publish_batch(batch)
-                    return len(batch)
-            return 0
-        finally:
-            await self._drop_connection()
 
     async def _cycle(self) -> None:
         """Until stopped: stand by until the lock is ours, then lead until it is lost."""
@@ -307,44 +258,11 @@ class Relay:
     # -- leadership --------------------------------------------------------------------------
 
     async def _acquire(self) -> bool:
-        """Try the advisory lock on our own session (opened if needed)."""
-        if self._conn is None or self._conn.is_closed():
-            await self._open_connection()
-        assert self._conn is not None
-        async with self._conn_lock:
-            got = bool(await self._conn.fetchval(self._sql["relay_lock"], self._lock_key))
+        """Try the lease (opening what it needs)."""
+        got = await self._lease.acquire()
         if got:
-            logger.info("relay %s: took the lead (backend %s)", self.name, self.lease_backend_pid)
+            logger.info("relay %s: took the lead (%s)", self.name, self._lease.holder)
         return got
-
-    async def _open_connection(self) -> None:
-        await self._drop_connection()
-        if self._dsn is not None:
-            conn = await asyncpg.connect(self._dsn)
-        else:  # same server and options as the pool, on a session the pool never resets
-            conn = await asyncpg.connect(
-                *getattr(self._pool, "_connect_args", ()),
-                **getattr(self._pool, "_connect_kwargs", {}),
-            )
-        # Cursor writes need no WAL flush: after a Postgres crash the cursor may come back a
-        # little older, and the events after it are published again (duplicates, no loss).
-        # This keeps the commit's fsync out of the publishing path.
-        try:
-            await conn.execute("SET synchronous_commit TO off")
-        except BaseException:
-            conn.terminate()
-            raise
-        self._lost = asyncio.Event()
-        conn.add_termination_listener(lambda _conn: self._lost.set())
-        self._conn = conn
-
-    async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            try:
-                await asyncio.wait_for(conn.close(), 5.0)
-            except RETRYABLE_ERRORS:
-                conn.terminate()
 
     async def _lead(self) -> None:
         """Publish until stopped or fenced; on a lost session, drop it and stand by again."""
@@ -364,7 +282,7 @@ class Relay:
         if isinstance(error, LeadershipLost):
             logger.warning("relay %s: lost the lock session; fenced, back to standby", self.name)
             self._state = RelayState.STANDBY
-            await self._drop_connection()
+            await self._lease.release()
             await self._pause(self._config.standby_interval)  # let a healthier standby lead
         elif error is not None:
             raise error
@@ -380,39 +298,18 @@ class Relay:
             await asyncio.sleep(self._config.sequence_interval)
 
     async def _watch_lease(self) -> None:
-        """Raise :class:`LeadershipLost` as soon as the lock's session is known to be gone."""
-        interval = self._config.standby_interval
+        """Raise :class:`LeadershipLost` as soon as the lease is known to be gone."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), interval)
-            if self._lost.is_set() or not await self._heartbeat(timeout=2 * interval + 1):
+            if await self._lease.wait_lost(self._config.standby_interval):
                 raise LeadershipLost(self.name)
-
-    async def _heartbeat(self, timeout: float) -> bool:
-        conn = self._conn
-        if conn is None or conn.is_closed():
-            return False
-        try:
-            async with asyncio.timeout(timeout), self._conn_lock:
-                await conn.fetchval("SELECT 1")
-        except RETRYABLE_ERRORS:
-            return False
-        return True
 
     # -- publishing --------------------------------------------------------------------------
 
     async def _publish_loop(self) -> None:
-        self._cursor = await self._load_cursor()
-        opener = getattr(self._bus, "publisher", None)
-        if opener is not None:
-            await self._stream(await opener())
-            return
-        async with self._store.listener() as listener:
-            while not self._stopping.is_set():  # a bus without a rolling window: batch-wise
-                if await self._drain() == 0:
-                    await self._wait(listener)
+        self._cursor = await self._lease.load_cursor()
+        await self._stream(await self._bus.publisher())
 
-    async def _wait(self, listener: Any, *also: asyncio.Future[Any]) -> None:
+    async def _wait(self, listener: Wakeups, *also: asyncio.Future[Any]) -> None:
         """Until stop, a NOTIFY (or the poll interval), or one of ``also`` completes."""
         stop = asyncio.create_task(self._stopping.wait())
         wake = asyncio.create_task(listener.wait(self._config.poll_interval))
@@ -423,7 +320,7 @@ class Relay:
                 task.cancel()
             await asyncio.gather(stop, wake, return_exceptions=True)
 
-    async def _stream(self, publisher: Any) -> None:
+    async def _stream(self, publisher: Publisher) -> None:
         """:meth:`_publish_loop` with a rolling window; the NOTIFY listener is opened while the
         backlog is published (it is needed only once caught up)."""
         async with contextlib.AsyncExitStack() as stack:
@@ -434,7 +331,7 @@ class Relay:
                 opening.cancel()
                 await asyncio.gather(opening, return_exceptions=True)
 
-    async def _roll(self, publisher: Any, opening: asyncio.Task[Any]) -> None:
+    async def _roll(self, publisher: Publisher, opening: asyncio.Task[Wakeups]) -> None:
         """Publish the log after the cursor with a confirm window that rolls across batches.
 
         Events are sent in position order on one pinned channel as they are read, with at most
@@ -447,7 +344,7 @@ class Relay:
         sent = self._cursor
         try:
             while not self._stopping.is_set():
-                if self._lost.is_set():
+                if self._lease.lost():
                     raise LeadershipLost(self.name)
                 read = 0
                 async with contextlib.aclosing(self._batches(after=sent)) as batches:
@@ -470,7 +367,7 @@ class Relay:
                 if read == 0:
                     listener = opening.result()
                     if window.inflight:  # caught up: wait for a confirm or for new events
-                        await self._wait(listener, window.inflight[0][1])
+                        await self._wait(listener, window.inflight[0].confirm)
                         await self._settle(window, wait=False)
                     else:
                         await self._wait(listener)
@@ -485,12 +382,12 @@ class Relay:
         batches it completes."""
         inflight = window.inflight
         if wait and inflight:
-            await asyncio.wait({inflight[0][1]})
+            await asyncio.wait({inflight[0].confirm})
             if until is not None:
-                while len(inflight) > until and not inflight[until][1].done():
-                    await asyncio.wait({inflight[until][1]})
+                while len(inflight) > until and not inflight[until].confirm.done():
+                    await asyncio.wait({inflight[until].confirm})
         done = 0
-        while inflight and inflight[0][1].done():
+        while inflight and inflight[0].confirm.done():
             event, confirm = inflight.popleft()
             try:
                 confirm.result()  # raises PublishError: the window is dropped by the caller
@@ -512,67 +409,14 @@ class Relay:
         batches = window.batches
         target: int | None = None
         while batches and (batches[0][-1].position or 0) <= window.confirmed:
-            batch = batches.popleft()
-            if self._after_confirm is not None:
-                await self._after_confirm(batch)
-                await self._advance(batch[-1].position)
-            else:
-                target = batch[-1].position
+            target = batches.popleft()[-1].position
         if target is not None:
             await self._advance(target)
         self._failures = 0
 
-    async def _drain(self) -> int:
-        """Publish everything after the cursor, batch by batch; returns how many."""
-        total = 0
-        async with contextlib.aclosing(self._batches()) as batches:
-            async for batch in batches:
-                await self._publish_batch(batch)
-                total += len(batch)
-                if self._stopping.is_set():
-                    break
-        self._head = max(self._head, self._cursor)
-        return total
-
-    def _batches(self, after: int | None = None) -> AsyncGenerator[list[DataEvent], None]:
-        start = self._cursor if after is None else after
+    def _batches(self, after: int) -> AsyncGenerator[list[DataEvent], None]:
         # no sequencing here: the leader's tick (_sequence) does it and its NOTIFY wakes us
-        batches = self._store.read(after=start, batch_size=self._config.batch_size, sequence=False)
-        return cast(AsyncGenerator[list[DataEvent], None], batches)  # an async generator
-
-    async def _publish_batch(self, batch: list[DataEvent]) -> None:
-        if self._lost.is_set():
-            raise LeadershipLost(self.name)
-        try:
-            with linked("relay.publish", batch, relay=self.name, events=len(batch)):
-                await self._publish(batch)
-        except PublishBatchError as exc:
-            if exc.confirmed:
-                await self._advance(batch[exc.confirmed - 1].position)
-            if not isinstance(exc.__cause__, UndeliverableError):
-                raise
-            bad = batch[exc.confirmed]  # it can never be published: parked, passed
-            await self._park([_poison(bad, exc.__cause__)])
-            await self._advance(bad.position)
-            if exc.confirmed + 1 < len(batch):
-                await self._publish_batch(batch[exc.confirmed + 1 :])
-            return
-        if self._after_confirm is not None:
-            await self._after_confirm(batch)
-        await self._advance(batch[-1].position)
-        self._failures = 0
-
-    async def _publish(self, batch: list[DataEvent]) -> None:
-        publish_many = getattr(self._bus, "publish_many", None)
-        if publish_many is not None:
-            self._published += await publish_many(batch, window=self._config.confirm_window)
-            return
-        for i, event in enumerate(batch):  # a bus without confirm windows: one at a time
-            try:
-                await self._bus.publish(event)
-            except PublishError as exc:
-                raise PublishBatchError(str(exc), confirmed=i) from exc
-            self._published += 1
+        return self._store.read(after=after, batch_size=self._config.batch_size, sequence=False)
 
     async def _park(self, poison: list[Poison]) -> None:
         await self._parking.park("relay", self.name, 0, poison)
@@ -600,9 +444,10 @@ class Relay:
             return
         done: list[int] = []
         again: list[Poison] = []
+        publisher = await self._bus.publisher()
         for event in await self._store.read_at(positions):
             try:
-                await self._bus.publish(event)
+                await publisher.send(event)
             except UnroutableError:
                 self._unroutable += 1
             except UndeliverableError as exc:
@@ -616,27 +461,13 @@ class Relay:
         logger.info("relay %s: republished %d parked event(s), %d parked again",
                     self.name, len(done), len(again))  # fmt: skip
 
-    async def _load_cursor(self) -> int:
-        conn = self._lease()
-        async with self._conn_lock:
-            await conn.execute(self._sql["relay_cursor_init"], self.name)
-            value = await conn.fetchval(self._sql["relay_cursor_load"], self.name)
-        return int(value or 0)
-
     async def _advance(self, position: int | None) -> None:
-        """Move the cursor, on the lock's own session: a fenced relay cannot move it."""
+        """Move the cursor, through the lease: a fenced relay cannot move it."""
         if position is None or position <= self._cursor:
             return
-        conn = self._lease()
         with span("relay.advance", relay=self.name, published=position - self._cursor):
-            async with self._conn_lock:
-                await conn.execute(self._sql["relay_cursor_advance"], self.name, position)
+            await self._lease.advance(position)
         self._cursor = position
-
-    def _lease(self) -> asyncpg.Connection[asyncpg.Record]:
-        if self._conn is None or self._conn.is_closed() or self._lost.is_set():
-            raise LeadershipLost(self.name)
-        return self._conn
 
 
 def _restartable(exc: BaseException) -> bool:

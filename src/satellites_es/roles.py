@@ -38,7 +38,7 @@ import asyncpg
 
 from .config import PostgresConfig
 from .errors import BackendUnavailableError, ConfigurationError
-from .sql import quote_schema
+from .sql import load, quote_schema, render
 
 __all__ = [
     "PRODUCER_FUNCTIONS",
@@ -90,31 +90,26 @@ async def grant(conn: asyncpg.Connection[Any], schema: str) -> bool:
     """Grant the group roles of ``schema`` their privileges on what exists now; run as the owner
     (or a superuser). False, doing nothing, when the group roles do not exist."""
     producer, reader = group_roles(schema)
-    found = await conn.fetchval(
-        "SELECT count(*) FROM pg_roles WHERE rolname = ANY($1::text[])", [producer, reader]
-    )
+    found = await conn.fetchval(load("roles_count"), [producer, reader])
     if found != 2:
         return False
     s, p, r = quote_schema(schema), _ident(producer, "producer"), _ident(reader, "reader")
     # an upgrade to an older revision has not made everything yet: grant what exists
     names = [*PRODUCER_FUNCTIONS, *PRODUCER_READS, *READER_FUNCTIONS, *READER_READS,
              *READER_WRITES]  # fmt: skip
-    present = set(await conn.fetchval(
-        "SELECT coalesce(array_agg(n), '{}') FROM unnest($1::text[]) AS n"
-        " WHERE to_regclass($2 || '.' || n) IS NOT NULL OR to_regproc($2 || '.' || n) IS NOT NULL",
-        names, s,
-    ))  # fmt: skip
-    statements = [f"GRANT USAGE ON SCHEMA {s} TO {p}, {r}"]
-    statements += [f"REVOKE EXECUTE ON FUNCTION {s}.{fn} FROM PUBLIC"
-                   for fn in (*PRODUCER_FUNCTIONS, *READER_FUNCTIONS) if fn in present]  # fmt: skip
-    statements += [f"GRANT EXECUTE ON FUNCTION {s}.{fn} TO {p}"
-                   for fn in PRODUCER_FUNCTIONS if fn in present]  # fmt: skip
-    statements += [f"GRANT EXECUTE ON FUNCTION {s}.{fn} TO {r}"
-                   for fn in READER_FUNCTIONS if fn in present]  # fmt: skip
-    statements += [f"GRANT SELECT ON {s}.{t} TO {p}" for t in PRODUCER_READS if t in present]
-    statements += [f"GRANT SELECT ON {s}.{t} TO {r}" for t in READER_READS if t in present]
-    statements += [f"GRANT SELECT, INSERT, UPDATE, DELETE ON {s}.{t} TO {r}"
-                   for t in READER_WRITES if t in present]  # fmt: skip
+    present = set(await conn.fetchval(load("roles_present_objects"), names, s))
+
+    def each(block: str, objects: Sequence[str], **roles: str) -> list[str]:
+        return [render(block, schema=s, object=o, **roles) for o in objects if o in present]
+
+    statements = [render("roles_grant_usage", schema=s, producer=p, reader=r)]
+    statements += each("roles_revoke_function_from_public",
+                       (*PRODUCER_FUNCTIONS, *READER_FUNCTIONS))  # fmt: skip
+    statements += each("roles_grant_function", PRODUCER_FUNCTIONS, role=p)
+    statements += each("roles_grant_function", READER_FUNCTIONS, role=r)
+    statements += each("roles_grant_read", PRODUCER_READS, role=p)
+    statements += each("roles_grant_read", READER_READS, role=r)
+    statements += each("roles_grant_write", READER_WRITES, role=r)
     async with conn.transaction():
         for statement in statements:
             await conn.execute(statement)
@@ -151,19 +146,21 @@ async def create_roles(
                     done.append(f"created group role {group}")
             q = _ident
             for name in producers:
-                await conn.execute(f"GRANT {q(producer_group, 'group')} TO {q(name, 'producer')}")
+                await conn.execute(render("roles_grant_membership", group=q(producer_group, "group"),
+                                          role=q(name, "producer")))  # fmt: skip
             for name in readers:
-                await conn.execute(f"GRANT {q(reader_group, 'group')} TO {q(name, 'reader')}")
+                await conn.execute(render("roles_grant_membership", group=q(reader_group, "group"),
+                                          role=q(name, "reader")))  # fmt: skip
             db = '"' + admin.database.replace('"', '""') + '"'
             everyone = ", ".join(q(n, "role") for n in (owner, *producers, *readers))
-            await conn.execute(f"GRANT CONNECT ON DATABASE {db} TO {everyone}")
-            s = quote_schema(schema)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {s} AUTHORIZATION {q(owner, 'owner')}")
-            await conn.execute(f"ALTER SCHEMA {s} OWNER TO {q(owner, 'owner')}")
+            await conn.execute(render("roles_grant_connect", database=db, roles=everyone))
+            s, o = quote_schema(schema), q(owner, "owner")
+            await conn.execute(render("roles_create_schema", schema=s, owner=o))
+            await conn.execute(render("roles_schema_owner", schema=s, owner=o))
             done.append(f"schema {schema} owned by {owner}; {producer_group}: "
                         f"{', '.join(producers) or '-'}; {reader_group}: {', '.join(readers) or '-'}")  # fmt: skip
-            if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{s}.events"):
-                await conn.execute(f"SET LOCAL ROLE {q(owner, 'owner')}")
+            if await conn.fetchval(load("roles_relation_exists"), f"{s}.events"):
+                await conn.execute(render("roles_act_as_owner", owner=o))
                 await grant(conn, schema)
                 done.append("granted the privileges on the migrated schema")
     except asyncpg.PostgresError as exc:
@@ -177,11 +174,11 @@ async def _ensure_role(
     conn: asyncpg.Connection[Any], name: str, *, login: bool, password: str | None
 ) -> bool:
     role = _ident(name, "role")
-    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", name)
+    exists = await conn.fetchval(load("role_exists"), name)
     if not exists:
-        await conn.execute(f"CREATE ROLE {role} {'LOGIN' if login else 'NOLOGIN'}")
+        await conn.execute(render("role_create_login" if login else "role_create_group", role=role))
     if password is not None:
         # PASSWORD takes a literal, not a parameter: quote_literal on the server
-        literal = await conn.fetchval("SELECT quote_literal($1)", password)
-        await conn.execute(f"ALTER ROLE {role} PASSWORD {literal}")
+        literal = await conn.fetchval(load("quote_literal"), password)
+        await conn.execute(render("role_set_password", role=role, password=literal))
     return not exists

@@ -70,7 +70,8 @@ async def run_service(
     config = config.replace(relay=dataclasses.replace(config.relay, enabled=options.relay))
     projections = select_projections(config, options.projections) if options.projections else []
     with _signals(stop):
-        optional = [n for n in ("redis", "elasticsearch") if getattr(config, n).enabled]
+        enabled = {"redis": config.redis.enabled, "elasticsearch": config.elasticsearch.enabled}
+        optional = [name for name, on in enabled.items() if on]
         upcasters = upcasters_of(config.projections_module)
         async with DataLayer(config, optional=optional, upcasters=upcasters) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)

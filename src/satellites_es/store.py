@@ -72,7 +72,14 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -283,7 +290,7 @@ class EventStore:
         types: Collection[str] | None = None,
         read_ahead: bool = False,
         sequence: bool = True,
-    ) -> AsyncIterator[list[DataEvent]]:
+    ) -> AsyncGenerator[list[DataEvent], None]:
         """Events with ``after < position <= until``, in position order, a batch at a time.
         Without ``until`` the log is sequenced first (unless ``sequence=False``: a caller that
         sequences on its own, like the relay's leader), so every append committed before the
@@ -298,9 +305,8 @@ class EventStore:
         events, and a pass over a range with none of them yields nothing.
 
         ``read_ahead``: fetch the next batch while the caller works on this one, so a replay
-        pays the server's part of the read (jsonb to text: ~14 us an event of CPU for 2 KB
-        payloads on the project's machine) beside the caller's work
-        instead of before it; a FAISS rebuild ran ~20% faster. One more pool connection is busy
+        pays the server's part of the read (jsonb to text, CPU per event) beside the caller's
+        work instead of before it (BENCHMARKS.md has the figures). One more pool connection is busy
         meanwhile; close the iterator (``contextlib.aclosing``) when leaving it early, so the
         pending fetch is cancelled at once.
         """
@@ -324,7 +330,7 @@ class EventStore:
         batch_size: int | None = None,
         until: int | None = None,
         read_ahead: bool = False,
-    ) -> AsyncIterator[PayloadBatch]:
+    ) -> AsyncGenerator[PayloadBatch, None]:
         """The position, key, type and payload of events, a :class:`PayloadBatch` at a time,
         for a replay that needs no more of an event than that (a declarative projection,
         :class:`~satellites_es.projections.VectorFields`). Same range, order, filter and read
@@ -332,8 +338,8 @@ class EventStore:
 
         ``text_field``: a payload field that holds a long string (an encoded vector). Postgres
         sends it as raw text beside the rest of the payload, so neither side escapes or scans it
-        as JSON: the server's part of a 2 KB payload is ~7 us against ~14 for :meth:`read`
-        (inline rows, migration 0002), the client's JSON decode one small document. The payloads come back whole, the field
+        as JSON: the server's part is about half of :meth:`read`'s (inline rows, migration 0002;
+        figures in BENCHMARKS.md), the client's JSON decode one small document. The payloads come back whole, the field
         put back in; where it is not a string (a list of numbers, absent) the payload is read
         as it is. Payloads of an older schema version are upcast (whole, the field put back
         first), so a renamed vector field still arrives under its current name.
@@ -417,6 +423,12 @@ class EventStore:
             value = await self._pool.fetchval(self._sql["head"])
         return int(value)
 
+    async def oldest_after(self, position: int) -> datetime | None:
+        """When the first event after ``position`` was recorded (None: there is none)."""
+        with _translated("oldest_after"):
+            value: datetime | None = await self._pool.fetchval(self._sql["oldest_after"], position)
+        return value
+
     async def pending(self) -> int:
         """How many committed events wait for the sequencer (read-only: for health and metrics;
         near 0 while a relay leader ticks it, growing when no reader runs at all)."""
@@ -470,13 +482,7 @@ class LogListener:
         """True if notified (or reconnected) within ``timeout`` seconds, else False."""
         if self._conn is None or self._lost or self._conn.is_closed():
             return await self._reconnect(pause=timeout)
-        try:
-            async with asyncio.timeout(timeout):
-                await self._woken.wait()
-        except TimeoutError:
-            return False
-        self._woken.clear()
-        return True
+        return await woken(self._woken, timeout)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -512,6 +518,18 @@ class LogListener:
     def _on_terminated(self, conn: object) -> None:
         self._lost = True
         self._woken.set()
+
+
+async def woken(event: asyncio.Event, timeout: float) -> bool:
+    """Whether ``event`` was set within ``timeout`` seconds; cleared for the next wait (the
+    wake-up of a listener, here and in the in-memory log)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    event.clear()
+    return True
 
 
 def encode_batch(

@@ -30,6 +30,7 @@ from aiohttp import ServerFingerprintMismatch
 from elastic_transport import TlsError
 
 from .config import ElasticsearchConfig, PostgresConfig, RabbitMQConfig, RedisConfig
+from .sql import load
 
 __all__ = [
     "TlsState",
@@ -41,8 +42,8 @@ __all__ = [
     "refusal_reason",
 ]
 
-#: SELECT: whether this session is under TLS (the server's word, not the client's intent).
-PG_SSL_IN_USE = "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)"
+#: Whether this session is under TLS (the server's word, not the client's intent): a query.
+PG_SSL_IN_USE = load("session_ssl")
 
 
 @dataclass(frozen=True)

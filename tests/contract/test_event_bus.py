@@ -16,14 +16,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from satellites_es.bus import DeadLetter, RabbitMQEventBus
-from satellites_es.events import DataEvent, EventBus, InProcessEventBus
+from satellites_es.events import DataEvent, InProcessEventBus, RelayBus
 
 from .support import Recorder, delete_topology, eventually, rabbit_config_for
 
 
 @dataclasses.dataclass
 class Harness:
-    bus: EventBus
+    bus: RelayBus
 
     @property
     def rabbit(self) -> RabbitMQEventBus | None:
@@ -171,3 +171,20 @@ async def test_publish_right_after_subscribe_reaches_the_new_subscriber(harness:
         await harness.bus.publish(event)
     await eventually(lambda: len(late.events) == 30)
     assert late.ids == [e.id for e in events]  # one publisher: publish order
+
+
+async def test_a_publisher_sends_in_order_and_each_send_resolves(harness: Harness) -> None:
+    """The relay's publish path: ``publisher().send`` returns at once, its future resolves once
+    the bus took the event, and events arrive in send order (per key)."""
+    seen = Recorder("sent")
+    harness.bus.subscribe("user.updated", seen)
+    await harness.settle()
+    publisher = await harness.bus.publisher()
+    events = [_event("user.updated", key=f"k{i % 3}", version=i // 3 + 1) for i in range(30)]
+    sends = [publisher.send(event) for event in events]
+    assert all(isinstance(s, asyncio.Future) for s in sends)
+    await asyncio.gather(*sends)
+    await eventually(lambda: len(seen.events) == 30)
+    for key in ("k0", "k1", "k2"):
+        got = [e.id for e in seen.events if e.key == key]
+        assert got == [e.id for e in events if e.key == key]

@@ -15,7 +15,7 @@ from satellites_es.config import DataLayerConfig, PostgresConfig, RabbitMQConfig
 from satellites_es.envelope import EMPTY, EventMetadata, handling
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
-from satellites_es.relay import Relay
+from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
 from tests.contract.support import Recorder, eventually, rabbit_config_for
 
@@ -71,11 +71,11 @@ async def test_metadata_survives_the_relay_the_bus_the_dlq_and_its_replay(
     bus = RabbitMQEventBus(rabbit)
     bus.subscribe("doc.put", seen)
     await bus.start()
-    relay = Relay(store, bus, pool=pool, schema=migrated.schema, dsn=migrated.dsn,
-                  config=RelayConfig(poll_interval=0.1))  # fmt: skip
+    relay = postgres_relay(store, bus, pool=pool, schema=migrated.schema, dsn=migrated.dsn,
+                           config=RelayConfig(poll_interval=0.1))  # fmt: skip
+    running = asyncio.create_task(relay.run())
     try:
         await store.append([event("ok", FULL), event("poison", FULL)])
-        await relay.run_once()
         await eventually(lambda: len(seen.events) == 1)
         assert seen.events[0].metadata == FULL  # delivered, through the body
         letters: list[object] = []
@@ -101,6 +101,7 @@ async def test_metadata_survives_the_relay_the_bus_the_dlq_and_its_replay(
         assert seen.events[1].key == "poison" and seen.events[1].metadata == FULL
     finally:
         await relay.stop()
+        await running
         await bus.stop()
 
 

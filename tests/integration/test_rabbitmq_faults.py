@@ -15,7 +15,7 @@ from satellites_es.bus.partition import partition_for
 from satellites_es.config import PostgresConfig, RabbitMQConfig, RelayConfig
 from satellites_es.errors import BackendUnavailableError, PublishError
 from satellites_es.events import DataEvent
-from satellites_es.relay import Relay
+from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
 from satellites_es.testing import TcpProxy, free_port
 from tests.contract.support import (
@@ -45,7 +45,7 @@ async def test_cut_connection_mid_stream_loses_nothing_and_keeps_key_order(
         publisher = RabbitMQEventBus(dataclasses.replace(rabbit, port=proxy.port))
         await publisher.start()
         relay_config = RelayConfig(batch_size=200, confirm_window=100, poll_interval=0.2)
-        relay = Relay(
+        relay = postgres_relay(
             store, publisher, pool=pool, schema=migrated.schema, dsn=migrated.dsn,
             config=relay_config,
         )  # fmt: skip

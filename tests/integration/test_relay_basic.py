@@ -1,4 +1,6 @@
-"""The relay in process: one batch at a time, following the log, metrics, fencing and takeover."""
+"""The relay in process on Postgres and RabbitMQ: the backlog, following the log, metrics,
+fencing and takeover (the algorithm's unit tests, on the in-memory twins, are in
+``tests/unit/test_relay.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from satellites_es.bus import RabbitMQEventBus
 from satellites_es.config import PostgresConfig, RabbitMQConfig, RelayConfig
 from satellites_es.events import DataEvent
 from satellites_es.relay import Relay, RelayState
+from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
 from tests.contract.support import (
     IdempotentSink,
@@ -50,7 +53,7 @@ def _relay(
     pg: PostgresConfig,
     config: RelayConfig = FAST,
 ) -> Relay:
-    return Relay(store, bus, pool=pool, schema=pg.schema, config=config, dsn=pg.dsn)
+    return postgres_relay(store, bus, pool=pool, schema=pg.schema, config=config, dsn=pg.dsn)
 
 
 async def _append(
@@ -60,7 +63,7 @@ async def _append(
     return list(result.events)
 
 
-async def test_run_once_publishes_one_batch_and_moves_the_cursor(
+async def test_the_backlog_is_published_in_order_and_the_cursor_stored(
     store: EventStore,
     pool: asyncpg.Pool[asyncpg.Record],
     migrated: PostgresConfig,
@@ -70,11 +73,10 @@ async def test_run_once_publishes_one_batch_and_moves_the_cursor(
     bus, sink = sink_bus
     events = await _append(store, make_event, 120)
     relay = _relay(store, bus, pool, migrated)
-    assert await relay.run_once() == 50
-    assert relay.cursor == events[49].position
-    assert await relay.run_once() == 50
-    assert await relay.run_once() == 20
-    assert await relay.run_once() == 0
+    task = asyncio.create_task(relay.run())
+    await eventually(lambda: relay.cursor == events[-1].position)
+    await relay.stop()
+    await task
     await eventually(lambda: len(sink.applied) == 120)
     assert [e.id for e in sorted(sink.applied.values(), key=lambda e: e.position or 0)] == [
         e.id for e in events

@@ -2,7 +2,8 @@
 
 The module is also the relay process: ``python -m tests.integration.test_relay_processes
 '<json>'`` runs one relay and prints ``state <name>`` on each state change. With ``kill_after``
-it SIGKILLs itself right after that many batches were confirmed, *before* the cursor moves.
+it SIGKILLs itself right after that many batches were confirmed, *before* the cursor moves
+(its lease kills the process instead of moving the cursor).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,9 @@ import pytest
 from satellites_es.bus import RabbitMQEventBus
 from satellites_es.config import EventLogConfig, PostgresConfig, RabbitMQConfig, RelayConfig
 from satellites_es.events import DataEvent
+from satellites_es.parking import ParkedEvents
 from satellites_es.relay import Relay
+from satellites_es.relay_lease import PostgresRelayLease
 from satellites_es.store import EventStore
 from tests.contract.support import (
     IdempotentSink,
@@ -40,22 +43,35 @@ ROOT = Path(__file__).resolve().parents[2]
 # -- the relay process ------------------------------------------------------------------------
 
 
+class _KillingLease(PostgresRelayLease):
+    """A lease whose ``kill_after``-th cursor move SIGKILLs the process instead: the events up
+    to ``position`` were confirmed, the cursor never moves (0: never). It prints ``killing
+    <cursor> <position>`` first."""
+
+    def __init__(self, *args: Any, kill_after: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kill_after = kill_after
+        self.moves = 0
+        self.cursor = 0
+
+    async def advance(self, position: int) -> None:
+        self.moves += 1
+        if self.kill_after and self.moves >= self.kill_after:
+            print(f"killing {self.cursor} {position}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await super().advance(position)
+        self.cursor = position
+
+
 async def _main(args: dict[str, Any]) -> None:
     pool = await asyncpg.create_pool(args["dsn"], min_size=1, max_size=4)
     store = EventStore(pool, schema=args["schema"], config=EventLogConfig(), dsn=args["dsn"])
     bus = RabbitMQEventBus(rabbit_config_for(args["amqp_url"], args["test_id"]))
     await bus.start()
-    confirmed = 0
-
-    async def after_confirm(batch: Sequence[DataEvent]) -> None:
-        nonlocal confirmed
-        confirmed += 1
-        if args["kill_after"] and confirmed >= args["kill_after"]:
-            print(f"killing after position {batch[-1].position}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
-
+    lease = _KillingLease(pool, args["schema"], "default", dsn=args["dsn"],
+                          kill_after=args["kill_after"])  # fmt: skip
     relay = Relay(
-        store, bus, pool=pool, schema=args["schema"], dsn=args["dsn"], after_confirm=after_confirm,
+        store, bus, lease=lease, parking=ParkedEvents(pool, args["schema"]),
         config=RelayConfig(batch_size=args["batch_size"], confirm_window=100, poll_interval=0.2,
                            standby_interval=0.2),
     )  # fmt: skip
@@ -87,6 +103,10 @@ class RelayProcess:
     def state(self) -> str | None:
         states = [line.split()[1] for line in self.lines if line.startswith("state ")]
         return states[-1] if states else None
+
+    async def finished(self) -> None:
+        """Once the process has ended: every line it printed is read."""
+        await self._reader
 
     async def kill(self) -> int:
         with contextlib.suppress(ProcessLookupError):
@@ -142,16 +162,21 @@ async def test_sigkill_between_confirms_and_cursor_update_loses_nothing(
     positions = await _append(store, make_event, 300)
     first = await spawn(kill_after=2, batch_size=100)
     assert await asyncio.wait_for(first.proc.wait(), 30) == -signal.SIGKILL
+    await first.finished()
+    (killing,) = [line.split() for line in first.lines if line.startswith("killing ")]
+    moved, confirmed = int(killing[1]), int(killing[2])
     cursor = await pool.fetchval(
         f'SELECT position FROM "{store.schema}".relay_cursors WHERE name = $1', "default"
     )
-    assert cursor == positions[99]  # the second batch was confirmed, the cursor never moved
-    await eventually(lambda: len(sink.applied) >= 200)
+    assert cursor == moved < confirmed  # confirmed up to there, the cursor never moved
+    assert moved % 100 == 0 and confirmed % 100 == 0  # the cursor moves at batch ends
+    unmoved = {p for p in positions if moved < p <= confirmed}
+    await eventually(lambda: set(sink.applied) >= unmoved)
 
     await spawn()  # the restarted relay
     await eventually(lambda: set(sink.applied) == set(positions), timeout=20)
     assert sink.applies == 300  # each applied exactly once
-    assert sink.duplicates >= set(positions[100:200])  # the unacknowledged batch came twice
+    assert sink.duplicates >= unmoved  # the confirmed events past the cursor came twice
     assert_per_key_order(sink.deliveries)
 
 

@@ -31,8 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from tenacity import AsyncRetrying, retry_if_exception
 
@@ -133,10 +132,7 @@ class CatchUp:
         high = self.high if self.high is not None else await self._store.sequence()
         self.high = high
         types = None if self.event_type is None else [self.event_type]
-        past = cast(
-            AsyncGenerator[list[DataEvent], None],
-            self._store.read(self.after, until=high, types=types, read_ahead=True),
-        )
+        past = self._store.read(self.after, until=high, types=types, read_ahead=True)
         async with contextlib.aclosing(past) as batches:
             async for batch in batches:
                 for event in batch:

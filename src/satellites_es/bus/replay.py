@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncGenerator, Collection
-from typing import cast
+from collections.abc import Collection
 
 from ..config import DataLayerConfig
 from ..errors import ConfigurationError
-from ..events import DataEvent
 from ..store import EventStore
 from .rabbitmq import RabbitMQEventBus
 
@@ -42,10 +40,7 @@ async def replay_log(
     many events were confirmed."""
     await bus.require_group(group)
     until = await store.sequence() if until is None else until
-    past = cast(
-        AsyncGenerator[list[DataEvent], None],
-        store.read(after, until=until, types=types or None, read_ahead=True),
-    )
+    past = store.read(after, until=until, types=types or None, read_ahead=True)
     replayed = 0
     async with contextlib.aclosing(past) as batches:
         async for batch in batches:

@@ -38,7 +38,7 @@ from redis.exceptions import RedisError
 
 from ..config import DataLayerConfig
 from ..errors import BackendUnavailableError, SatellitesError
-from ..sql import queries, quote_schema
+from ..sql import load, queries, quote_schema, render
 
 __all__ = ["DEMO_ENV", "DemoBusyError", "DemoNamespaceError", "claim", "exclusive"]
 
@@ -117,12 +117,7 @@ async def _postgres_foreign(config: DataLayerConfig) -> str | None:
     schema = config.postgres.schema
     conn = await _pg(config)
     try:
-        row = await conn.fetchrow(
-            "SELECT obj_description(oid, 'pg_namespace') AS marker,"
-            " (SELECT count(*) FROM pg_class WHERE relnamespace = n.oid) AS relations"
-            " FROM pg_namespace n WHERE nspname = $1",
-            schema,
-        )
+        row = await conn.fetchrow(load("demo_schema_marker"), schema)
     finally:
         await conn.close()
     if row is None or row["marker"] == MARKER:
@@ -131,13 +126,15 @@ async def _postgres_foreign(config: DataLayerConfig) -> str | None:
 
 
 async def _reset_postgres(config: DataLayerConfig) -> None:
-    quoted = quote_schema(config.postgres.schema)
+    sql = queries(config.postgres.schema)
     conn = await _pg(config)
     try:
         async with conn.transaction():
-            await conn.execute(f"DROP SCHEMA IF EXISTS {quoted} CASCADE")
-            await conn.execute(f"CREATE SCHEMA {quoted}")
-            await conn.execute(f"COMMENT ON SCHEMA {quoted} IS '{MARKER}'")
+            await conn.execute(sql["demo_drop_schema"])
+            await conn.execute(sql["demo_create_schema"])
+            # COMMENT takes a literal, not a parameter; MARKER is ours and holds no quote
+            await conn.execute(render("demo_mark_schema", schema=quote_schema(config.postgres.schema),
+                                      marker=f"'{MARKER}'"))  # fmt: skip
     finally:
         await conn.close()
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from ..errors import ConfigurationError, PersistenceError, ProjectionError
+from ..parking import ParkedEvents
 from ..sql import queries
 from ..store import DB_ERRORS
 
@@ -28,8 +29,9 @@ class ActiveVersion(NamedTuple):
 
 
 class Checkpoints:
-    """Checkpoints and active versions of the projections in one schema; the SQL is in
-    ``sql/queries.sql`` (``checkpoint_*``, ``version_*``)."""
+    """:class:`~satellites_es.protocols.CheckpointStore` in Postgres: checkpoints and active
+    versions of the projections in one schema; the SQL is in ``sql/queries.sql``
+    (``checkpoint_*``, ``version_*``)."""
 
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
         try:
@@ -38,6 +40,12 @@ class Checkpoints:
             raise ConfigurationError("postgres.schema", str(exc)) from exc
         self.pool = pool
         self.schema_name = schema
+        self._parked = ParkedEvents(pool, schema)
+
+    @property
+    def parked(self) -> ParkedEvents:
+        """The projections' parked events, in the same schema."""
+        return self._parked
 
     async def get(self, projection: str, version: int) -> int:
         value = await self._query("fetchval", "checkpoint_get", projection, version)

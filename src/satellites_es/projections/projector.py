@@ -41,20 +41,20 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 from ..errors import BackendUnavailableError, PoisonEventError, RejectedChangesError
 from ..events import DataEvent
 from ..faults import backoff, is_transient
-from ..parking import ParkedEvents, Poison
-from ..store import EventStore, PayloadBatch
+from ..parking import Poison
+from ..protocols import CheckpointStore, EventLog, Parking
+from ..store import PayloadBatch
 from ..tracing import linked
-from .checkpoints import Checkpoints
 from .fields import VectorFields
 from .model import Change, Projection
 from .sinks import RunSink, Sink
 
-__all__ = ["FollowerStatus", "Progress", "Projector"]
+__all__ = ["FollowerStatus", "Progress", "Projector", "ensure_active", "follow_active"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +99,14 @@ class Projector:
         self,
         projection: Projection,
         sink: Sink,
-        store: EventStore,
-        checkpoints: Checkpoints,
+        store: EventLog,
+        checkpoints: CheckpointStore,
         *,
         version: int | None = None,
         batch_size: int = 1000,
         flush_every: int = 50_000,
         mode: Mode = "live",
-        parked: ParkedEvents | None = None,
+        parked: Parking | None = None,
     ) -> None:
         self.projection = projection
         self.sink = sink
@@ -116,7 +116,7 @@ class Projector:
         self.batch_size = batch_size
         self.flush_every = flush_every
         self.mode: Mode = mode
-        self.parked = parked or ParkedEvents(checkpoints.pool, checkpoints.schema_name)
+        self.parked = parked if parked is not None else checkpoints.parked
         #: events this projector parked (or, as a rebuild, would have stopped on)
         self.parked_count = 0
         #: why the last snapshot save failed (a local sink), until one succeeds
@@ -207,7 +207,7 @@ class Projector:
                 after=start, batch_size=self.batch_size, until=target,
                 types=self.projection.event_types, text_field=fields.vector, read_ahead=True,
             )  # fmt: skip
-            async with contextlib.aclosing(cast(AsyncGenerator[PayloadBatch, None], payloads)):
+            async with contextlib.aclosing(payloads):
                 async for page in payloads:
                     yield self._columns(fields, self.sink, page)
             return
@@ -215,7 +215,7 @@ class Projector:
             after=start, batch_size=self.batch_size, until=target,
             types=self.projection.event_types, read_ahead=True,
         )  # fmt: skip
-        async with contextlib.aclosing(cast(AsyncGenerator[list[DataEvent], None], events)):
+        async with contextlib.aclosing(events):
             async for batch in events:
                 yield self._events(batch, start)
 
@@ -423,6 +423,17 @@ class Projector:
             await self._advanced.wait_for(lambda: self.position >= position)
 
 
+async def ensure_active(projection: Projection, sink: Sink, checkpoints: CheckpointStore) -> int:
+    """The active version, creating and activating the projection's first version if none."""
+    row = await checkpoints.active(projection.name)
+    if row is not None:
+        return row.active
+    await sink.prepare(projection, projection.version)
+    await sink.activate(projection, projection.version)
+    await checkpoints.set_active(projection.name, projection.version)
+    return projection.version
+
+
 @dataclass
 class FollowerStatus:
     """How one projection's follower is doing, for ``health()`` and ``/metrics``.
@@ -460,8 +471,8 @@ RETRY_INTERVAL = 1.0
 async def follow_active(
     projection: Projection,
     sink: Sink,
-    store: EventStore,
-    checkpoints: Checkpoints,
+    store: EventLog,
+    checkpoints: CheckpointStore,
     *,
     stop: asyncio.Event,
     poll_interval: float = 1.0,
@@ -532,14 +543,12 @@ async def _parked(projector: Projector) -> int:
 async def _follow_once(
     projection: Projection,
     sink: Sink,
-    store: EventStore,
-    checkpoints: Checkpoints,
+    store: EventLog,
+    checkpoints: CheckpointStore,
     state: dict[str, Projector],
     on_projector: Callable[[Projector], None] | None,
     flush_every: int,
 ) -> Projector:
-    from .rebuild import ensure_active
-
     version = await ensure_active(projection, sink, checkpoints)
     if await sink.active_version(projection) != version:
         await sink.activate(projection, version)  # Postgres is the truth; catch up to it

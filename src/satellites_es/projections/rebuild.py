@@ -14,11 +14,10 @@ resumes: the version it was building has a checkpoint (and, for FAISS, a snapsho
 
 A replay allocates a few objects per event, and the batch in flight outlives enough allocations
 to be promoted to the oldest GC generation, whose collections scan the whole heap: on a FAISS
-replay that was a quarter of the time. So a rebuild freezes the heap it starts with
+replay they took a large share of the time. So a rebuild freezes the heap it starts with
 (``gc.freeze``: those objects are left out of collections, new ones are collected as usual) and
-unfreezes it when it ends; a d=384 FAISS rebuild ran 16,300 -> 22,700 events/s (median of five
-alternated rounds). If the application has frozen its heap itself (before forking workers,
-say), a rebuild leaves that alone.
+unfreezes it when it ends (the measured gain is in BENCHMARKS.md). If the application has frozen
+its heap itself (before forking workers, say), a rebuild leaves that alone.
 """
 
 from __future__ import annotations
@@ -33,10 +32,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from ..faults import backoff, is_transient
-from ..store import EventStore
-from .checkpoints import Checkpoints
+from ..protocols import CheckpointStore, EventLog
 from .model import Projection
-from .projector import Progress, ProgressCallback, Projector
+from .projector import Progress, ProgressCallback, Projector, ensure_active
 from .sinks import Sink
 
 __all__ = ["RebuildResult", "ensure_active", "rebuild", "rollback", "target_version"]
@@ -62,22 +60,11 @@ class RebuildResult:
     parked: int = 0
 
 
-async def ensure_active(projection: Projection, sink: Sink, checkpoints: Checkpoints) -> int:
-    """The active version, creating and activating the projection's first version if none."""
-    row = await checkpoints.active(projection.name)
-    if row is not None:
-        return row[0]
-    await sink.prepare(projection, projection.version)
-    await sink.activate(projection, projection.version)
-    await checkpoints.set_active(projection.name, projection.version)
-    return projection.version
-
-
-async def target_version(projection: Projection, checkpoints: Checkpoints) -> tuple[int, bool]:
+async def target_version(projection: Projection, checkpoints: CheckpointStore) -> tuple[int, bool]:
     """The version a rebuild builds, and whether it resumes one left unfinished."""
     row = await checkpoints.active(projection.name)
-    active = row[0] if row else 0
-    previous = row[1] if row else None
+    active = row.active if row else 0
+    previous = row.previous if row else None
     known = [v for v in await checkpoints.versions(projection.name) if v > active]
     if known:
         return max(known), True
@@ -87,8 +74,8 @@ async def target_version(projection: Projection, checkpoints: Checkpoints) -> tu
 async def rebuild(
     projection: Projection,
     sink: Sink,
-    store: EventStore,
-    checkpoints: Checkpoints,
+    store: EventLog,
+    checkpoints: CheckpointStore,
     *,
     progress: ProgressCallback | None = None,
     batch_size: int = 1000,
@@ -165,7 +152,9 @@ def _heap_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def rollback(projection: Projection, sink: Sink, checkpoints: Checkpoints) -> tuple[int, int]:
+async def rollback(
+    projection: Projection, sink: Sink, checkpoints: CheckpointStore
+) -> tuple[int, int]:
     """Flip back to the previous version; returns (now active, the one rolled back from)."""
     active, left = await checkpoints.rollback(projection.name)
     await sink.activate(projection, active)

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from ..faults import backoff, is_transient
+from ..sql import load
 from ..vectors import VectorIndex
 from ..vectors.persistence import MANIFEST_FILE
 from ..vectors.snapshot_store import BACKEND, SnapshotStore
@@ -38,7 +39,8 @@ __all__ = ["Lease", "Snapshotter", "SnapshotterStatus", "publish_now"]
 
 logger = logging.getLogger(__name__)
 
-_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('satellites.snapshotter'), hashtext($1))"
+_LOCK_SQL = load("snapshotter_lock")
+_HEARTBEAT_SQL = load("heartbeat")
 
 
 class Lease:
@@ -55,7 +57,7 @@ class Lease:
         if self._held and self._conn is not None and not self._conn.is_closed():
             try:
                 async with asyncio.timeout(5.0):
-                    await self._conn.fetchval("SELECT 1")
+                    await self._conn.fetchval(_HEARTBEAT_SQL)
                 return True
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self.release()

@@ -2,8 +2,10 @@
 
 A block starts with a ``-- name: <name>`` line and runs to the next one. Run-time blocks name
 the schema as ``{schema}``; :func:`queries` substitutes a validated, quoted schema name (an
-identifier cannot be a bind parameter, asyncpg #605). Blocks used by migrations carry a version
-suffix and are frozen once released, so an old migration keeps creating what it created.
+identifier cannot be a bind parameter, asyncpg #605). Blocks that name other identifiers (a
+role, a database) take them through :func:`render`, the same substitution, from callers that
+validated and quoted them. Blocks used by migrations carry a version suffix and are frozen once
+released, so an old migration keeps creating what it created.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 import re
 from importlib import resources
 
-__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema", "transaction_id_first"]
+__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema", "render", "transaction_id_first"]
 
 #: The schema names we accept (the same rule as ``PostgresConfig.schema``).
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -39,10 +41,22 @@ def quote_schema(schema: str) -> str:
     return f'"{schema}"'
 
 
+def _substituted(body: str, parts: dict[str, str]) -> str:
+    for key, value in parts.items():
+        body = body.replace("{" + key + "}", value)
+    return body
+
+
+def render(name: str, **parts: str) -> str:
+    """The block called ``name`` with each ``{key}`` replaced by ``parts[key]``: SQL fragments
+    the caller made safe (quoted identifiers, a server-quoted literal), never raw input."""
+    return _substituted(_blocks()[name], parts)
+
+
 def queries(schema: str) -> dict[str, str]:
     """Every block with ``{schema}`` replaced by the quoted ``schema``."""
-    quoted = quote_schema(schema)
-    return {name: body.replace("{schema}", quoted) for name, body in _blocks().items()}
+    parts = {"schema": quote_schema(schema)}
+    return {name: _substituted(body, parts) for name, body in _blocks().items()}
 
 
 def transaction_id_first(create_block: str, old: str, new: str) -> str:

@@ -1240,6 +1240,11 @@ WHERE projection = $1;
 -- "<schema>.<name>" ($1), held for as long as that session lives.
 SELECT pg_try_advisory_lock(hashtext('satellites.relay'), hashtext($1));
 
+-- name: relay_session
+-- The lease's own session: cursor writes need no WAL flush (after a Postgres crash the cursor
+-- may come back a little older, and the events after it are published again).
+SET synchronous_commit TO off;
+
 -- name: relay_cursor_init
 INSERT INTO {schema}.relay_cursors (name, position) VALUES ($1, 0)
 ON CONFLICT (name) DO NOTHING;
@@ -1252,7 +1257,8 @@ SELECT position FROM {schema}.relay_cursors WHERE name = $1;
 UPDATE {schema}.relay_cursors SET position = $2, updated_at = now()
 WHERE name = $1 AND position < $2;
 
--- name: relay_oldest
+-- name: oldest_after
+-- When the first event after a position was recorded (the relay's oldest unpublished event).
 SELECT recorded_at FROM {schema}.events WHERE position > $1 ORDER BY position LIMIT 1;
 
 -- The read-only health check (satellites_es.healthcheck), on a read-only connection.
@@ -1275,3 +1281,141 @@ ORDER BY v.projection;
 
 -- name: demo_try_lock
 SELECT pg_try_advisory_lock(hashtext('satellites.demo'), hashtext($1));
+
+-- Sessions: TLS, the server's version, a heartbeat (backends, health, leases).
+
+-- name: session_ssl
+-- Whether this session is under TLS (the server's word, not the client's intent).
+SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false);
+
+-- name: server_version
+SHOW server_version;
+
+-- name: heartbeat
+SELECT 1;
+
+-- name: snapshotter_lock
+-- The FAISS snapshotter's leader election (satellites_es.projections.snapshotter): a session
+-- advisory lock keyed by "<schema>.<projection>" ($1).
+SELECT pg_try_advisory_lock(hashtext('satellites.snapshotter'), hashtext($1));
+
+-- Migrations (satellites_es.migrate, migrations/env.py). {schema} and {database} are
+-- validated, quoted identifiers.
+
+-- name: migration_lock
+-- Taken first by every upgrade: concurrent upgrades of one schema run one at a time.
+SELECT pg_advisory_xact_lock(hashtext('satellites.migrate.' || current_schema()));
+
+-- name: migrate_schema_owner
+SELECT pg_get_userbyid(nspowner) AS owner, pg_has_role(current_user, nspowner, 'USAGE') AS mine
+FROM pg_namespace WHERE nspname = $1;
+
+-- name: migrate_may_create_schema
+SELECT has_database_privilege(current_database(), 'CREATE');
+
+-- name: migrate_revision_readable
+-- $1: the schema, $2: its alembic_version table, qualified.
+SELECT has_schema_privilege($1, 'USAGE')
+       AND coalesce(has_table_privilege(to_regclass($2), 'SELECT'), false);
+
+-- name: migrate_revision
+SELECT version_num FROM {schema}.alembic_version LIMIT 1;
+
+-- name: database_exists
+SELECT 1 FROM pg_database WHERE datname = $1;
+
+-- name: create_database
+CREATE DATABASE {database};
+
+-- name: schema_exists
+SELECT 1 FROM pg_namespace WHERE nspname = $1;
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- The demo's own namespace (satellites_es.demo.namespace): reset only when it carries the
+-- demo's marker ({marker}: a quoted literal).
+
+-- name: demo_schema_marker
+SELECT obj_description(oid, 'pg_namespace') AS marker,
+       (SELECT count(*) FROM pg_class WHERE relnamespace = n.oid) AS relations
+FROM pg_namespace n WHERE nspname = $1;
+
+-- name: demo_drop_schema
+DROP SCHEMA IF EXISTS {schema} CASCADE;
+
+-- name: demo_create_schema
+CREATE SCHEMA {schema};
+
+-- name: demo_mark_schema
+COMMENT ON SCHEMA {schema} IS {marker};
+
+-- The audit's session table of the keys a sink holds (satellites_es.audit).
+
+-- name: audit_keys_create
+CREATE TEMPORARY TABLE audit_keys (key text) ON COMMIT DROP;
+
+-- name: audit_keys_analyze
+ANALYZE audit_keys;
+
+-- Roles and grants (satellites_es.roles). {schema}, {role}, {producer}, {reader}, {owner},
+-- {group}, {roles} and {database} are validated, quoted identifiers; {object} is one of the
+-- function or table names the module lists.
+
+-- name: roles_count
+SELECT count(*) FROM pg_roles WHERE rolname = ANY($1::text[]);
+
+-- name: roles_present_objects
+-- Of the names $1, those that exist in schema $2 as a table or a function.
+SELECT coalesce(array_agg(n), '{}') FROM unnest($1::text[]) AS n
+WHERE to_regclass($2 || '.' || n) IS NOT NULL OR to_regproc($2 || '.' || n) IS NOT NULL;
+
+-- name: roles_grant_usage
+GRANT USAGE ON SCHEMA {schema} TO {producer}, {reader};
+
+-- name: roles_revoke_function_from_public
+REVOKE EXECUTE ON FUNCTION {schema}.{object} FROM PUBLIC;
+
+-- name: roles_grant_function
+GRANT EXECUTE ON FUNCTION {schema}.{object} TO {role};
+
+-- name: roles_grant_read
+GRANT SELECT ON {schema}.{object} TO {role};
+
+-- name: roles_grant_write
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.{object} TO {role};
+
+-- name: roles_grant_membership
+GRANT {group} TO {role};
+
+-- name: roles_grant_connect
+GRANT CONNECT ON DATABASE {database} TO {roles};
+
+-- name: roles_create_schema
+CREATE SCHEMA IF NOT EXISTS {schema} AUTHORIZATION {owner};
+
+-- name: roles_schema_owner
+ALTER SCHEMA {schema} OWNER TO {owner};
+
+-- name: roles_relation_exists
+SELECT to_regclass($1) IS NOT NULL;
+
+-- name: roles_act_as_owner
+SET LOCAL ROLE {owner};
+
+-- name: role_exists
+SELECT 1 FROM pg_roles WHERE rolname = $1;
+
+-- name: role_create_login
+CREATE ROLE {role} LOGIN;
+
+-- name: role_create_group
+CREATE ROLE {role} NOLOGIN;
+
+-- name: quote_literal
+-- PASSWORD takes a literal, not a parameter: quoted by the server.
+SELECT quote_literal($1);
+
+-- name: role_set_password
+-- {password}: a literal quoted by quote_literal.
+ALTER ROLE {role} PASSWORD {password};
