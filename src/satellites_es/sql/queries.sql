@@ -962,8 +962,11 @@ DECLARE
     allocated bigint;
     oldest bigint;
 BEGIN
-    SELECT s.floor, s.candidate, s.horizon INTO old_floor, old_candidate, old_horizon
-    FROM sequencer_state s WHERE s.id;
+    -- The head and the state in one statement (the fast path of an append runs this too).
+    SELECT (SELECT coalesce(max(e.position), 0) FROM events e WHERE e.position > 0),
+           coalesce(s.floor, 0), coalesce(s.candidate, 0), s.horizon
+    INTO base, old_floor, old_candidate, old_horizon
+    FROM (VALUES (true)) AS one (id) LEFT JOIN sequencer_state s ON s.id = one.id;
     new_floor := old_floor;
     new_candidate := old_candidate;
     new_horizon := old_horizon;
@@ -992,7 +995,6 @@ BEGIN
         END IF;
     END IF;
 
-    SELECT coalesce(max(e.position), 0) INTO base FROM events e WHERE e.position > 0;
     UPDATE events AS e SET position = base + p.rank
     FROM (SELECT x.position AS pending, row_number() OVER (ORDER BY x.position DESC) AS rank
           FROM events x WHERE x.position < -old_floor) AS p
