@@ -93,3 +93,17 @@ async def test_a_live_run_keeps_its_redis_lock_past_the_ttl(
         with pytest.raises(DemoBusyError):
             async with exclusive(other, wait=0.3, say=lambda _: None):
                 pytest.fail("the live run's lock expired")
+
+
+async def test_the_run_lock_is_not_foreign_data_to_the_claim(config: DataLayerConfig) -> None:
+    """On a fresh Redis the lock is the only key under the prefix: the claim that follows it
+    must neither refuse it as someone else's data nor clear it."""
+    from satellites_es.demo.namespace import claim
+
+    client = aioredis.Redis.from_url(config.redis.url)
+    try:
+        async with exclusive(config):
+            await claim(config)
+            assert await client.get(f"{config.redis.key_prefix}{namespace.REDIS_LOCK}")
+    finally:
+        await client.aclose()

@@ -146,7 +146,10 @@ def _redis(config: DataLayerConfig) -> aioredis.Redis | None:
 
 
 async def _redis_keys(client: aioredis.Redis, prefix: str) -> list[bytes]:
-    return [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+    """The keys under ``prefix`` but the run lock (:func:`exclusive`): that one is this run's,
+    taken before the claim looks, and must outlive the reset."""
+    lock = f"{prefix}{REDIS_LOCK}".encode()
+    return [k async for k in client.scan_iter(match=f"{prefix}*", count=1000) if k != lock]
 
 
 async def _redis_foreign(config: DataLayerConfig) -> str | None:
