@@ -50,7 +50,7 @@ from ..errors import VectorIndexError
 from . import exact
 from ._faiss import faiss
 from .filters import MetadataIndex, filter_key
-from .models import NamespaceSpec, VectorMatch
+from .models import NamespaceSpec, VectorMatch, match_rows
 from .plans import PlanCache, SearchPlan, batch_selector, excluding
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "INLINE_MAX_WORK", "Namespace", "NamespaceState"]
@@ -209,7 +209,7 @@ class Namespace:
             return [[] for _ in range(len(queries))], 0
         with faiss_errors("search"):
             scores, labels = self._faiss_search(queries, k_eff, plan)
-        return [self._hits(scores[i], labels[i]) for i in range(len(queries))], k_eff
+        return self._rows(scores, labels), k_eff
 
     def _plan(self, key: FilterKey) -> SearchPlan:
         if key:
@@ -481,18 +481,11 @@ class Namespace:
             params.sel = selector  # borrowed pointer: the plan keeps ``selector`` alive
         return params
 
-    def _hits(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[VectorMatch]:
-        """One row's matches. FAISS pads a short row with label -1, which no entry has."""
-        get = self._entries.get
+    def _rows(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[list[VectorMatch]]:
+        """The matches of each row of a search's results (one ``tolist`` per matrix)."""
         if self.spec.metric == "cosine":
             scores = np.clip(scores, -1.0, 1.0)
-        hits = []
-        for score, label in zip(scores.tolist(), labels.tolist(), strict=True):
-            entry = get(label)
-            if entry is not None:
-                meta = entry[1]
-                hits.append(VectorMatch(entry[0], score, None if meta is None else _proxy(meta)))
-        return hits
+        return match_rows(scores.tolist(), labels.tolist(), self._entries.get)
 
     def _exact_rows(
         self,
@@ -509,8 +502,8 @@ class Namespace:
         exact = faiss.IndexIDMap2(faiss.IndexFlat(self.spec.dimension, _faiss_metric(self.spec)))
         exact.add_with_ids(vectors, labels)
         scores, found = exact.search(np.ascontiguousarray(queries[rows_to_fix]), k)
-        for n, row in enumerate(rows_to_fix):
-            rows[row] = self._hits(scores[n], found[n])
+        for row, hits in zip(rows_to_fix, self._rows(scores, found), strict=True):
+            rows[row] = hits
 
     def _forget(self, labels: list[int]) -> None:
         if not labels:
@@ -576,6 +569,3 @@ def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], ob
 
 def _frozen(meta: Meta) -> Mapping[str, Any] | None:
     return None if meta is None else MappingProxyType(meta)
-
-
-_proxy = MappingProxyType
