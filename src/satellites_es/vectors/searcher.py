@@ -2,12 +2,13 @@
 
 Why not the write pool. A search handed to a ``ThreadPoolExecutor`` pays for a
 ``concurrent.futures.Future``, its wrapping into an asyncio future and their callbacks; here a job
-is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. The coalescer cuts a
-burst on an approximate index into one part per thread, so the parts search side by side while
-the event loop answers the callers of the part that finished.
+is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. A namespace's
+coalescer searches one batch at a time (FAISS spreads a batch over the cores itself); several
+threads serve several namespaces, ``query_many`` calls and a batch's groups of different
+filters at once.
 
-OpenMP. Each thread searches with FAISS's default team (every core). A team of one per part was
-tried (one core per part) and measured worse: a lone query on the event loop, and raw FAISS
+OpenMP. Each thread searches with FAISS's default team (every core). A team of one per thread
+was tried (one core per search, when bursts were cut into one part per thread) and measured worse: a lone query on the event loop, and raw FAISS
 called there, became many times slower under load (BENCHMARKS.md, issue 21). The likely
 cause: with no team but the event loop thread's, libgomp lets that team's idle thread spin after
 every FAISS call (even one query opens a parallel region: ``IndexIDMap`` maps its labels in one),
