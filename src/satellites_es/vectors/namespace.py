@@ -194,11 +194,24 @@ class Namespace:
     ) -> list[list[VectorMatch]] | None:
         """``search`` for the event loop: an answer only when it is cheap (the filter's plan is
         built, the estimated work is at most :data:`INLINE_MAX_WORK`, no row needs the exact
-        fallback), else None, and a worker thread answers instead."""
+        fallback), else None, and a worker thread answers instead.
+
+        It searches with an OpenMP team of one on the calling thread, then gives the thread its
+        width back. A search this small has nothing to share out (HNSW and IVF split a batch by
+        query, and this is usually one), yet ``IndexIDMap`` maps the labels in a parallel loop,
+        so at the default width every query wakes the thread's team and waits for it: under
+        load one raw HNSW query took ~20 ms p50 that way against ~0.3 ms with a team of one,
+        and FAISS calls at the default width on the same thread were no slower for the switch
+        (BENCHMARKS.md, issue 21, third pass)."""
         plan = self._plans.get(filter_key(flt), self.version)
         if plan is None or self._work(len(queries), plan) > INLINE_MAX_WORK:
             return None
-        rows, k_eff = self._answer(queries, k, plan)
+        width = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            rows, k_eff = self._answer(queries, k, plan)
+        finally:
+            faiss.omp_set_num_threads(width)
         return None if any(len(row) < k_eff for row in rows) else rows
 
     def _answer(
