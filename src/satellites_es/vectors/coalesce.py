@@ -11,23 +11,21 @@ runs the searches.
   approximate search, run on the event loop: see ``VectorIndex._search_now``); only if that
   declines does it queue. A second task querying in the same turn is taken as concurrency and
   queues, so an ``asyncio.gather`` of 64 callers still forms a batch (its first caller's answer
-  costs one inline search). Callers resuming from a batch that answered several of them are
+  costs one inline search). Callers resuming from a search that answered several of them are
   concurrency too: none of them searches inline in that turn. Otherwise the first to query
-  again held the event loop for a whole search (the others, and the search thread, waiting)
-  and the next batch came out one short: in 64-caller bursts on HNSW one query in 14 went
-  inline and the batches of one search thread held 56-63 queries instead of 64.
+  again held the event loop for a whole search while the others waited, and the next batch came
+  out one short: in 64-caller bursts on HNSW one query in 14 went inline.
 * The drain starts when the first query is queued and first yields once to the event loop, so
   every query issued in the same loop turn joins the first batch. No timer.
-* One batch of up to ``max_batch`` queries searches at a time, on every kind of index: the whole
-  queue in one FAISS call, which spreads it over every core itself (OpenMP across the batch's
-  queries), as a caller of raw FAISS batching the same queries would. Cutting a burst on HNSW or
-  IVF into one part per search thread, searched side by side, was the design before: its parts
-  were half the size, and two FAISS calls each with a full OpenMP team ran on two cores at once;
-  it cost more CPU per query and ran slower in alternated runs (BENCHMARKS.md, issue 21).
-* Within a batch, queries sharing a filter share one search with the largest ``top_k``; each caller
+* Batches are cut per ``parts()``: a flat index batches best whole (one scan shared by every
+  query), so one batch of up to ``max_batch`` searches at a time; an approximate index (HNSW, IVF)
+  costs about the same per query in any batch, so the queue is split into one part per free
+  search thread, and while one part searches the answered callers of another re-queue: the
+  searches and the event loop's own work overlap instead of taking turns.
+* Within a part, queries sharing a filter share one search with the largest ``top_k``; each caller
   gets its own row trimmed to its ``top_k`` (rows are sorted best first, so trimming is exact).
 * A caller that was cancelled is skipped; an error in a search goes to the callers of that group
-  only. The drain task is owned here and awaited by :meth:`close`.
+  only. The drain task and its parts are owned here and awaited by :meth:`close`.
 """
 
 from __future__ import annotations
@@ -64,18 +62,19 @@ class QueryCoalescer:
         max_batch: int,
         name: str,
         inline: InlineFn | None = None,
+        parts: Callable[[], int] = lambda: 1,
     ) -> None:
         self._search = search
         self._inline = inline
+        self._parts = parts
         self._max_batch = max(1, max_batch)
         self._name = name
         self._queue: list[_Pending] = []
         self._drain_task: asyncio.Task[None] | None = None
-        #: The batch being searched (its callers are failed if the drain is cancelled).
-        self._batch: list[_Pending] = []
+        self._running: set[asyncio.Task[None]] = set()
         #: The task answered inline in this loop turn (cleared by a callback at the turn's end).
         self._inline_owner: asyncio.Task[Any] | None = None
-        #: Callers a batch answered in this loop turn (reset by a callback at the turn's end).
+        #: Callers a search answered in this loop turn (reset by a callback at the turn's end).
         self._answered = 0
         #: Queries answered and FAISS searches run: their ratio is the coalescing achieved.
         self.queries = 0
@@ -85,7 +84,12 @@ class QueryCoalescer:
         """``vector`` is one validated row; returns its best-first hits."""
         # not "no drain task": a drain lingers one loop turn after its last batch, and a caller
         # that never yields (a loop of inline queries) would keep it from ever ending
-        if self._inline is not None and not self._queue and not self._batch and self._answered <= 1:
+        if (
+            self._inline is not None
+            and not self._queue
+            and not self._running
+            and self._answered <= 1
+        ):
             rows = self._try_inline(vector, top_k, flt)
             if rows is not None:
                 return rows[0]
@@ -122,25 +126,51 @@ class QueryCoalescer:
             await asyncio.shield(task)
 
     async def _drain(self) -> None:
+        running = self._running
         try:
             await asyncio.sleep(0)  # let the callers of this loop turn join the first batch
-            while self._queue:
-                self._batch = self._queue[: self._max_batch]
-                del self._queue[: self._max_batch]
-                await self._search_batch(self._batch)
-                # cleared before the callers resume (their wake-ups run after this step): a
-                # caller answered alone that queries again in a loop must find nothing searching
-                self._batch = []
+            while self._queue or running:
+                parts = max(1, self._parts())
+                free = parts - len(running)
+                if self._queue and free > 0:
+                    for batch in self._cut(free, parts > 1):
+                        running.add(asyncio.create_task(self._run(batch)))
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 # callers just answered often query again at once: let them join the next batch
                 await asyncio.sleep(0)
         except BaseException as exc:  # cancelled: nobody may wait forever
-            for pending in self._batch + self._queue:
+            if running:
+                await asyncio.wait(running)  # their searches hold the namespace's lock
+            for pending in self._queue:
                 _fail(pending[3], exc)
-            self._batch = []
             self._queue.clear()
             raise
         finally:
             self._drain_task = None
+
+    def _cut(self, free: int, split: bool) -> list[list[_Pending]]:
+        """Take the next batches off the queue: one per free search thread when ``split``."""
+        queue = self._queue
+        if not split:
+            batch = queue[: self._max_batch]
+            del queue[: self._max_batch]
+            return [batch]
+        taken = min(len(queue), self._max_batch * free)
+        size = -(-taken // free)  # ceil: at most ``free`` batches, as even as they come
+        batches = [queue[start : min(start + size, taken)] for start in range(0, taken, size)]
+        del queue[:taken]
+        return batches
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        """Search one batch. The task leaves ``_running`` in its own last step, before its callers
+        resume (a done callback would run after them: a caller that then queries inline in a
+        loop that never yields would find the search still "running" and queue instead)."""
+        try:
+            await self._search_batch(batch)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._running.discard(task)
 
     async def _search_batch(self, batch: list[_Pending]) -> None:
         groups: dict[Any, list[_Pending]] = {}

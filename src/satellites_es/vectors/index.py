@@ -10,8 +10,8 @@ finishes in its thread before the lock is released, so a cancellation never leav
 half-applied batch, nor a search reading an index being written.
 
 Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`:
-a lone cheap one is answered on the spot, concurrent ones become batched searches (one at a
-time per namespace, on a search thread); ``query_many`` searches its batch directly.
+a lone cheap one is answered on the spot, concurrent ones become batched searches (on an
+approximate index, one part per search thread); ``query_many`` searches its batch directly.
 
 Positions ("exactly-once effect by position", for event projections). A write given a
 ``position`` applies only if it is above the last position applied to that id; deletes keep
@@ -502,10 +502,18 @@ class VectorIndex:
             max_batch=self._config.coalesce_max_batch,
             name=name,
             inline=lambda m, k, f: self._search_now(slot, m, k, f),
+            parts=lambda: self._parts(slot),
         )
         slot = _Slot(ns, coalescer)
         self._slots[name] = slot
         return slot
+
+    def _parts(self, slot: _Slot) -> int:
+        """Parts a coalesced batch is cut into: one per search thread on an approximate index
+        (its cost per query hardly falls with the batch size), else one (a flat scan is shared
+        by the whole batch)."""
+        searcher = self._searcher
+        return searcher.count if searcher is not None and slot.ns.approximate else 1
 
     def _spec(
         self,
