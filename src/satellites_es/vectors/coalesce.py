@@ -76,6 +76,7 @@ class QueryCoalescer:
         self._inline_owner: asyncio.Task[Any] | None = None
         #: Callers a search answered in this loop turn (reset by a callback at the turn's end).
         self._answered = 0
+        self._answer_turns = 0  # _end_answers callbacks scheduled and not yet run
         #: Queries answered and FAISS searches run: their ratio is the coalescing achieved.
         self.queries = 0
         self.searches = 0
@@ -197,14 +198,18 @@ class QueryCoalescer:
         for (_, top_k, _, future), row in zip(group, rows, strict=True):
             if not future.done():
                 future.set_result(row if len(row) <= top_k else row[:top_k])
-        if not self._answered:
-            asyncio.get_running_loop().call_soon(self._end_answers)
         self._answered += len(group)
+        self._answer_turns += 1
+        asyncio.get_running_loop().call_soon(self._end_answers)
 
     def _end_answers(self) -> None:
-        """Runs after the callers just answered have resumed (their wake-ups were scheduled
-        first), and so after any next query of theirs was queued."""
-        self._answered = 0
+        """Runs after the callers of one search's answers have resumed (their wake-ups were
+        scheduled first), and so after any next query of theirs was queued. Two parts answered
+        in the same loop turn schedule two of these, the second after the second part's
+        callers: the count is cleared by the last one only."""
+        self._answer_turns -= 1
+        if not self._answer_turns:
+            self._answered = 0
 
 
 def _fail(future: asyncio.Future[list[VectorMatch]], exc: BaseException) -> None:
