@@ -60,5 +60,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 if __name__ == "__main__":
-    plot(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "out.json").read_text()), PLOT)
-    print(f"wrote {PLOT.relative_to(ROOT)}")
+    # python bench/plot_vectors.py [out.json [picture.png]]
+    target = Path(sys.argv[2]).resolve() if len(sys.argv) > 2 else PLOT
+    plot(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "out.json").read_text()), target)
+    print(f"wrote {target}")

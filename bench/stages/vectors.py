@@ -23,6 +23,7 @@ Rounds alternate between the two sides so that drift on a shared machine hits bo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -231,22 +232,32 @@ CURVES = {"flat": [0], "hnsw": [16, 32, 64, 128, 256], "ivf": [1, 2, 4, 8, 16, 3
 QUICK_CURVES = {"flat": [0], "hnsw": [16, 64], "ivf": [2, 8]}
 
 
-async def _ann_figures(vi: VectorIndex, quick: bool) -> dict[str, dict[str, Any]]:
+#: The issue's larger run (``python -m bench.stages.vectors --large``): vectors, dimension, and
+#: IVF lists (~sqrt(n), as at 100k: 256).
+LARGE = (1_000_000, 128, 1024)
+
+
+async def _ann_figures(
+    vi: VectorIndex, quick: bool, n: int = 0, dim: int = DIM, nlist: int = 0
+) -> dict[str, dict[str, Any]]:
     """HNSW and IVF goals, filtered queries and the recall/throughput curves (:mod:`.vectors_ann`),
-    on clustered 100k x 384 l2 data (quick: 20k), one kind in memory at a time."""
-    n = 20_000 if quick else 100_000
-    data = ann.clustered(n, DIM, 3)
-    queries = ann.clustered(CONCURRENCY * (4 if quick else 8), DIM, 4)
+    on clustered ``n`` x ``dim`` l2 data (default 100k x 384, quick: 20k), one kind in memory at
+    a time."""
+    n = n or (20_000 if quick else 100_000)
+    nlist = nlist or (64 if quick else 256)
+    data = ann.clustered(n, dim, 3)
+    queries = ann.clustered(CONCURRENCY * (4 if quick else 8), dim, 4)
     truth = ann.exact_truth(data, queries)
     figures: dict[str, dict[str, Any]] = {}
     for kind, values in (QUICK_CURVES if quick else CURVES).items():
-        side = await ann.build(kind, vi, data, nlist=64 if quick else 256)
+        side = await ann.build(kind, vi, data, nlist=nlist)
         figures.update(await ann.goal_figures(side, queries, rounds=2 if quick else 3))
         for point in await ann.curve(side, values, queries, truth):
             figures.update(_curve_figures(point))
         await vi.drop_namespace(side.name)
         del side
-    size = f"{n // 1000}k x {DIM} clustered l2" + (" (quick)" if quick else "")
+    count = f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
+    size = f"{count} x {dim} clustered l2, nlist {nlist}" + (" (quick)" if quick else "")
     for figure in figures.values():
         figure["note"] = f"{size}; " + figure.get("note", "")
     return figures
@@ -300,6 +311,22 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
     return figures | ann_figures
 
 
+async def run_large() -> dict[str, dict[str, Any]]:
+    """The approximate-index figures and curves at :data:`LARGE` (1M x 128), the issue's larger
+    run: not part of ``bench/run.py vectors``, building HNSW twice at 1M takes most of the time."""
+    load_before = os.getloadavg()[0]
+    n, dim, nlist = LARGE
+    with tempfile.TemporaryDirectory(prefix="bench-vectors-") as tmp:
+        config = FaissConfig(index_path=Path(tmp), dimension=dim, metric="l2", threads=2)
+        async with VectorIndex(config) as vi:
+            figures = await _ann_figures(vi, False, n, dim, nlist)
+    load = f"; load {load_before:.1f}-{os.getloadavg()[0]:.1f}"
+    print(f"# vectors --large: 1-minute load average{load[6:]} (start-end)", flush=True)
+    for figure in figures.values():
+        figure["note"] += load
+    return figures
+
+
 def _print(figures: dict[str, dict[str, Any]]) -> None:
     for name, f in figures.items():
         ceiling = f" raw_batched={f['raw_batched']:,.3f}" if "raw_batched" in f else ""
@@ -310,4 +337,9 @@ def _print(figures: dict[str, dict[str, Any]]) -> None:
 
 
 if __name__ == "__main__":
-    _print(asyncio.run(run("--quick" in sys.argv[1:])))
+    # python -m bench.stages.vectors [--quick | --large] [--json PATH] (PATH: for plot_vectors.py)
+    args = sys.argv[1:]
+    results = asyncio.run(run_large() if "--large" in args else run("--quick" in args))
+    _print(results)
+    if "--json" in args:
+        Path(args[args.index("--json") + 1]).write_text(json.dumps({"vectors": results}))

@@ -2,8 +2,8 @@
 
 Imported by :mod:`bench.stages.vectors` (not a stage of its own). Each kind is built twice from
 the same clustered data, with the same parameters: a project namespace through ``upsert_arrays``
-and a raw FAISS index through ``add_with_ids`` (IVF: ``IVF<nlist>,Flat`` trained on the first
-batch, as the namespace does). Then, per kind, in alternated rounds:
+and a raw FAISS index through ``add_with_ids`` (IVF: ``IVF<nlist>,Flat`` trained on the batches
+the namespace trains on: the first ones holding ``nlist * 39`` vectors). Then, per kind, in alternated rounds:
 
 * ``<kind>_query_latency``: p50 ms of one ``query`` at a time against one raw ``search``.
 * ``<kind>_concurrent_vs_batched``: queries/s of 64 concurrent callers issuing single queries
@@ -51,7 +51,8 @@ def _raw_index(kind: str, data: np.ndarray, nlist: int) -> Any:
         faiss.downcast_index(index.index).hnsw.efConstruction = HNSW["ef_construction"]
     elif kind == "ivf":
         index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_L2)
-        index.train(data[:BATCH])
+        # the namespace trains once an upsert batch brings it to nlist * 39 vectors, on them all
+        index.train(data[: -(-nlist * 39 // BATCH) * BATCH])
     else:
         index = faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
     for start in range(0, len(data), BATCH):

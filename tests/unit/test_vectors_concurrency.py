@@ -14,6 +14,7 @@ import pytest
 
 from satellites_es.config import FaissConfig
 from satellites_es.vectors import VectorIndex, VectorMatch
+from satellites_es.vectors.coalesce import QueryCoalescer
 from satellites_es.vectors.namespace import COMPACT_FRACTION, COMPACT_MIN
 
 DIM = 16
@@ -164,27 +165,71 @@ async def test_concurrent_hnsw_queries_split_into_one_part_per_search_thread(
 ) -> None:
     """On an approximate index a burst is cut into one part per search thread (the parts search
     side by side); a lone query before it is answered inline. ``ef_search`` is raised so that a
-    part is too big for the event loop (``INLINE_MAX_WORK``)."""
+    part of 31 or 32 is too big for the event loop (``INLINE_MAX_WORK``; a part of 15 is not, and
+    searches there)."""
     await index.create_namespace("ns", index_kind="hnsw", ef_search=256)
     await index.upsert_many("ns", _generation_zero())
     queries = np.stack([_vector(i, 0) for i in range(64)]) + 0.05
     expected = await index.query_many("ns", queries, 10)
     searcher = index._searcher
     assert searcher is not None and searcher.count == 2
+    coalescer = index._slots["ns"].coalescer
     sizes: list[int] = []
-    submit = searcher.submit
+    search = coalescer._search
 
-    def recording(fn: Any, matrix: np.ndarray, *args: Any) -> Any:
-        sizes.append(len(matrix))
-        return submit(fn, matrix, *args)
+    async def recording(matrix: np.ndarray, *args: Any) -> Any:
+        sizes.append(len(matrix))  # a part, searched on a thread or, if small, on the event loop
+        return await search(matrix, *args)
 
-    searcher.submit = recording  # type: ignore[method-assign]
+    coalescer._search = recording  # type: ignore[method-assign]
     before = index.stats()["namespaces"]["ns"]
-    results = await asyncio.gather(*(index.query("ns", q, 10) for q in queries))
+    first: dict[int, list[VectorMatch]] = {}
+
+    async def twice(i: int) -> list[VectorMatch]:
+        first[i] = await index.query("ns", queries[i], 10)
+        return await index.query("ns", queries[i], 10)
+
+    results = await asyncio.gather(*(twice(i) for i in range(64)))
     after = index.stats()["namespaces"]["ns"]
-    # the first caller of the turn is answered inline, the other 63 in two parts of 32 and 31
-    assert sorted(sizes) == [31, 32], sizes
-    assert after["faiss_searches"] - before["faiss_searches"] == 3
-    assert after["coalesced_queries"] - before["coalesced_queries"] == 64
-    for got, want in zip(results, expected, strict=True):
+    # the first caller of the turn is answered inline (twice: it never yields), the other 63 in
+    # two parts of 32 and 31; those query again at once and all queue, none inline (that held
+    # the event loop for a search while the others waited): 63 more in parts, however they fall
+    assert sorted(sizes[:2]) == [31, 32] and sum(sizes) == 126, sizes
+    assert after["faiss_searches"] - before["faiss_searches"] == len(sizes) + 2
+    assert after["coalesced_queries"] - before["coalesced_queries"] == 128
+    for i, (got, want) in enumerate(zip(results, expected, strict=True)):
+        _same_hits(first[i], want)
         _same_hits(got, want)
+
+
+async def test_callers_of_two_parts_answered_in_one_loop_turn_do_not_search_inline() -> None:
+    """Two parts whose searches end in the same loop turn: every caller they answered queries
+    again, and none of those queries is answered inline (only the lone first caller is)."""
+    release = asyncio.Event()
+    inline_calls = 0
+
+    async def search(matrix: np.ndarray, k: int, flt: Any) -> list[list[VectorMatch]]:
+        await release.wait()  # both parts resume in the same turn once it is set
+        return [[VectorMatch(str(float(row[0])), 0.0)] for row in matrix]
+
+    def inline(matrix: np.ndarray, k: int, flt: Any) -> list[list[VectorMatch]]:
+        nonlocal inline_calls
+        inline_calls += 1
+        return [[VectorMatch(str(float(matrix[0][0])), 0.0)]]
+
+    coalescer = QueryCoalescer(search, max_batch=64, name="t", inline=inline, parts=lambda: 2)
+
+    async def twice(i: int) -> list[str]:
+        row = np.full((1, 2), i, np.float32)
+        first = await coalescer.query(row, 1, None)
+        second = await coalescer.query(row, 1, None)
+        return [first[0].id, second[0].id]
+
+    callers = asyncio.gather(*(twice(i) for i in range(40)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    release.set()
+    results = await callers
+    assert results == [[str(float(i))] * 2 for i in range(40)]
+    assert inline_calls == 2  # the first caller's two queries, before anything was queued
+    await coalescer.close()

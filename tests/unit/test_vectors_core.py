@@ -12,6 +12,7 @@ import pytest
 from satellites_es.config import FaissConfig
 from satellites_es.errors import LifecycleError, NamespaceNotFoundError, VectorIndexError
 from satellites_es.vectors import VectorIndex, VectorMatch
+from satellites_es.vectors.models import match_rows
 from satellites_es.vectors.namespace import COMPACT_MIN
 
 DIM = 16
@@ -280,3 +281,21 @@ async def test_concurrent_first_filters_index_each_key_once(index: VectorIndex) 
     )
     for flt, hits in zip(flts, results, strict=True):
         assert {h.id for h in hits} == _expected_ids(live, flt)
+
+
+def test_match_rows_build_ordinary_frozen_matches() -> None:
+    """The fast row builder's matches are indistinguishable from ``VectorMatch(...)``: equal,
+    hashed alike (without metadata), frozen, with read-only metadata; padded labels (-1) are skipped."""
+    entries: dict[int, tuple[str, dict[str, Any] | None]] = {7: ("a", {"k": 1}), 9: ("b", None)}
+    rows = match_rows([[0.5, 1.5, 9.0], [2.0, 0.0, 0.0]], [[7, 9, -1], [9, -1, -1]], entries.get)
+    assert rows == [
+        [VectorMatch("a", 0.5, {"k": 1}), VectorMatch("b", 1.5, None)],
+        [VectorMatch("b", 2.0, None)],
+    ]
+    hit = rows[0][0]
+    assert hash(rows[1][0]) == hash(VectorMatch("b", 2.0, None))
+    assert repr(rows[1][0]) == repr(VectorMatch("b", 2.0, None))
+    with pytest.raises(AttributeError):
+        hit.score = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        hit.metadata["k"] = 2  # type: ignore[index]

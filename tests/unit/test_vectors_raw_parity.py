@@ -282,3 +282,27 @@ async def test_lone_queries_after_a_queued_one_are_answered_without_yielding(
     assert turns == []
     await asyncio.sleep(0)
     assert turns == [1]
+
+
+async def test_an_inline_query_searches_with_one_openmp_thread_and_restores_the_width(
+    vi: VectorIndex,
+) -> None:
+    """A query answered on the event loop runs FAISS with a team of one (a parallel region for
+    one query only wakes and waits for the team) and leaves the thread's width as it found it."""
+    data = np.random.default_rng(7).normal(size=(500, DIM)).astype(np.float32)
+    await vi.create_namespace("h", dimension=DIM, metric="l2", index_kind="hnsw")
+    await vi.upsert_arrays("h", [str(i) for i in range(500)], data)
+    await vi.query("h", data[0], K)  # builds the plan on a search thread
+    namespace = vi._slots["h"].ns
+    search = namespace._faiss_search
+    widths: list[int] = []
+
+    def recording(*args: Any) -> Any:
+        widths.append(faiss.omp_get_max_threads())
+        return search(*args)
+
+    namespace._faiss_search = recording  # type: ignore[method-assign]
+    faiss.omp_set_num_threads(3)
+    assert (await vi.query("h", data[1], K))[0].id == "1"
+    assert widths == [1]
+    assert faiss.omp_get_max_threads() == 3

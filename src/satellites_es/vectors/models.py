@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from ..errors import VectorIndexError
 
-__all__ = ["IndexKind", "Metric", "NamespaceSpec", "VectorMatch"]
+__all__ = ["IndexKind", "Metric", "NamespaceSpec", "VectorMatch", "match_rows"]
 
 Metric = Literal["cosine", "ip", "l2"]
 IndexKind = Literal["flat", "hnsw", "ivf"]
@@ -29,6 +30,39 @@ class VectorMatch:
     id: str
     score: float
     metadata: Mapping[str, Any] | None = None
+
+
+_new = object.__new__
+
+
+def match_rows(
+    scores: list[list[float]],
+    labels: list[list[int]],
+    entry: Callable[[int], tuple[str, dict[str, Any] | None] | None],
+) -> list[list[VectorMatch]]:
+    """A search's result rows: ``entry(label)`` gives a label's id and metadata, or None for a
+    label to skip (FAISS pads a short row with -1). The metadata is handed out read-only.
+
+    Each match's fields are written into its ``__dict__`` directly: the frozen dataclass's own
+    ``__init__`` sets every field through ``object.__setattr__``, and that was most of a 10-hit
+    row's cost, itself a large share of the query path around a fast HNSW search (BENCHMARKS.md,
+    "Vectors on approximate indexes"). ``VectorMatch`` has no ``__post_init__`` for this to skip.
+    """
+    rows = []
+    for row_scores, row_labels in zip(scores, labels, strict=True):
+        hits = []
+        for score, label in zip(row_scores, row_labels, strict=True):
+            found = entry(label)
+            if found is not None:
+                hit = _new(VectorMatch)
+                fields = hit.__dict__
+                fields["id"] = found[0]
+                fields["score"] = score
+                meta = found[1]
+                fields["metadata"] = None if meta is None else MappingProxyType(meta)
+                hits.append(hit)
+        rows.append(hits)
+    return rows
 
 
 @dataclass(frozen=True)

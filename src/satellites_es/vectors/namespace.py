@@ -50,7 +50,7 @@ from ..errors import VectorIndexError
 from . import exact
 from ._faiss import faiss
 from .filters import MetadataIndex, filter_key
-from .models import NamespaceSpec, VectorMatch
+from .models import NamespaceSpec, VectorMatch, match_rows
 from .plans import PlanCache, SearchPlan, batch_selector, excluding
 
 __all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "INLINE_MAX_WORK", "Namespace", "NamespaceState"]
@@ -201,11 +201,24 @@ class Namespace:
     ) -> list[list[VectorMatch]] | None:
         """``search`` for the event loop: an answer only when it is cheap (the filter's plan is
         built, the estimated work is at most :data:`INLINE_MAX_WORK`, no row needs the exact
-        fallback), else None, and a worker thread answers instead."""
+        fallback), else None, and a worker thread answers instead.
+
+        It searches with an OpenMP team of one on the calling thread, then gives the thread its
+        width back. A search this small has nothing to share out (HNSW and IVF split a batch by
+        query, and this is usually one), yet ``IndexIDMap`` maps the labels in a parallel loop,
+        so at the default width every query wakes the thread's team and waits for it: under
+        load one raw HNSW query took ~20 ms p50 that way against ~0.3 ms with a team of one,
+        and FAISS calls at the default width on the same thread were no slower for the switch
+        (BENCHMARKS.md, issue 21, third pass)."""
         plan = self._plans.get(filter_key(flt), self.version)
         if plan is None or self._work(len(queries), plan) > INLINE_MAX_WORK:
             return None
-        rows, k_eff = self._answer(queries, k, plan)
+        width = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            rows, k_eff = self._answer(queries, k, plan)
+        finally:
+            faiss.omp_set_num_threads(width)
         return None if any(len(row) < k_eff for row in rows) else rows
 
     def _answer(
@@ -216,7 +229,7 @@ class Namespace:
             return [[] for _ in range(len(queries))], 0
         with faiss_errors("search"):
             scores, labels = self._faiss_search(queries, k_eff, plan)
-        return [self._hits(scores[i], labels[i]) for i in range(len(queries))], k_eff
+        return self._rows(scores, labels), k_eff
 
     def _plan(self, key: FilterKey) -> SearchPlan:
         if key:
@@ -488,18 +501,11 @@ class Namespace:
             params.sel = selector  # borrowed pointer: the plan keeps ``selector`` alive
         return params
 
-    def _hits(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[VectorMatch]:
-        """One row's matches. FAISS pads a short row with label -1, which no entry has."""
-        get = self._entries.get
+    def _rows(self, scores: npt.NDArray[np.float32], labels: Labels) -> list[list[VectorMatch]]:
+        """The matches of each row of a search's results (one ``tolist`` per matrix)."""
         if self.spec.metric == "cosine":
             scores = np.clip(scores, -1.0, 1.0)
-        hits = []
-        for score, label in zip(scores.tolist(), labels.tolist(), strict=True):
-            entry = get(label)
-            if entry is not None:
-                meta = entry[1]
-                hits.append(VectorMatch(entry[0], score, None if meta is None else _proxy(meta)))
-        return hits
+        return match_rows(scores.tolist(), labels.tolist(), self._entries.get)
 
     def _exact_rows(
         self,
@@ -516,8 +522,8 @@ class Namespace:
         exact = faiss.IndexIDMap2(faiss.IndexFlat(self.spec.dimension, _faiss_metric(self.spec)))
         exact.add_with_ids(vectors, labels)
         scores, found = exact.search(np.ascontiguousarray(queries[rows_to_fix]), k)
-        for n, row in enumerate(rows_to_fix):
-            rows[row] = self._hits(scores[n], found[n])
+        for row, hits in zip(rows_to_fix, self._rows(scores, found), strict=True):
+            rows[row] = hits
 
     def _forget(self, labels: list[int]) -> None:
         if not labels:
@@ -583,6 +589,3 @@ def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], ob
 
 def _frozen(meta: Meta) -> Mapping[str, Any] | None:
     return None if meta is None else MappingProxyType(meta)
-
-
-_proxy = MappingProxyType

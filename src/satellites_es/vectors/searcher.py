@@ -6,12 +6,16 @@ is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. The 
 burst on an approximate index into one part per thread, so the parts search side by side while
 the event loop answers the callers of the part that finished.
 
-OpenMP. Each thread searches with FAISS's default team (every core). A team of one per part was
-tried (one core per part) and measured worse: a lone query on the event loop, and raw FAISS
-called there, became many times slower under load (BENCHMARKS.md, issue 21). The likely
-cause: with no team but the event loop thread's, libgomp lets that team's idle thread spin after
-every FAISS call (even one query opens a parallel region: ``IndexIDMap`` maps its labels in one),
-and it throttles spinning only while it manages more threads than cores (BENCHMARKS.md, issue 21).
+OpenMP. Each thread searches with FAISS's default team (every core); only a query answered on
+the event loop runs at a width of one (``Namespace.search_inline``). A team of one per part was
+tried twice (one core per part) and is not used: with no team of the project's left in the
+process, libgomp lets any other team's idle thread (raw FAISS called on the event loop thread,
+a user's) spin after every call, as it does in a process of raw FAISS alone, and throttles
+spinning only while it manages more threads than cores; raw single queries in that process
+then became many times slower under load, and no figure beside them could be read
+(BENCHMARKS.md, issue 21). One batch at a time on one thread, instead of parts side by side,
+was tried too: it used less CPU per query, but under load every batch waited for two thread
+wake-ups in a row, which parts searched side by side hide behind each other's search.
 
 The threads never touch the event loop's objects: a job's result or exception comes back through
 ``call_soon_threadsafe`` and is set on its future there.
