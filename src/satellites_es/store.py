@@ -1,8 +1,9 @@
 """The event log in Postgres: append (the transactional outbox), read, follow.
 
 Append is one round trip: ``append_events_v4`` (a plpgsql function created by migration 0006
-around 0005's ``append_events_body_v3``, its SQL in ``sql/queries.sql``; ``append_event_v4`` is
-its scalar twin for a single event, the latency-sensitive case) drops ids already stored, gives each new event the next version of its
+from 0005's ``create_append_events_v3`` block in ``sql/queries.sql``, taking its transaction id
+first; ``append_event_v4`` is its scalar twin for a single event, the latency-sensitive case)
+drops ids already stored, gives each new event the next version of its
 ``(resource, key)`` stream and inserts (NOTIFY: see below). A batch travels as column arrays
 (``unnest`` on the server), not as one JSON document, with each event's stream and rank within
 it numbered here (:func:`_numbering`), so the server looks each stream's version up once and,

@@ -265,7 +265,7 @@ async def exclusive(
         conn = await _pg(config)
     try:
         with _backend("postgres"):
-            while not await conn.fetchval(queries(schema)["demo_try_lock"], schema):
+            while not await conn.fetchval(load("demo_try_lock"), schema):
                 waiting(f"Postgres schema {schema!r}")
                 await asyncio.sleep(0.5)
         client = _redis(config)
