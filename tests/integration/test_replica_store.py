@@ -33,7 +33,7 @@ from satellites_es.store import EventStore
 from satellites_es.testing import TcpProxy
 from satellites_es.testing_s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
-from satellites_es.vectors.persistence import INDEX_FILE, META_FILE
+from satellites_es.vectors.persistence import INDEX_FILE, MANIFEST_FILE, META_FILE
 from satellites_es.vectors.snapshot_store import POINTER, SnapshotStore
 from tests.integration.test_projection_faults import _until
 from tests.replica_support import (
@@ -119,7 +119,9 @@ async def _corrupt(snapshots: SnapshotStore, key: str, how: str, other: str = ""
 
 
 @pytest.mark.parametrize(
-    ("how", "file"), [("byte", INDEX_FILE), ("truncated", META_FILE), ("swapped", META_FILE)]
+    ("how", "file"),
+    [(how, f) for f in (INDEX_FILE, META_FILE, MANIFEST_FILE) for how in ("byte", "truncated")]
+    + [("swapped", META_FILE)],
 )
 async def test_damaged_snapshot_is_refused_naming_the_object_and_the_previous_is_used(
     store: EventStore, checkpoints: Checkpoints, tmp_path: Path, s3: S3Server,
