@@ -5,10 +5,12 @@ Three kinds of login role, and two group roles per schema that carry the privile
 
 * the **owner** owns the schema and everything in it; it alone migrates, and it alone (with
   superusers) can UPDATE, DELETE or TRUNCATE an event;
-* ``{schema}_producer`` may only call the append functions (:data:`PRODUCER_FUNCTIONS`). They
-  run ``SECURITY DEFINER`` as the owner (migration 0004, with ``search_path`` = the schema, then
-  ``pg_temp``), so they read and insert into ``events`` for the caller, who has no privilege on
-  any table. A producer process runs with the relay off
+* ``{schema}_producer`` may only append: call the append functions (:data:`PRODUCER_FUNCTIONS`),
+  which run ``SECURITY DEFINER`` as the owner (migration 0004, with ``search_path`` = the schema,
+  then ``pg_temp``), and insert into ``events`` the columns an event carries, never its
+  ``position`` (migration 0007: the column's default makes the row pending, so only the
+  sequencer numbers it; the store's append inside a transaction is that ``INSERT``). It may read
+  no payload and update, delete or truncate nothing. A producer process runs with the relay off
   (``SATELLITES_RELAY_ENABLED=false``) and ``auto_migrate`` skipped (it cannot migrate);
 * ``{schema}_reader`` reads the log (``SELECT`` on :data:`READER_READS`) and keeps cursors,
   checkpoints, versions and parked events (:data:`READER_WRITES`): the relay and projectors.
@@ -110,6 +112,8 @@ async def grant(conn: asyncpg.Connection[Any], schema: str) -> bool:
     statements += each("roles_grant_read", PRODUCER_READS, role=p)
     statements += each("roles_grant_read", READER_READS, role=r)
     statements += each("roles_grant_write", READER_WRITES, role=r)
+    if await conn.fetchval(load("roles_pending_default"), s):  # migration 0007 or later
+        statements.append(render("roles_grant_append", schema=s, role=p))
     async with conn.transaction():
         for statement in statements:
             await conn.execute(statement)

@@ -10,7 +10,8 @@ proves that ``alembic upgrade head`` produces exactly this metadata.
   a negative *pending* number (the ``create_sequencer_v1`` paragraph in ``sql/queries.sql`` says
   why); ``id`` is the event id that makes a retried append store once; ``(resource, key,
   version)`` is unique per stream. Migration 0004 adds the sequence ``events_pending_seq``
-  and the functions, which are not metadata.
+  and the functions, which are not metadata; migration 0007 makes a pending number
+  ``position``'s default, so that a producer's own ``INSERT`` leaves its row pending.
 * ``relay_cursors``: how far each relay has published (the outbox is the log after it).
 * ``projection_checkpoints``: the last position each version of each projection applied.
 * ``projection_versions``: which version of a projection is live, and the one before it (for a
@@ -66,10 +67,20 @@ def _updated_at() -> Column[object]:
     return Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+#: ``events.position``'s default (migration 0007): a pending number, taken after the
+#: transaction's id (``pending_position_default_v1`` in ``sql/queries.sql``). Postgres stores the
+#: sequence's name qualified by the schema the migration ran in.
+PENDING_POSITION = text(
+    "-nextval(CASE WHEN pg_current_xact_id() IS NOT NULL THEN 'events_pending_seq'::regclass END)"
+)
+
 events = Table(
     "events",
     metadata,
-    Column("position", BigInteger, nullable=False, autoincrement=False),
+    # a row inserted without a position is pending (migration 0007: a producer's own INSERT)
+    Column(
+        "position", BigInteger, nullable=False, autoincrement=False, server_default=PENDING_POSITION
+    ),
     Column("id", Text, nullable=False),
     Column("resource", Text, nullable=False),
     Column("key", Text, nullable=False),

@@ -9,7 +9,13 @@ drops ids already stored, gives each new event the next version of its
 it numbered here (:func:`_numbering`), so the server looks each stream's version up once and,
 when no id is stored already (the usual case), inserts without a per-event lookup. Pass the
 producer's connection (``conn=``) and the events commit or roll back with the producer's own
-write; without it the call is one autocommitted statement.
+write; without it the call is one autocommitted statement. One event inside the producer's
+transaction, the commonest append of all, skips the function: it is one ``INSERT`` of the
+producer's own (``append_pending`` in ``sql/queries.sql``, migration 0007), whose row the column
+default leaves pending; only when that inserts nothing (an id already stored, a version taken
+meanwhile, ``expected_version`` not met) is ``append_event_v4`` called to say which. Under
+concurrent producers the function call cost about as much as the insert it wrapped
+(BENCHMARKS.md, issue 13).
 
 **Positions are taken after commit** (the ``create_sequencer_v1`` paragraph in
 ``sql/queries.sql`` has the whole argument). A reader following ``position > cursor`` must
@@ -193,8 +199,8 @@ class EventStore:
     ) -> AppendResult:
         """Store ``events`` in order; see the module docstring for the guarantees.
 
-        ``conn``: the producer's connection, inside its transaction (the lock is then held until
-        that transaction ends). ``expected_version``: the version the single stream must be at
+        ``conn``: the producer's connection, inside its transaction (the events are pending, with
+        no position, until it commits; see :meth:`sequenced`). ``expected_version``: the version the single stream must be at
         before this append (0: it must not exist), else :class:`ConcurrencyError`.
         """
         batch = [events] if isinstance(events, DataEvent) else list(events)
@@ -212,6 +218,10 @@ class EventStore:
     ) -> AppendResult:
         distinct = _first_of_each_id(batch)
         if conn is not None:  # inside the caller's transaction: pending until it commits
+            if len(distinct) == 1:
+                stored = await self._append_pending(distinct[0], conn, expected_version)
+                if stored is not None:
+                    return _result(batch, (stored,))
             query, args = self._append_call(distinct, expected_version, sequence_now=False)
             with _translated("append", batch[0], expected_version):
                 rows = await conn.fetch(query, *args)
@@ -230,6 +240,22 @@ class EventStore:
         if any(e.position is None for e in result.events):  # the sequencer was busy
             result = await self.sequenced(result)
         return result
+
+    async def _append_pending(
+        self, event: DataEvent, conn: Connection, expected_version: int | None
+    ) -> tuple[None, str, int, bool] | None:
+        """One event inside the caller's transaction as its own ``INSERT`` (migration 0007's
+        ``append_pending``): the result row, or None when nothing was inserted (an id already
+        stored, a version taken meanwhile, ``expected_version`` not met), which
+        ``append_event_v4`` then tells apart."""
+        e = _checked(event)
+        payload = _payload_json(e, self._config.max_payload_bytes)
+        with _translated("append", e, expected_version):
+            version = await conn.fetchval(
+                self._sql["append_pending"], e.id, e.resource, e.key, e.type, e.source, payload,
+                e.timestamp, _metadata_json(e), expected_version,
+            )  # fmt: skip
+        return None if version is None else (None, e.id, version, False)
 
     def _append_call(
         self, batch: Sequence[DataEvent], expected_version: int | None, *, sequence_now: bool
@@ -628,6 +654,10 @@ def _metadata_json(event: DataEvent) -> str:
 
 def _first_of_each_id(batch: Sequence[DataEvent]) -> Sequence[DataEvent]:
     """The batch with an id repeated within it sent once (the repeats are duplicates)."""
+    if len(batch) == 1:  # the common case, a single event: nothing to compare
+        if not isinstance(batch[0], DataEvent):
+            raise InvalidEventError(f"expected a DataEvent, got {type(batch[0]).__name__}")
+        return batch
     for event in batch:
         if not isinstance(event, DataEvent):
             raise InvalidEventError(f"expected a DataEvent, got {type(event).__name__}")
@@ -649,9 +679,13 @@ def _check_expected(batch: Sequence[DataEvent], expected_version: int | None) ->
         raise InvalidEventError("expected_version needs all events of one (resource, key)")
 
 
-def _result(batch: Sequence[DataEvent], rows: Sequence[asyncpg.Record]) -> AppendResult:
+def _result(batch: Sequence[DataEvent], rows: Sequence[Any]) -> AppendResult:
     # Columns by index (out_position, out_id, out_version, out_duplicate): a name lookup per
     # field costs more than the rest of this loop.
+    if len(batch) == 1:  # one event, one row: no lookup table
+        [(position, _, version, duplicate)] = rows
+        one = _stored(batch[0], position if position and position > 0 else None, version)
+        return AppendResult(events=(one,), duplicates=(one.id,) if duplicate else ())
     stored = {row[1]: row for row in rows}
     events: list[DataEvent] = []
     duplicates: list[str] = []

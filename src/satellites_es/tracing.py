@@ -88,9 +88,9 @@ def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
 
 def inject() -> dict[str, str] | None:
     """The current span's W3C context as ``{"traceparent": ..., "tracestate": ...}`` (the
-    latter only when not empty), or ``None`` when there is no recording span: without a tracer
-    provider no span is ever valid, so this is one context-variable read."""
-    if _trace is None or not _trace.get_current_span().get_span_context().is_valid:
+    latter only when not empty), or ``None`` when there is no valid span, or no tracer provider
+    (:func:`enabled`: one global check, before any context is looked at; every append asks)."""
+    if not enabled() or not _trace.get_current_span().get_span_context().is_valid:
         return None
     carrier: dict[str, str] = {}
     _propagator.inject(carrier)

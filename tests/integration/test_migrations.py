@@ -22,12 +22,27 @@ from satellites_es.testing import unique_name
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _same_default(context: Any, inspected_column: Any, metadata_column: Any,
+                  inspected_default: str | None, metadata_default: Any,
+                  rendered_metadata_default: str | None) -> bool | None:  # fmt: skip
+    """``events.position``'s default as Postgres prints it (with the schema on the search path,
+    as here), which Alembic's text comparison does not match to the metadata's spelling of the
+    same expression. Alembic's own comparison for every other column (None)."""
+    if (metadata_column.table.name, metadata_column.name) != ("events", "position"):
+        return None
+    found = " ".join((inspected_default or "").split())
+    expected = ("(- nextval( CASE WHEN (pg_current_xact_id() IS NOT NULL) THEN "
+                "'events_pending_seq'::regclass "
+                "ELSE NULL::regclass END))")  # fmt: skip
+    return found != expected
+
+
 def _diff(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(
         connection,
         opts={
             "compare_type": True,
-            "compare_server_default": True,
+            "compare_server_default": _same_default,
             "include_name": lambda name, kind, parent: name != "alembic_version",
         },
     )
@@ -70,7 +85,7 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert tables == {*metadata.tables, "alembic_version"}
     assert functions == {"append_events_v4", "append_event_v4", "sequence_events_v1",
                          "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
-    assert versions == ["0006"]
+    assert versions == ["0007"]
 
 
 async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
@@ -78,7 +93,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 ) -> None:
     await upgrade(pg_config)
     await upgrade(pg_config)
-    assert (await catalog(pg_config))[2] == ["0006"]
+    assert (await catalog(pg_config))[2] == ["0007"]
     await downgrade(pg_config)
     tables, functions, versions = await catalog(pg_config)
     assert (tables, functions, versions) == ({"alembic_version"}, set(), [])
@@ -89,7 +104,7 @@ async def test_upgrade_is_idempotent_and_downgrade_removes_everything(
 
 async def test_concurrent_upgrades_of_one_schema(pg_config: PostgresConfig) -> None:
     await asyncio.gather(upgrade(pg_config), upgrade(pg_config))
-    assert (await catalog(pg_config))[2] == ["0006"]
+    assert (await catalog(pg_config))[2] == ["0007"]
 
 
 async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig) -> None:
@@ -99,7 +114,7 @@ async def test_alembic_command_line(postgres_url: str, pg_config: PostgresConfig
         subprocess.run, cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert (await catalog(pg_config))[2] == ["0006"]
+    assert (await catalog(pg_config))[2] == ["0007"]
     assert await diff(pg_config) == []
 
 
@@ -135,7 +150,7 @@ async def test_alembic_with_only_a_schema_migrates_the_configured_database(
                                    text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert pg_config.database != "satellites"  # the configured one, not the default
-    assert (await catalog(pg_config))[2] == ["0006"]
+    assert (await catalog(pg_config))[2] == ["0007"]
 
 
 async def test_a_log_written_under_0002_migrates_forward_and_keeps_its_positions(

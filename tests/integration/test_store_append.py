@@ -100,6 +100,34 @@ async def test_append_in_producer_transaction_commits_with_it(
     assert await all_events(store) == [(1, result.events[0].id, "k1", 1)]
 
 
+async def test_inside_a_transaction_duplicates_and_conflicts_are_told_apart(
+    store: EventStore, pool: asyncpg.Pool[asyncpg.Record], make_event: EventFactory
+) -> None:
+    """A single event appended inside the producer's transaction is the producer's own INSERT
+    (migration 0007); when that inserts nothing the append function says why, exactly as for
+    an autocommitted append: a stored id is a duplicate with its stored version, a stream not
+    at ``expected_version`` a conflict, and the same id twice in one call is stored once."""
+    stored = (await store.append(make_event("a"))).events[0]
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            again = await store.append(stored, conn=conn)
+            assert again.duplicates == (stored.id,)
+            assert [(e.id, e.version) for e in again.events] == [(stored.id, 1)]
+            retried = await store.append(stored, conn=conn, expected_version=0)
+            assert retried.duplicates == (stored.id,)  # a retry, not a conflict
+            with pytest.raises(ConcurrencyError) as info:
+                await store.append(make_event("a"), conn=conn, expected_version=0)
+            assert (info.value.expected, info.value.actual) == (0, 1)
+        async with conn.transaction():
+            twice = make_event("a")
+            result = await store.append([twice, twice], conn=conn, expected_version=1)
+            assert result.duplicates == (twice.id,)
+            assert [(e.id, e.version, e.position) for e in result.events] == [(twice.id, 2, None)]
+    assert [(e.id, e.version) for e in await store.read_stream("users", "a")] == [
+        (stored.id, 1), (twice.id, 2)
+    ]  # fmt: skip
+
+
 async def test_rolled_back_producer_transaction_leaves_no_event(
     store: EventStore, pool: asyncpg.Pool[asyncpg.Record], make_event: EventFactory
 ) -> None:

@@ -88,11 +88,28 @@ async def test_owner_migrates_producer_appends_reader_relays_and_projects(
             await data.log.append(_event("d", 1), conn=conn)  # still lands in the real log
             assert await conn.fetchval("SELECT count(*) FROM pg_temp.events") == 0
         async with data.postgres.acquire() as conn:
+            # no payload read, no change, and no position of its own choosing (migration 0007:
+            # its INSERT may name only the columns an event carries; the row stays pending)
+            row = (
+                "INSERT INTO {s}.events ({c}id, resource, key, version, type, source, payload,"
+                " timestamp) VALUES ({v}'x', 'r', 'k', 1, 't', 's', '{{}}', now())"
+            )
             for sql in ("UPDATE {s}.events SET type = 'x'", "DELETE FROM {s}.events",
-                        "TRUNCATE {s}.events", "SELECT count(*) FROM {s}.events",
+                        "TRUNCATE {s}.events", "SELECT payload FROM {s}.events",
+                        "SELECT * FROM {s}.events", row.replace("{c}", "position, ").replace(
+                            "{v}", "1, "), row.replace("{c}", "recorded_at, ").replace(
+                            "{v}", "now(), "), "SELECT * FROM {s}.sequence_events_v1('c')",
                         "INSERT INTO {s}.relay_cursors (name) VALUES ('x')"):  # fmt: skip
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await conn.execute(sql.format(s=f'"{schema}"'))
+            # what it may do by hand is what the store's append does: insert a pending row
+            tx = conn.transaction()
+            await tx.start()
+            await conn.execute(row.format(s=f'"{schema}"', c="", v=""))
+            version = await conn.fetchval(f'SELECT version FROM "{schema}".events WHERE key = $1',
+                                          "k")  # fmt: skip
+            await tx.rollback()
+            assert version == 1
 
     # the reader: runs the relay (cursor, lock, listener) and a projector (versions, checkpoints)
     reader_env = _env(pg_cluster, roles["reader"], schema)

@@ -1045,6 +1045,31 @@ ALTER TABLE events ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}'::jsonb;
 -- name: drop_metadata_v1
 ALTER TABLE events DROP COLUMN metadata;
 
+-- name: pending_position_default_v1
+-- Migration 0007: a producer's own INSERT makes a pending row (issue 13).
+--
+-- Why. An append inside the producer's transaction was a call of append_event_v4, a SECURITY
+-- DEFINER plpgsql function: under 32 concurrent producers the call itself (the definer's
+-- search_path switch and back, the function's own statements, its result set) cost about as
+-- much backend time as the INSERT it wraps (BENCHMARKS.md, issue 13), on a path whose whole
+-- point is to be cheap. The store now sends that append as one INSERT of its own (the
+-- append_pending query below) and calls the function only when it inserted nothing (an id
+-- already stored, a version taken meanwhile, expected_version not met), which the function
+-- sorts out as before.
+--
+-- What keeps the log's rules without the function. The producer role gets INSERT on the
+-- columns it fills, never on position or recorded_at (roles_grant_append): every row it
+-- inserts takes this default, a pending number, so only the sequencer ever gives a position.
+-- The default takes the transaction id before the number (the floor's rule, see
+-- create_sequencer_state_v1): nextval's argument depends on pg_current_xact_id(), and a
+-- function's arguments are evaluated before it. The regclass is resolved here, once, so the
+-- caller's search_path cannot redirect it.
+ALTER TABLE events ALTER COLUMN position SET DEFAULT
+    -nextval(CASE WHEN pg_current_xact_id() IS NOT NULL THEN 'events_pending_seq'::regclass END);
+
+-- name: drop_pending_position_default_v1
+ALTER TABLE events ALTER COLUMN position DROP DEFAULT;
+
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
 FROM {schema}.append_events_v4(
@@ -1058,6 +1083,21 @@ SELECT out_position, out_id, out_version, out_duplicate
 FROM {schema}.append_event_v4(
     $1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::integer, $10, $11::boolean
 );
+
+-- name: append_pending
+-- One event inside the producer's transaction (migration 0007): pending (position from the
+-- column's default), version head + 1 of its stream, nothing inserted (no row returned) when
+-- the id is stored already, the version was taken by an append that committed meanwhile, or
+-- the stream is not at expected_version ($9): the store then calls append_event_v4, which tells
+-- these apart. A version taken by an append still in flight is waited for (ON CONFLICT).
+INSERT INTO {schema}.events AS e
+    (id, resource, key, version, type, source, payload, "timestamp", metadata)
+SELECT $1::text, $2::text, $3::text, coalesce(max(x.version), 0) + 1, $4::text, $5::text,
+       $6::jsonb, $7::timestamptz, $8::jsonb
+FROM {schema}.events x WHERE x.resource = $2::text AND x.key = $3::text
+HAVING $9::integer IS NULL OR coalesce(max(x.version), 0) = $9::integer
+ON CONFLICT DO NOTHING
+RETURNING e.version;
 
 -- name: sequence
 -- Number the committed pending events (see create_sequencer_v1); the head after it.
@@ -1386,6 +1426,22 @@ GRANT SELECT ON {schema}.{object} TO {role};
 
 -- name: roles_grant_write
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.{object} TO {role};
+
+-- name: roles_grant_append
+-- A producer's own INSERT (append_pending, migration 0007): the columns it fills and the version
+-- lookup's, and the pending numbers' sequence for the position default. Not position nor
+-- recorded_at: its rows are pending until the sequencer numbers them.
+GRANT INSERT (id, resource, key, version, type, source, payload, "timestamp", metadata),
+      SELECT (resource, key, version)
+ON {schema}.events TO {role};
+GRANT USAGE ON SEQUENCE {schema}.events_pending_seq TO {role};
+
+-- name: roles_pending_default
+-- Whether $1.events.position has migration 0007's default (producers then insert themselves).
+SELECT EXISTS (
+    SELECT 1 FROM pg_attrdef d JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+    WHERE d.adrelid = to_regclass($1 || '.events') AND a.attname = 'position'
+);
 
 -- name: roles_grant_membership
 GRANT {group} TO {role};
