@@ -13,7 +13,7 @@ import pytest
 
 from satellites_es.events import DataEvent
 from satellites_es.store import EventStore
-from satellites_es.testing_s3 import AWS_ENV, S3Server
+from satellites_es.testing.s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.codec import decode_vector, encode_vector
 

@@ -49,10 +49,10 @@ from .tls import rabbitmq_tls
 from .tracing import span
 
 if TYPE_CHECKING:
+    from .bus.outbox import DurableEventBus
     from .bus.rabbitmq import RabbitMQEventBus
-    from .durable import DurableEventBus
     from .projections import Projection
-    from .projections.service import ProjectionService
+    from .projections.supervisor import ProjectionService
     from .relay import Relay
     from .store import EventStore
     from .upcasting import Upcasters
@@ -265,7 +265,7 @@ class DataLayer:
         c = self.config
         if not (c.log.enabled and "postgres" in self._backends):
             return
-        from .durable import DurableEventBus
+        from .bus.outbox import DurableEventBus
         from .store import EventStore
 
         if c.log.auto_migrate:

@@ -31,8 +31,8 @@ import pytest
 from satellites_es.config import DataLayerConfig, EventLogConfig, FaissConfig
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
-from satellites_es.testing import free_port
-from satellites_es.testing_s3 import S3Server
+from satellites_es.testing.s3 import S3Server
+from satellites_es.testing.services import free_port
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.snapshot_store import SnapshotStore
 from tests.replica_support import (

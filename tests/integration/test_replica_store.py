@@ -27,11 +27,11 @@ from satellites_es.projections import Checkpoints, Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.projector import FollowerStatus, follow_active
 from satellites_es.projections.replica import Replica
-from satellites_es.projections.service import ProjectionService
 from satellites_es.projections.snapshotter import Lease, Snapshotter, publish_now
+from satellites_es.projections.supervisor import ProjectionService
 from satellites_es.store import EventStore
-from satellites_es.testing import TcpProxy
-from satellites_es.testing_s3 import AWS_ENV, S3Server
+from satellites_es.testing.network_faults import TcpProxy
+from satellites_es.testing.s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.persistence import INDEX_FILE, MANIFEST_FILE, META_FILE
 from satellites_es.vectors.snapshot_store import POINTER, SnapshotStore

@@ -83,7 +83,7 @@ def test_a_channel_too_long_for_postgres_is_refused(
 async def test_listener_rides_out_an_outage(
     store: EventStore, migrated: PostgresConfig, pool: asyncpg.Pool, make_event: EventFactory
 ) -> None:
-    from satellites_es.testing import TcpProxy
+    from satellites_es.testing.network_faults import TcpProxy
 
     async with TcpProxy(migrated.host, migrated.port) as proxy:
         via_proxy = PostgresConfig(**{**vars(migrated), "host": "127.0.0.1", "port": proxy.port})

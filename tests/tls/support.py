@@ -15,7 +15,7 @@ are only reached through :class:`TlsProxy` (RabbitMQ), never changed.
   ``log_connections`` records every session with its TLS state.
 * :class:`RedisTls`: ``redis-server --port 0 --tls-port P`` (TLS only), client certificates
   required, a password set.
-* :class:`TlsProxy`: the project's :class:`~satellites_es.testing.TcpProxy` with a TLS listener
+* :class:`TlsProxy`: the project's :class:`~satellites_es.testing.network_faults.TcpProxy` with a TLS listener
   that requires a client certificate: TLS in front of RabbitMQ and of the Elasticsearch
   emulator.
 """
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from satellites_es.testing import TcpProxy, free_port, port_open
+from satellites_es.testing.network_faults import TcpProxy
+from satellites_es.testing.services import free_port, port_open
 
 CLIENT_KEY_PASSPHRASE = "client-key-passphrase"
 PG_ADMIN_PASSWORD = "pg-admin-s3cret"

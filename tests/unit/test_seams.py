@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "satellites_es"
-ALGORITHMS = ("relay.py", "projections/projector.py", "projections/rebuild.py", "service.py",
-              "projections/service.py")  # fmt: skip
+ALGORITHMS = ("relay.py", "projections/projector.py", "projections/rebuild.py", "service_runner.py",
+              "projections/supervisor.py")  # fmt: skip
 DRIVERS = {"aio_pika", "aiormq", "asyncpg", "redis", "elasticsearch", "elastic_transport"}
 SQL = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|GRANT|REVOKE|COMMENT ON|SET |SHOW "

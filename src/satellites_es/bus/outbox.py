@@ -1,4 +1,4 @@
-"""Durable publishing: the seed's ``data.events.publish(...)`` goes through the log.
+"""Publishing through the outbox: ``data.events.publish(...)`` appends to the log.
 
 When the event log is enabled, :class:`DurableEventBus` is the ``EventBus`` the façade hands out.
 ``publish`` appends the event to the Postgres log (the outbox) and returns once it is committed;
@@ -6,7 +6,7 @@ delivery to subscribers is the relay's job (log -> bus, at least once, in positi
 event published just before a crash is delivered after the restart instead of lost.
 ``publish_in`` appends inside the producer's own transaction, so a state change and its event
 commit or roll back together. Subscriptions go to the underlying bus; one with a ``start``
-(``"earliest"`` or a log position) first receives the log's past (:mod:`.bus.catchup`).
+(``"earliest"`` or a log position) first receives the log's past (:mod:`.catchup`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from .bus.catchup import CatchUp, Start, start_position
-from .events import DataEvent, EventBus, EventHandler
-from .store import AppendResult, EventStore
-from .tracing import span
+from ..events import DataEvent, EventBus, EventHandler
+from ..store import AppendResult, EventStore
+from ..tracing import span
+from .catchup import CatchUp, Start, start_position
 
 __all__ = ["DurableEventBus"]
 
