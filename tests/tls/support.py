@@ -22,7 +22,6 @@ are only reached through :class:`TlsProxy` (RabbitMQ), never changed.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -238,14 +237,7 @@ class TlsProxy(TcpProxy):
     def __init__(
         self, target_host: str, target_port: int, pki: Pki, *, client_cert: bool = True
     ) -> None:
-        super().__init__(target_host, target_port)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca)
         context.load_cert_chain(pki.server_pem, pki.server_key)
         context.verify_mode = ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE
-        self.context = context
-
-    async def start(self) -> TlsProxy:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, ssl=self.context
-        )
-        return self
+        super().__init__(target_host, target_port, tls=context)

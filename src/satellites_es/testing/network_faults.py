@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 
 from .services import free_port
 
@@ -17,10 +18,15 @@ class TcpProxy:
     """A TCP proxy on a free local port in front of ``target``; :meth:`cut` severs every
     connection and (while ``blocked``) refuses new ones: a network fault for one client only.
     ``cut_after``: cut by itself once that many bytes have passed (either way), a fault in the
-    middle of a transfer."""
+    middle of a transfer. ``tls``: clients speak TLS to the proxy (it terminates it), the proxy
+    plain TCP to ``target``."""
 
-    def __init__(self, target_host: str, target_port: int, cut_after: int | None = None) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, cut_after: int | None = None, *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:  # fmt: skip
         self.target = (target_host, target_port)
+        self.tls = tls
         self.port = free_port()
         self.blocked = False
         self.cut_after = cut_after
@@ -30,7 +36,9 @@ class TcpProxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> TcpProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.port, ssl=self.tls
+        )
         return self
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
