@@ -274,7 +274,8 @@ class DataLayer:
             self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn,
             upcasters=self.upcasters,
         )  # fmt: skip
-        self._events = self._durable = DurableEventBus(self._store, self._bus)
+        retries = {} if self._broker is None else {"max_retries": self._broker.config.max_retries}
+        self._events = self._durable = DurableEventBus(self._store, self._bus, **retries)
         if c.relay.enabled:
             self._start_relay(self._store)
 

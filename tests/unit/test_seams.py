@@ -34,7 +34,7 @@ def test_the_algorithms_import_no_driver(module: str) -> None:
     assert imported & DRIVERS == set()
 
 
-@pytest.mark.parametrize("module", [*ALGORITHMS, "facade.py"])
+@pytest.mark.parametrize("module", [*ALGORITHMS, "facade.py", "bus/outbox.py"])
 def test_no_capability_is_probed(module: str) -> None:
     """The façade hands out the native clients (it imports the drivers), but asks no object
     what it can do either: the bus's capabilities are types (``RelayBus``, the RabbitMQ bus)."""

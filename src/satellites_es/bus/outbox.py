@@ -30,9 +30,13 @@ logger = logging.getLogger(__name__)
 class DurableEventBus:
     ALL = "*"
 
-    def __init__(self, store: EventStore, bus: EventBus) -> None:
+    def __init__(self, store: EventStore, bus: EventBus, *, max_retries: int = 5) -> None:
+        """``max_retries``: how often a catch-up retries a handler that raises before the event
+        is dead-lettered; the façade passes the bus's own setting, so that the log's past and
+        the live events treat a failing handler alike."""
         self.store = store
         self.bus = bus
+        self.max_retries = max_retries
         self._catchups: dict[tuple[str, EventHandler], list[CatchUp]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -64,9 +68,8 @@ class DurableEventBus:
         after = start_position(start)
         if after is None:
             return None
-        retries = getattr(getattr(self.bus, "config", None), "max_retries", 5)
         catchup = CatchUp(
-            handler, store=self.store, bus=self.bus, after=after, max_retries=retries,
+            handler, store=self.store, bus=self.bus, after=after, max_retries=self.max_retries,
             event_type=None if event_type == self.ALL else event_type,
         )  # fmt: skip
         self._catchups.setdefault((event_type, handler), []).append(catchup)
