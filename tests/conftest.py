@@ -1,7 +1,7 @@
 """Fixtures that find the real services and isolate every test from the others.
 
 Postgres, Redis and RabbitMQ: a URL from the environment first, then the local service, then
-testcontainers (``satellites_es.testing.find_service_url``). Elasticsearch: ``SATELLITES_ES_URL``
+testcontainers (``satellites_es.testing.services.find_service_url``). Elasticsearch: ``SATELLITES_ES_URL``
 when set, else the noida-db emulator started once for the session.
 
 Isolation: each test gets its own Postgres schema, Redis key prefix, RabbitMQ exchange (queues are
@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from satellites_es.config import DataLayerConfig
-from satellites_es.testing import elasticsearch_url, find_service_url, unique_name
+from satellites_es.testing.services import elasticsearch_url, find_service_url, unique_name
 
 TEST_PREFIX = "t_"
 

@@ -1,6 +1,6 @@
 """What the replica tests share: an S3-compatible server per test (the ``s3`` fixture, which the
-integration and acceptance conftests import), embedding events, and the
-log folded key by key to compare a replica with."""
+integration and acceptance conftests import), a client of the bucket that is not ours, embedding
+events, and the log folded key by key to compare a replica with."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from obstore.store import S3Store
 
 from satellites_es.events import DataEvent
 from satellites_es.store import EventStore
-from satellites_es.testing_s3 import AWS_ENV, S3Server
+from satellites_es.testing.s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.codec import decode_vector, encode_vector
 
@@ -32,6 +33,15 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
         yield server
     finally:
         server.stop()
+
+
+def raw_store(url: str, endpoint: str) -> S3Store:
+    """``s3://bucket/prefix`` on the server at ``endpoint`` through obstore directly, not
+    through :class:`~satellites_es.vectors.snapshot_store.SnapshotStore`: to list what the
+    store holds, or damage an object, without going through the code under test."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return S3Store(bucket, prefix=prefix or None, endpoint=endpoint,
+                   virtual_hosted_style_request=False, client_options={"allow_http": True})  # fmt: skip
 
 
 def embedding_events(rng: random.Random, n: int, keys: int) -> list[DataEvent]:

@@ -22,7 +22,7 @@ import psutil
 
 from bench.soak.namespace import Namespace
 from bench.soak.report import log
-from satellites_es.testing import EmulatedElasticsearch, free_port
+from satellites_es.testing.services import EmulatedElasticsearch, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -248,7 +248,7 @@ while True:
 
 
 def watchdog(emulator: EmulatedElasticsearch, workdir: Path) -> subprocess.Popen[bytes] | None:
-    """The Elasticsearch emulator runs in a session of its own (``satellites_es.testing``):
+    """The Elasticsearch emulator runs in a session of its own (``satellites_es.testing.services``):
     if the soak is SIGKILLed, a watchdog that gets SIGTERM when the soak dies (PDEATHSIG)
     kills the emulator's process group and removes the work dir. After a normal end the
     watchdog is SIGKILLed first (:func:`stop_emulator`)."""

@@ -39,7 +39,7 @@ from satellites_es.demo.projections import PROJECTIONS
 from satellites_es.migrate import upgrade
 from satellites_es.projections import Checkpoints
 from satellites_es.store import EventStore
-from satellites_es.testing import EmulatedElasticsearch, find_service_url, unique_name
+from satellites_es.testing.services import EmulatedElasticsearch, find_service_url, unique_name
 
 
 class Soak:

@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bench.soak.processes import Child
-from satellites_es.testing import TcpProxy
+from satellites_es.testing.network_faults import TcpProxy
 
 SINKS = ("redis", "elasticsearch")
 
 
 class SinkProxies:
-    """TCP proxies (:class:`satellites_es.testing.TcpProxy`) in front of Redis and
+    """TCP proxies (:class:`satellites_es.testing.network_faults.TcpProxy`) in front of Redis and
     Elasticsearch, which the projector processes reach only through them. They run on an event
     loop of their own in a thread of this process, so that the soak's own work (producers,
     fault injection, the comparison) never stalls their traffic: a pause there would be an

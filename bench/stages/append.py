@@ -36,7 +36,7 @@ from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
-from satellites_es.testing import find_service_url, unique_name
+from satellites_es.testing.services import find_service_url, unique_name
 
 BATCH = 500
 _round = itertools.count()

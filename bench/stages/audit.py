@@ -26,7 +26,7 @@ from satellites_es.audit import audit
 from satellites_es.events import DataEvent
 from satellites_es.projections import Projection, Upsert, rebuild
 from satellites_es.projections.redis_sink import RedisSink
-from satellites_es.testing import find_service_url, unique_name
+from satellites_es.testing.services import find_service_url, unique_name
 
 KEYS_PER_EVENT = 5
 PIPELINE = 500

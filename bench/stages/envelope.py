@@ -41,7 +41,7 @@ import asyncpg
 
 from satellites_es.config import DataLayerConfig, PostgresConfig
 from satellites_es.migrate import upgrade
-from satellites_es.testing import find_service_url, unique_name
+from satellites_es.testing.services import find_service_url, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The commit this change was built on (issue 13's last): the "before" side.

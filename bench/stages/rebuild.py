@@ -115,7 +115,7 @@ from satellites_es.projections import (
 from satellites_es.projections.es_sink import TOMBSTONE, ElasticsearchSink
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.redis_sink import RedisSink
-from satellites_es.testing import EmulatedElasticsearch, find_service_url, unique_name
+from satellites_es.testing.services import EmulatedElasticsearch, find_service_url, unique_name
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.codec import encode_vector
 

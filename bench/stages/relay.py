@@ -43,7 +43,7 @@ from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
-from satellites_es.testing import find_service_url, unique_name
+from satellites_es.testing.services import find_service_url, unique_name
 
 WINDOW = 500
 PERSISTENT = aio_pika.DeliveryMode.PERSISTENT

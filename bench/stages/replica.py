@@ -1,7 +1,7 @@
 """Replica benchmark (issue 20): a new FAISS replica from object storage against a full replay
 of the log, and the snapshot store's transfers against the client library's own, in one run.
 
-The store is moto's S3 server on 127.0.0.1 (:class:`~satellites_es.testing_s3.S3Server`), a
+The store is moto's S3 server on 127.0.0.1 (:class:`~satellites_es.testing.s3.S3Server`), a
 Python server: absolute transfer rates are its, not S3's; both sides of each ratio go through it.
 
 * ``time_to_ready``: seconds from an empty disk to a replica caught up with the log's head, for
@@ -42,7 +42,7 @@ from satellites_es.projections import Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.replica import Replica
 from satellites_es.projections.snapshotter import publish_now
-from satellites_es.testing_s3 import AWS_ENV, S3Server
+from satellites_es.testing.s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.codec import encode_vector
 from satellites_es.vectors.persistence import FILES

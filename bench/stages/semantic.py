@@ -55,7 +55,7 @@ from satellites_es.semantic.evaluation import (
     recall_at,
     tuning_sets,
 )
-from satellites_es.testing import elasticsearch_url, find_service_url, unique_name
+from satellites_es.testing.services import elasticsearch_url, find_service_url, unique_name
 
 EVAL_SET = Path(__file__).resolve().parent.parent / "data" / "semantic_eval.json"
 EVAL_DOCS = 3000

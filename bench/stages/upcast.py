@@ -39,7 +39,7 @@ from satellites_es.projections import rebuild
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.redis_sink import RedisSink
 from satellites_es.store import EventStore
-from satellites_es.testing import find_service_url, unique_name
+from satellites_es.testing.services import find_service_url, unique_name
 from satellites_es.upcasting import Upcasters
 from satellites_es.vectors import VectorIndex
 

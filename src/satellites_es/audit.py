@@ -285,7 +285,7 @@ async def run_audit(
     """``satellites-es audit``: audit (and repair) one projection; True when clean."""
     from .facade import DataLayer
     from .projections.discovery import upcasters_of
-    from .projections.service import build_sink
+    from .projections.supervisor import build_sink
 
     upcasters = upcasters_of(config.projections_module)
     async with DataLayer(config, upcasters=upcasters) as data:

@@ -37,7 +37,7 @@ from .config import DataLayerConfig
 from .errors import ConfigurationError, ProjectionError, SatellitesError
 from .health import Health
 from .projections import Projection
-from .service import ServiceOptions
+from .service_runner import ServiceOptions
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -314,7 +314,7 @@ ProjectionArg = Annotated[str, typer.Argument(help="The projection's name.")]
 
 def _projections(config: DataLayerConfig, names: Sequence[str]) -> list[Projection]:
     """The named projections; an unknown name is a usage error in every command (exit 2)."""
-    from .service import select_projections
+    from .service_runner import select_projections
 
     try:
         return select_projections(config, names)
@@ -323,7 +323,7 @@ def _projections(config: DataLayerConfig, names: Sequence[str]) -> list[Projecti
 
 
 def _serve(options: ServiceOptions) -> None:
-    from .service import run_service
+    from .service_runner import run_service
 
     config = load_config()
     if options.projections:

@@ -49,10 +49,10 @@ from .tls import rabbitmq_tls
 from .tracing import span
 
 if TYPE_CHECKING:
+    from .bus.outbox import DurableEventBus
     from .bus.rabbitmq import RabbitMQEventBus
-    from .durable import DurableEventBus
     from .projections import Projection
-    from .projections.service import ProjectionService
+    from .projections.supervisor import ProjectionService
     from .relay import Relay
     from .store import EventStore
     from .upcasting import Upcasters
@@ -265,7 +265,7 @@ class DataLayer:
         c = self.config
         if not (c.log.enabled and "postgres" in self._backends):
             return
-        from .durable import DurableEventBus
+        from .bus.outbox import DurableEventBus
         from .store import EventStore
 
         if c.log.auto_migrate:
@@ -274,7 +274,8 @@ class DataLayer:
             self.postgres, schema=c.postgres.schema, config=c.log, dsn=c.postgres.dsn,
             upcasters=self.upcasters,
         )  # fmt: skip
-        self._events = self._durable = DurableEventBus(self._store, self._bus)
+        retries = {} if self._broker is None else {"max_retries": self._broker.config.max_retries}
+        self._events = self._durable = DurableEventBus(self._store, self._bus, **retries)
         if c.relay.enabled:
             self._start_relay(self._store)
 

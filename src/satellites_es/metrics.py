@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 
 if TYPE_CHECKING:
     from .facade import DataLayer
-    from .projections.service import ProjectionService
+    from .projections.supervisor import ProjectionService
 
 __all__ = ["Metrics"]
 

@@ -19,7 +19,7 @@ from .facade import DataLayer
 from .projections import Checkpoints, Projection, RebuildResult, rebuild, rollback
 from .projections.discovery import upcasters_of
 from .projections.projector import Progress as RebuildProgress
-from .projections.service import build_sink
+from .projections.supervisor import build_sink
 
 __all__ = ["progress_bar", "run_rebuild", "run_rollback", "with_bus"]
 

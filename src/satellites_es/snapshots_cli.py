@@ -78,7 +78,7 @@ def snapshots_create(
     name: Annotated[str, typer.Argument(help="The FAISS projection.")],
 ) -> None:
     """Bring the projection's replica up to the log's head here, then upload a snapshot now."""
-    from .service import select_projections
+    from .service_runner import select_projections
 
     config = DataLayerConfig.from_env()
     config = config.replace(relay=dataclasses.replace(config.relay, enabled=False))
@@ -102,8 +102,8 @@ async def _create(
     from .facade import DataLayer
     from .projections import Checkpoints, Projector, ensure_active
     from .projections.replica import Replica
-    from .projections.service import build_sink
     from .projections.snapshotter import publish_now
+    from .projections.supervisor import build_sink
 
     async with DataLayer(config) as data:
         checkpoints = Checkpoints(data.postgres, config.postgres.schema)

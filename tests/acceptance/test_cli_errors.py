@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from satellites_es.testing import free_port
-from satellites_es.testing_s3 import AWS_ENV
+from satellites_es.testing.s3 import AWS_ENV
+from satellites_es.testing.services import free_port
 
 from .conftest import run_cli
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import asyncpg
 
-from satellites_es.testing import find_service_url
+from satellites_es.testing.services import find_service_url
 
 from .conftest import run_cli
 

@@ -19,7 +19,7 @@ from satellites_es.config import DataLayerConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.parking import ParkedEvent, ParkedEvents
-from satellites_es.testing import free_port
+from satellites_es.testing.services import free_port
 
 from .conftest import CLI, run_cli
 from .test_service_cli import _wait_http

@@ -31,8 +31,8 @@ import pytest
 from satellites_es.config import DataLayerConfig, EventLogConfig, FaissConfig
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
-from satellites_es.testing import free_port
-from satellites_es.testing_s3 import S3Server
+from satellites_es.testing.s3 import S3Server
+from satellites_es.testing.services import free_port
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.snapshot_store import SnapshotStore
 from tests.replica_support import (
@@ -41,6 +41,7 @@ from tests.replica_support import (
     assert_matches_log,
     embedding_events,
     log_fold,
+    raw_store,
 )
 
 from .conftest import CLI, run_cli
@@ -123,9 +124,7 @@ def _pointer(env: dict[str, str]) -> list[Any]:
 
 
 def _objects(env: dict[str, str]) -> list[str]:
-    store = SnapshotStore.from_config(DataLayerConfig.from_env(env).faiss)
-    assert store is not None
-    raw: Any = store._store
+    raw = raw_store(env["SATELLITES_FAISS_SNAPSHOT_URL"], env["SATELLITES_FAISS_SNAPSHOT_ENDPOINT"])
     return sorted(m["path"] for batch in obstore.list(raw) for m in batch)
 
 

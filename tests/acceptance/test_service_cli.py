@@ -16,7 +16,7 @@ import asyncpg
 from satellites_es.config import DataLayerConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
-from satellites_es.testing import free_port
+from satellites_es.testing.services import free_port
 
 from .conftest import CLI, run_cli
 

@@ -30,7 +30,7 @@ from satellites_es.migrate import upgrade
 from satellites_es.projections import Checkpoints, Projector
 from satellites_es.projections.es_sink import ElasticsearchSink
 from satellites_es.store import EventStore
-from satellites_es.testing import EmulatedElasticsearch, free_port
+from satellites_es.testing.services import EmulatedElasticsearch, free_port
 from satellites_es.vectors.codec import encode_vector
 
 from .conftest import CLI
@@ -155,7 +155,7 @@ def test_run_keeps_the_relay_and_the_other_projectors_going_while_elasticsearch_
 
 
 async def _equals_a_fresh_replay(config: DataLayerConfig, url: str) -> bool:
-    from satellites_es.projections.service import load_projections
+    from satellites_es.projections.discovery import load_projections
 
     documents = load_projections(config.projections_module)["documents"]
     fresh = dataclasses.replace(documents, name="documents_fresh")

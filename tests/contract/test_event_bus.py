@@ -67,7 +67,7 @@ async def harness(
     try:
         yield Harness(bus)
     finally:
-        groups = list(bus._groups)
+        groups = bus.groups
         await bus.stop()
         await delete_topology(amqp_url, rabbit_config.exchange, groups, rabbit_config.partitions)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from satellites_es.config import EventLogConfig, PostgresConfig, RabbitMQConfig
+from satellites_es.config import DataLayerConfig, EventLogConfig, PostgresConfig, RabbitMQConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
@@ -30,8 +31,8 @@ EventFactory = Callable[..., DataEvent]
 
 @pytest.fixture
 def pg_config(postgres_url: str, pg_schema: str) -> PostgresConfig:
-    fields = PostgresConfig._from_url(postgres_url)
-    return PostgresConfig(**fields, schema=pg_schema, min_connections=1, max_connections=12)
+    parsed = DataLayerConfig.from_env({"SATELLITES_POSTGRES_URL": postgres_url}).postgres
+    return dataclasses.replace(parsed, schema=pg_schema, min_connections=1, max_connections=12)
 
 
 @pytest.fixture

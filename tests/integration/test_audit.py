@@ -16,8 +16,8 @@ from satellites_es.config import DataLayerConfig
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.projections import Checkpoints, Delete, Projection, Upsert, VectorFields, rebuild
-from satellites_es.projections.service import build_sink
 from satellites_es.projections.sinks import Sink
+from satellites_es.projections.supervisor import build_sink
 from satellites_es.vectors.codec import encode_vector
 
 DIM = 8  # SATELLITES_FAISS_DIMENSION in the tests' environment

@@ -7,8 +7,8 @@ import dataclasses
 
 import pytest
 
+from satellites_es.bus.outbox import DurableEventBus
 from satellites_es.config import DataLayerConfig
-from satellites_es.durable import DurableEventBus
 from satellites_es.errors import ConfigurationError
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from satellites_es.testing import free_port
+from satellites_es.testing.services import free_port
 
 CLI = [sys.executable, "-m", "satellites_es.cli"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+import aio_pika
 import asyncpg
 import pytest
 
@@ -63,7 +64,7 @@ def rabbit(amqp_url: str, test_id: str) -> RabbitMQConfig:
 
 async def test_metadata_survives_the_relay_the_bus_the_dlq_and_its_replay(
     store: EventStore, pool: asyncpg.Pool[asyncpg.Record], migrated: PostgresConfig,
-    rabbit: RabbitMQConfig, cleanup: list[str],
+    rabbit: RabbitMQConfig, cleanup: list[str], amqp_url: str,
 ) -> None:  # fmt: skip
     healed = False
     seen = Recorder("envelope", fail=lambda e: e.key == "poison" and not healed)
@@ -86,15 +87,14 @@ async def test_metadata_survives_the_relay_the_bus_the_dlq_and_its_replay(
         (letter,) = letters
         assert letter.event is not None and letter.event.metadata == FULL  # type: ignore[attr-defined]
         # the dead letter keeps the AMQP envelope too: the correlation id and the headers
-        channel = await bus._require_connection().channel()
-        try:
+        # (read on a connection of the test's own: what any AMQP client sees)
+        async with await aio_pika.connect(amqp_url) as connection:
+            channel = await connection.channel()
             dlq = await channel.declare_queue(f"{rabbit.exchange}.envelope.dlq", passive=True)
             message = await dlq.get(no_ack=False)
             assert message.correlation_id == "req-42"
             assert message.headers["h-tenant"] == "acme" and message.headers["actor"] == "user:ann"
             await message.nack(requeue=True)
-        finally:
-            await channel.close()
         healed = True
         assert await bus.replay_dead_letters("envelope") == 1
         await eventually(lambda: len(seen.events) == 2)

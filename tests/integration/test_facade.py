@@ -14,7 +14,7 @@ from satellites_es.config import DataLayerConfig
 from satellites_es.errors import BackendUnavailableError, LifecycleError
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer, LayerState
-from satellites_es.testing import free_port
+from satellites_es.testing.services import free_port
 
 
 def _without(config: DataLayerConfig, *names: str) -> DataLayerConfig:

@@ -17,7 +17,7 @@ from satellites_es.events import DataEvent
 from satellites_es.healthcheck import check
 from satellites_es.migrate import upgrade
 from satellites_es.store import EventStore
-from satellites_es.testing import free_port
+from satellites_es.testing.services import free_port
 
 from .test_cli_health import _run
 

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from satellites_es.config import PostgresConfig
 from satellites_es.migrate import connect_engine, downgrade, ensure_database, upgrade
 from satellites_es.schema import metadata
-from satellites_es.testing import unique_name
+from satellites_es.testing.services import unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -35,7 +35,7 @@ from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.projector import FollowerStatus, follow_active
 from satellites_es.projections.redis_sink import RedisSink
 from satellites_es.store import EventStore
-from satellites_es.testing import TcpProxy
+from satellites_es.testing.network_faults import TcpProxy
 from satellites_es.vectors import VectorIndex
 from tests.integration.sinks_support import DIM, ITEM_FIELDS, item, kind_of, make_projection
 

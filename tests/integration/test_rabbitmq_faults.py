@@ -17,7 +17,8 @@ from satellites_es.errors import BackendUnavailableError, PublishError
 from satellites_es.events import DataEvent
 from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
-from satellites_es.testing import TcpProxy, free_port
+from satellites_es.testing.network_faults import TcpProxy
+from satellites_es.testing.services import free_port
 from tests.contract.support import (
     IdempotentSink,
     Recorder,

@@ -17,6 +17,7 @@ import asyncpg
 import numpy as np
 import obstore
 import pytest
+from obstore.store import S3Store
 
 from satellites_es.config import DataLayerConfig, EventLogConfig, FaissConfig, PostgresConfig
 from satellites_es.demo.projections import embeddings
@@ -27,11 +28,11 @@ from satellites_es.projections import Checkpoints, Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.projector import FollowerStatus, follow_active
 from satellites_es.projections.replica import Replica
-from satellites_es.projections.service import ProjectionService
 from satellites_es.projections.snapshotter import Lease, Snapshotter, publish_now
+from satellites_es.projections.supervisor import ProjectionService
 from satellites_es.store import EventStore
-from satellites_es.testing import TcpProxy
-from satellites_es.testing_s3 import AWS_ENV, S3Server
+from satellites_es.testing.network_faults import TcpProxy
+from satellites_es.testing.s3 import AWS_ENV, S3Server
 from satellites_es.vectors import VectorIndex
 from satellites_es.vectors.persistence import INDEX_FILE, MANIFEST_FILE, META_FILE
 from satellites_es.vectors.snapshot_store import POINTER, SnapshotStore
@@ -42,6 +43,7 @@ from tests.replica_support import (
     assert_matches_log,
     embedding_events,
     log_fold,
+    raw_store,
 )
 
 
@@ -106,10 +108,10 @@ async def test_bootstrapped_replica_answers_like_the_one_that_made_the_snapshot(
             await assert_matches_log(second, NAMESPACE, await log_fold(store))
 
 
-async def _corrupt(snapshots: SnapshotStore, key: str, how: str, other: str = "") -> None:
-    """Damage one object in place: one byte changed, cut to half its length, or ``swapped``
-    for the same file of another snapshot (whole and valid, but not this snapshot's)."""
-    raw: Any = snapshots._store  # the client itself: the damage must not go through our code
+async def _corrupt(raw: S3Store, key: str, how: str, other: str = "") -> None:
+    """Damage one object in place, through ``raw`` (:func:`raw_store`: not through our code):
+    one byte changed, cut to half its length, or ``swapped`` for the same file of another
+    snapshot (whole and valid, but not this snapshot's)."""
     data = bytearray(bytes(await (await obstore.get_async(raw, other or key)).bytes_async()))
     if how == "byte":
         data[len(data) // 2] ^= 0x01
@@ -138,7 +140,8 @@ async def test_damaged_snapshot_is_refused_naming_the_object_and_the_previous_is
         _, newer = await publish_now(first, snapshots, NAMESPACE)
     assert older is not None and newer is not None
     damaged = f"{NAMESPACE}/snapshots/{newer}/{file}"
-    await _corrupt(snapshots, damaged, how, other=damaged.replace(newer, older))
+    raw = raw_store(snapshots.url, s3.endpoint)
+    await _corrupt(raw, damaged, how, other=damaged.replace(newer, older))
     await store.append(embedding_events(rng, 50, keys=250))
 
     caplog.set_level(logging.ERROR, logger="satellites_es.projections.replica")
@@ -159,7 +162,8 @@ async def test_every_snapshot_refused_means_a_replay_from_the_log(
     snapshots = SnapshotStore(s3.url("all-bad"), endpoint=s3.endpoint)
     await store.append(embedding_events(rng, 200, keys=100))
     _, only = await _publish_from(tmp_path / "a", store, checkpoints, snapshots)
-    await _corrupt(snapshots, f"{NAMESPACE}/snapshots/{only}/{INDEX_FILE}", "truncated")
+    await _corrupt(raw_store(snapshots.url, s3.endpoint),
+                   f"{NAMESPACE}/snapshots/{only}/{INDEX_FILE}", "truncated")  # fmt: skip
     async with replica(tmp_path / "b", store, checkpoints, snapshots) as (second, boot, p2):
         result = await p2.catch_up()
         assert boot is not None and boot.status[NAMESPACE].source == "log"
@@ -172,7 +176,7 @@ async def test_store_keeps_its_count_and_deletes_only_snapshots_it_made(
 ) -> None:
     rng = random.Random(23)
     snapshots = SnapshotStore(s3.url("keep"), endpoint=s3.endpoint, keep=2)
-    raw: Any = snapshots._store
+    raw = raw_store(s3.url("keep"), s3.endpoint)
     foreign = [f"{NAMESPACE}/snapshots/not-ours/index.faiss", f"{NAMESPACE}/notes.txt"]
     for key in foreign:
         await obstore.put_async(raw, key, b"someone else's")

@@ -14,7 +14,7 @@ from satellites_es.audit import AuditReport, audit
 from satellites_es.config import DataLayerConfig
 from satellites_es.facade import DataLayer
 from satellites_es.projections import Projector, SinkDump
-from satellites_es.projections.service import ProjectionService, build_sink
+from satellites_es.projections.supervisor import ProjectionService, build_sink
 from satellites_es.semantic import SemanticStore, reembed, rollback_embeddings
 from tests.integration.semantic_support import MODEL_A, MODEL_B, env_without_bus, make_schema
 

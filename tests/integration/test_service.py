@@ -9,7 +9,7 @@ import pytest
 from satellites_es.config import DataLayerConfig
 from satellites_es.errors import BackgroundTaskError, ConfigurationError
 from satellites_es.relay import Relay
-from satellites_es.service import ServiceOptions, run_service
+from satellites_es.service_runner import ServiceOptions, run_service
 
 
 async def test_a_failing_relay_is_restarted_and_reported_not_fatal(

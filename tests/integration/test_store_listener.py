@@ -57,17 +57,24 @@ async def test_listener_listens_again_after_its_connection_is_killed(
     store: EventStore, pool: asyncpg.Pool, make_event: EventFactory
 ) -> None:
     async with store.listener() as listener:
-        conn = listener._conn
-        assert conn is not None
-        await pool.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+        (before,) = await _listening(pool, store.channel)  # the listener's session, found as
+        await pool.execute("SELECT pg_terminate_backend($1)", before)  # an operator would
         # The loss (or the reconnect after it) wakes the caller, who polls: a notification
         # may have been missed meanwhile. At most one more wake-up follows for the same event.
         assert await listener.wait(5) is True
         await listener.wait(0.2)
-        assert listener._conn is not None and listener._conn is not conn
-        assert not listener._conn.is_closed()
+        (after,) = await _listening(pool, store.channel)
+        assert after != before  # a new session LISTENs on the channel
         await store.append(make_event())
         assert await listener.wait(5) is True
+
+
+async def _listening(pool: asyncpg.Pool, channel: str) -> list[int]:
+    """The server pids of the sessions whose last statement was LISTEN on ``channel``."""
+    rows = await pool.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN ' || quote_ident($1)", channel
+    )
+    return [int(r["pid"]) for r in rows]
 
 
 @pytest.mark.parametrize("channel", ["x" * 60])
@@ -83,7 +90,7 @@ def test_a_channel_too_long_for_postgres_is_refused(
 async def test_listener_rides_out_an_outage(
     store: EventStore, migrated: PostgresConfig, pool: asyncpg.Pool, make_event: EventFactory
 ) -> None:
-    from satellites_es.testing import TcpProxy
+    from satellites_es.testing.network_faults import TcpProxy
 
     async with TcpProxy(migrated.host, migrated.port) as proxy:
         via_proxy = PostgresConfig(**{**vars(migrated), "host": "127.0.0.1", "port": proxy.port})

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from satellites_es.testing import unique_name
+from satellites_es.testing.services import unique_name
 
 from .support import REDIS_PASSWORD, PgCluster, Pki, RedisTls, TlsProxy, make_pki, running
 

@@ -15,14 +15,13 @@ are only reached through :class:`TlsProxy` (RabbitMQ), never changed.
   ``log_connections`` records every session with its TLS state.
 * :class:`RedisTls`: ``redis-server --port 0 --tls-port P`` (TLS only), client certificates
   required, a password set.
-* :class:`TlsProxy`: the project's :class:`~satellites_es.testing.TcpProxy` with a TLS listener
+* :class:`TlsProxy`: the project's :class:`~satellites_es.testing.network_faults.TcpProxy` with a TLS listener
   that requires a client certificate: TLS in front of RabbitMQ and of the Elasticsearch
   emulator.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -35,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from satellites_es.testing import TcpProxy, free_port, port_open
+from satellites_es.testing.network_faults import TcpProxy
+from satellites_es.testing.services import free_port, port_open
 
 CLIENT_KEY_PASSPHRASE = "client-key-passphrase"
 PG_ADMIN_PASSWORD = "pg-admin-s3cret"
@@ -237,14 +237,7 @@ class TlsProxy(TcpProxy):
     def __init__(
         self, target_host: str, target_port: int, pki: Pki, *, client_cert: bool = True
     ) -> None:
-        super().__init__(target_host, target_port)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=pki.ca)
         context.load_cert_chain(pki.server_pem, pki.server_key)
         context.verify_mode = ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE
-        self.context = context
-
-    async def start(self) -> TlsProxy:
-        self._server = await asyncio.start_server(
-            self._accept, "127.0.0.1", self.port, ssl=self.context
-        )
-        return self
+        super().__init__(target_host, target_port, tls=context)

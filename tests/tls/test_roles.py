@@ -18,7 +18,7 @@ from satellites_es.errors import ConfigurationError
 from satellites_es.migrate import upgrade
 from satellites_es.projections import Checkpoints, Projector, ensure_active
 from satellites_es.projections.faiss_sink import FaissSink
-from satellites_es.testing import unique_name
+from satellites_es.testing.services import unique_name
 from satellites_es.vectors import VectorIndex
 from tests.integration.test_projections import DIM, make_projection
 

@@ -59,7 +59,10 @@ def test_redis_tls_parameters_reach_redis_py(files: dict[str, str]) -> None:
            "&ssl_cert_reqs=optional&ssl_check_hostname=false")  # fmt: skip
     c = DataLayerConfig.from_env({"SATELLITES_REDIS_URL": url}).redis
     assert c.ssl and (c.port, c.db, c.password) == (6380, 2, "pw")
-    client = RedisBackend(c)._client()
+    backend = RedisBackend(c)
+    backend.open_lazily()  # the client the backend uses, made without connecting
+    client = backend.client
+    assert client is not None
     kwargs = client.connection_pool.connection_kwargs
     assert client.connection_pool.connection_class is aioredis.SSLConnection
     assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == (
@@ -95,7 +98,10 @@ async def test_elasticsearch_tls_settings_reach_the_client(files: dict[str, str]
         "SATELLITES_ELASTICSEARCH_VERIFY_CERTS": "true",
         "SATELLITES_ELASTICSEARCH_SSL_ASSERT_FINGERPRINT": "ab" * 32,
     }).elasticsearch  # fmt: skip
-    client = ElasticsearchBackend(c)._client()
+    backend = ElasticsearchBackend(c)
+    backend.open_lazily()  # the client the backend uses, made without connecting
+    client = backend.client
+    assert client is not None
     try:
         for node in client.transport.node_pool.all():
             cfg = node.config

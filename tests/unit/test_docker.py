@@ -13,6 +13,7 @@ import yaml
 
 from satellites_es.cli import app
 from satellites_es.config import DataLayerConfig
+from satellites_es.projections.discovery import load_projections
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -40,9 +41,11 @@ def test_the_image_runs_unprivileged_with_the_cli_and_a_health_check() -> None:
     assert "http://127.0.0.1:8080/health" in health
     env = " ".join(args for op, args in final if op == "ENV")
     assert "SATELLITES_HTTP_PORT=8080" in env and "SATELLITES_HTTP_HOST=0.0.0.0" in env
-    assert "SATELLITES_PROJECTIONS_MODULE=projections" in env
+    module = re.search(r"SATELLITES_PROJECTIONS_MODULE=(\S+)", env)
+    assert module and module[1] == "satellites_es.demo.projections"
+    assert load_projections(module[1])  # the module the image names is in the wheel
     copied = [args for op, args in final if op == "COPY"]
-    assert any("projections/" in c for c in copied) and any("/wheels" in c for c in copied)
+    assert any("/wheels" in c for c in copied)
 
 
 def test_every_compose_command_is_a_real_cli_command() -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from satellites_es.errors import ConfigurationError
-from satellites_es.projections.discovery import ENTRY_POINT_GROUP
-from satellites_es.projections.service import load_projections
+from satellites_es.projections.discovery import ENTRY_POINT_GROUP, load_projections
 
 MODULE = """
 from satellites_es.projections import Projection, Upsert

@@ -6,11 +6,17 @@ code on Postgres and the real sinks: ``tests/integration/test_projections*.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any
 
 import pytest
 
-from satellites_es.errors import BackendUnavailableError, PoisonEventError, ProjectionError
+from satellites_es.errors import (
+    BackendUnavailableError,
+    PoisonEventError,
+    ProjectionError,
+    UpcastError,
+)
 from satellites_es.events import DataEvent
 from satellites_es.memory import InMemoryCheckpoints, InMemoryEventLog, InMemorySink
 from satellites_es.projections import (
@@ -62,6 +68,46 @@ class FaultySink(InMemorySink):
         if error is not None:
             raise error
         return await super().apply(projection, version, changes)
+
+
+class FaultyLog(InMemoryEventLog):
+    """The in-memory log with a fault per page read (what a query is on Postgres): ``fault(read)``
+    returns the error to raise instead of the ``read``-th page since :attr:`reads` was last
+    zeroed, or None."""
+
+    def __init__(self, fault: Callable[[int], Exception | None]) -> None:
+        super().__init__()
+        self.fault = fault
+        self.reads = 0
+
+    async def read(self, after: int = 0, **options: Any) -> AsyncGenerator[list[DataEvent], None]:
+        async for page in super().read(after, **options):
+            self.reads += 1
+            error = self.fault(self.reads)
+            if error is not None:
+                raise error
+            yield page
+
+
+def _postgres_down() -> BackendUnavailableError:
+    return BackendUnavailableError("postgres", "connection lost")
+
+
+async def _fold(log: InMemoryEventLog, projection: Projection) -> dict[str, Any]:
+    """What the projection of the whole log holds, built on fault-free twins."""
+    plain, sink = InMemoryEventLog(), InMemorySink()
+    await plain.append(list(log.events))
+    await Projector(projection, sink, plain, InMemoryCheckpoints()).catch_up()
+    return dict(await sink.dump(projection, projection.version))
+
+
+async def _live_v1(log: InMemoryEventLog, checkpoints: InMemoryCheckpoints) -> InMemorySink:
+    """A sink serving version 1 of the projection, built and flipped to on the whole log."""
+    sink, v1 = InMemorySink(), _projection(1)
+    await Projector(v1, sink, log, checkpoints).catch_up()
+    await checkpoints.set_active("items", 1)
+    await sink.activate(v1, 1)
+    return sink
 
 
 @pytest.fixture
@@ -221,3 +267,106 @@ async def test_a_rebuild_builds_a_new_version_flips_and_rolls_back(
     assert await sink.dump(v1, 2) == await sink.dump(v1, 1)
     assert await rollback(v1, sink, checkpoints) == (1, 2)
     assert await sink.active_version(v1) == 1
+
+
+async def test_a_rebuild_waits_out_a_log_read_failing_on_its_nth_call(
+    checkpoints: InMemoryCheckpoints,
+) -> None:
+    """A transient read failure halfway (Postgres lost on the 3rd page) is retried from the
+    checkpoint; the rebuild completes equal to the log and flips."""
+    fired: list[int] = []
+
+    def lost_on_third(read: int) -> Exception | None:
+        if read == 3 and not fired:
+            fired.append(read)
+            return _postgres_down()
+        return None
+
+    log = FaultyLog(lost_on_third)
+    await log.append([_item(f"k{i % 7}", i) for i in range(20)])
+    sink = await _live_v1(log, checkpoints)
+    log.reads = 0
+    result = await rebuild(_projection(2), sink, log, checkpoints, batch_size=4)
+    assert fired == [3]  # the fault fired, once
+    assert (result.version, result.previous, result.position) == (2, 1, 20)
+    assert await sink.dump(_projection(), 2) == await _fold(log, _projection())
+    assert await sink.active_version(_projection()) == 2
+    active = await checkpoints.active("items")
+    assert active is not None and (active.active, active.previous) == (2, 1)
+
+
+async def test_a_permanent_log_failure_stops_a_rebuild_typed_with_nothing_flipped(
+    checkpoints: InMemoryCheckpoints,
+) -> None:
+    """A read that can never succeed (an upcaster failing on a stored event) is raised as it
+    is, at once; version 1 keeps serving, version 2 keeps its checkpoint and a rerun resumes."""
+    broken = True
+    log = FaultyLog(lambda read: UpcastError("item.upserted v3: upcaster failed")
+                    if broken and read == 2 else None)  # fmt: skip
+    await log.append([_item(f"k{i % 7}", i) for i in range(20)])
+    sink = await _live_v1(log, checkpoints)
+    log.reads = 0
+    with pytest.raises(UpcastError, match="upcaster failed"):
+        await rebuild(_projection(2), sink, log, checkpoints, batch_size=4)
+    assert await sink.active_version(_projection()) == 1
+    active = await checkpoints.active("items")
+    assert active is not None and (active.active, active.previous) == (1, None)
+    assert await checkpoints.get("items", 2) == 4  # the page before the failure, applied
+    broken = False  # the upcaster fixed: the same rebuild resumes version 2
+    result = await rebuild(_projection(2), sink, log, checkpoints, batch_size=4)
+    assert (result.version, result.resumed, result.position) == (2, True, 20)
+    assert await sink.dump(_projection(), 2) == await _fold(log, _projection())
+    assert await sink.active_version(_projection()) == 2
+
+
+async def test_a_log_down_longer_than_max_outage_fails_the_rebuild_unflipped(
+    checkpoints: InMemoryCheckpoints,
+) -> None:
+    down = False
+    log = FaultyLog(lambda read: _postgres_down() if down and read >= 2 else None)
+    await log.append([_item(f"k{i}", i) for i in range(12)])
+    sink = await _live_v1(log, checkpoints)
+    log.reads, down = 0, True
+    with pytest.raises(BackendUnavailableError, match="postgres"):
+        await rebuild(_projection(2), sink, log, checkpoints, batch_size=4, max_outage=0.05)
+    assert await sink.active_version(_projection()) == 1
+    active = await checkpoints.active("items")
+    assert active is not None and active.active == 1
+    assert await checkpoints.get("items", 2) == 4
+
+
+async def test_a_rebuild_waits_out_a_sink_failing_on_its_nth_call(
+    log: InMemoryEventLog, checkpoints: InMemoryCheckpoints
+) -> None:
+    await log.append([_item(f"k{i % 5}", i) for i in range(15)])
+    sink = FaultySink(lambda call, _c: BackendUnavailableError("redis", "down")
+                      if call in (2, 3) else None)  # fmt: skip
+    result = await rebuild(_projection(1), sink, log, checkpoints, batch_size=4)
+    assert sink.calls > 3 and (result.version, result.position) == (1, 15)
+    assert await sink.dump(_projection(), 1) == await _fold(log, _projection())
+    assert await sink.active_version(_projection()) == 1
+
+
+async def test_follow_active_rides_out_a_log_read_failing_and_reports_postgres_down(
+    checkpoints: InMemoryCheckpoints,
+) -> None:
+    down = asyncio.Event()
+    log = FaultyLog(lambda _read: _postgres_down() if down.is_set() else None)
+    sink, p, stop, status = InMemorySink(), _projection(), asyncio.Event(), FollowerStatus()
+    follower = asyncio.create_task(follow_active(p, sink, log, checkpoints, stop=stop,
+                                                 poll_interval=0.05, status=status))  # fmt: skip
+    try:
+        await log.append(_item("a", 1))
+        await eventually(lambda: status.state == "running" and "a" in sink.targets.get(
+            "items_v1", {}), timeout=5)  # fmt: skip
+        down.set()
+        await log.append(_item("b", 2))
+        await eventually(lambda: status.state == "backend_down", timeout=5)
+        assert status.backend == "postgres" and "b" not in sink.targets["items_v1"]
+        down.clear()
+        await eventually(lambda: "b" in sink.targets["items_v1"], timeout=5)
+        await eventually(lambda: status.state == "running", timeout=5)
+        assert await checkpoints.get("items", 1) == 2
+    finally:
+        stop.set()
+        await follower

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "satellites_es"
-ALGORITHMS = ("relay.py", "projections/projector.py", "projections/rebuild.py", "service.py",
-              "projections/service.py")  # fmt: skip
+ALGORITHMS = ("relay.py", "projections/projector.py", "projections/rebuild.py", "service_runner.py",
+              "projections/supervisor.py")  # fmt: skip
 DRIVERS = {"aio_pika", "aiormq", "asyncpg", "redis", "elasticsearch", "elastic_transport"}
 SQL = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|GRANT|REVOKE|COMMENT ON|SET |SHOW "
@@ -34,7 +34,7 @@ def test_the_algorithms_import_no_driver(module: str) -> None:
     assert imported & DRIVERS == set()
 
 
-@pytest.mark.parametrize("module", [*ALGORITHMS, "facade.py"])
+@pytest.mark.parametrize("module", [*ALGORITHMS, "facade.py", "bus/outbox.py"])
 def test_no_capability_is_probed(module: str) -> None:
     """The façade hands out the native clients (it imports the drivers), but asks no object
     what it can do either: the bus's capabilities are types (``RelayBus``, the RabbitMQ bus)."""

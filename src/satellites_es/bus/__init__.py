@@ -1,5 +1,7 @@
-"""Event buses beyond the in-process one: RabbitMQ, with partitioning and dead letters, and
-catch-up subscriptions that start in the log's past."""
+"""Event buses beyond the in-process one: RabbitMQ, with partitioning and dead letters
+(:mod:`.rabbitmq`), catch-up subscriptions that start in the log's past (:mod:`.catchup`), and
+the bus the façade hands out when the log is on, whose ``publish`` appends to the log, the
+outbox (:mod:`.outbox`)."""
 
 from __future__ import annotations
 

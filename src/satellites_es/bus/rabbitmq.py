@@ -162,6 +162,12 @@ class RabbitMQEventBus:
     def state(self) -> BusState:
         return self._state
 
+    @property
+    def groups(self) -> list[str]:
+        """The consumer groups subscribed on this bus, each with its queues
+        ``{exchange}.{group}.p{i}`` and its dead-letter queue."""
+        return list(self._groups)
+
     async def start(self) -> None:
         if self._state is not BusState.NEW:
             raise LifecycleError(f"RabbitMQEventBus cannot start: it is {self._state.value}")

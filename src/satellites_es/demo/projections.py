@@ -8,7 +8,7 @@
   change (TTL policy).
 
 They are what ``satellites-es`` runs when no projections of the user's are installed (see
-:func:`satellites_es.projections.service.load_projections`), so the demo, ``rebuild`` and
+:func:`satellites_es.projections.discovery.load_projections`), so the demo, ``rebuild`` and
 ``audit`` work from an installed wheel, outside any checkout.
 """
 

@@ -35,7 +35,8 @@ from rich.table import Table
 from ..events import DataEvent
 from ..facade import DataLayer
 from ..projections import Projection, rebuild
-from ..projections.service import ProjectionService, build_sink, load_projections
+from ..projections.discovery import load_projections
+from ..projections.supervisor import ProjectionService, build_sink
 from ..vectors.codec import encode_vector
 from .corpus import Author, Document, sample_corpus
 from .embedder import HashingEmbedder

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..config import DataLayerConfig, redact_url
 from ..migrate import ensure_database
-from ..testing import EmulatedElasticsearch, port_open
+from ..testing.services import EmulatedElasticsearch, port_open
 from .namespace import DEMO_ENV
 
 __all__ = ["DemoStack", "ServiceChoice"]

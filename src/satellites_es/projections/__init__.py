@@ -2,8 +2,9 @@
 
 ``model`` (what a projection is), ``sinks`` (the protocol) with ``redis_sink``, ``es_sink`` and
 ``faiss_sink``, ``fields`` (a FAISS handler written as fields, replayed as columns),
-``checkpoints`` (Postgres bookkeeping), ``projector`` (apply the log in order, follow it live)
-and ``rebuild`` (blue/green rebuild by replay, rollback).
+``checkpoints`` (Postgres bookkeeping), ``projector`` (apply the log in order, follow it live),
+``rebuild`` (blue/green rebuild by replay, rollback), ``discovery`` (which projections a
+command runs) and ``supervisor`` (a process's followers, restarted when they fail).
 """
 
 from __future__ import annotations

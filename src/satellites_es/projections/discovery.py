@@ -4,7 +4,7 @@ In order, the first that gives any:
 
 1. ``SATELLITES_PROJECTIONS_MODULE`` (``DataLayerConfig.projections_module``): a module with a
    ``PROJECTIONS`` mapping of name to :class:`~satellites_es.projections.Projection`. It is
-   imported as is, then from the working directory (a checkout's ``projections/`` package).
+   imported as is, then from the working directory (a package in the current directory).
 2. The ``satellites_es.projections`` entry-point group of every installed distribution: each
    entry point names a ``PROJECTIONS`` mapping, a module holding one, or a single
    ``Projection``. In a user's ``pyproject.toml``::
@@ -34,7 +34,14 @@ from ..errors import ConfigurationError
 from ..upcasting import Upcasters
 from .model import Projection
 
-__all__ = ["ENTRY_POINT_GROUP", "discover", "from_entry_points", "from_module", "upcasters_of"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "discover",
+    "from_entry_points",
+    "from_module",
+    "load_projections",
+    "upcasters_of",
+]
 
 ENTRY_POINT_GROUP = "satellites_es.projections"
 _VAR = "SATELLITES_PROJECTIONS_MODULE"
@@ -50,6 +57,12 @@ def discover(module: str | None) -> dict[str, Projection]:
     from ..demo.projections import PROJECTIONS
 
     return dict(PROJECTIONS)
+
+
+def load_projections(module: str | None = None) -> dict[str, Projection]:
+    """The projections the commands run: ``module``'s ``PROJECTIONS`` if named, else those of
+    the installed ``satellites_es.projections`` entry points, else the demo's."""
+    return discover(module)
 
 
 def upcasters_of(module: str | None) -> Upcasters | None:

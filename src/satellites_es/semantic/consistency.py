@@ -8,7 +8,7 @@ returns once every named projection has applied ``position`` *as this process re
   this process's own index: a process that is behind would read a row another process moved
   on. A process knows its own index's position from the projector that feeds it, the
   :class:`~satellites_es.projections.Projector` of a
-  :class:`~satellites_es.projections.service.ProjectionService` running here, whose
+  :class:`~satellites_es.projections.supervisor.ProjectionService` running here, whose
   ``position`` is contiguous (events of other types included, unlike the namespace's last
   applied position). So the wait is on that projector; a FAISS projection that no service of
   this process runs cannot become visible here and raises :class:`ProjectorDownError` at once.
@@ -35,7 +35,7 @@ from ..projections.sinks import translated
 
 if TYPE_CHECKING:
     from ..facade import DataLayer
-    from ..projections.service import ProjectionService
+    from ..projections.supervisor import ProjectionService
 
 __all__ = ["wait_for"]
 

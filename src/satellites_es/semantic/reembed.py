@@ -32,7 +32,7 @@ from ..errors import ConfigurationError, ProjectorDownError
 from ..projections import Progress as ReplayProgress
 from ..projections import Projection, RebuildResult, rebuild, rollback
 from ..projections.rebuild import target_version
-from ..projections.service import build_sink
+from ..projections.supervisor import build_sink
 from .embedders import Embedder
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ProjectorDownError
 from ..projections import Checkpoints, Projection
-from ..projections.service import ProjectionService, build_sink
 from ..projections.sinks import translated
+from ..projections.supervisor import ProjectionService, build_sink
 from .changeset import ChangeSet
 from .embedders import Embedder, embed_checked
 from .hybrid import (

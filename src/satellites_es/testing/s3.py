@@ -18,7 +18,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
-from .testing import ServiceNotFound, free_port, port_open
+from .services import ServiceNotFound, free_port, port_open
 
 __all__ = ["S3Server"]
 

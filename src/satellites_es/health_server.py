@@ -18,7 +18,7 @@ from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .facade import DataLayer
-    from .projections.service import ProjectionService
+    from .projections.supervisor import ProjectionService
 
 __all__ = ["HealthServer"]
 

@@ -1,4 +1,5 @@
-"""Running projections inside a process: sinks built from a DataLayer, one watched task each.
+"""The supervisor of the projections a process runs: sinks built from a DataLayer, one watched
+task each.
 
 ``ProjectionService(data, projections)`` follows the active version of every projection
 (:func:`~.projector.follow_active`) in a named, supervised task: a follower rides out backend
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .replica import Replica
     from .snapshotter import Snapshotter
 
-__all__ = ["ProjectionService", "build_sink", "load_projections"]
+__all__ = ["ProjectionService", "build_sink"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +57,6 @@ def _native_sink(projection: Projection, data: DataLayer, replica: Replica | Non
     from .faiss_sink import FaissSink
 
     return FaissSink(data.vectors, replica)
-
-
-def load_projections(module: str | None = None) -> dict[str, Projection]:
-    """The projections: ``module``'s ``PROJECTIONS`` if named, else those of the installed
-    ``satellites_es.projections`` entry points, else the demo's (see :mod:`.discovery`)."""
-    from .discovery import discover
-
-    return discover(module)
 
 
 #: A follower that ran this long before failing starts its backoff again from the shortest.

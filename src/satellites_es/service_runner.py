@@ -29,11 +29,11 @@ from .config import DataLayerConfig
 from .errors import BackgroundTaskError, ProjectionError
 from .facade import DataLayer
 from .projections import Projection
-from .projections.discovery import upcasters_of
-from .projections.service import ProjectionService, load_projections
+from .projections.discovery import load_projections, upcasters_of
+from .projections.supervisor import ProjectionService
 
 if TYPE_CHECKING:
-    from .http import HealthServer
+    from .health_server import HealthServer
 
 __all__ = ["ServiceOptions", "run_service", "select_projections"]
 
@@ -107,7 +107,7 @@ async def _start_http(
 ) -> HealthServer | None:
     if options.http_port is None:
         return None
-    from .http import HealthServer
+    from .health_server import HealthServer
 
     server = HealthServer(data, service, host=options.http_host, port=options.http_port)
     await server.start()

@@ -1,4 +1,4 @@
-"""Durable publishing: the seed's ``data.events.publish(...)`` goes through the log.
+"""Publishing through the outbox: ``data.events.publish(...)`` appends to the log.
 
 When the event log is enabled, :class:`DurableEventBus` is the ``EventBus`` the façade hands out.
 ``publish`` appends the event to the Postgres log (the outbox) and returns once it is committed;
@@ -6,7 +6,7 @@ delivery to subscribers is the relay's job (log -> bus, at least once, in positi
 event published just before a crash is delivered after the restart instead of lost.
 ``publish_in`` appends inside the producer's own transaction, so a state change and its event
 commit or roll back together. Subscriptions go to the underlying bus; one with a ``start``
-(``"earliest"`` or a log position) first receives the log's past (:mod:`.bus.catchup`).
+(``"earliest"`` or a log position) first receives the log's past (:mod:`.catchup`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from .bus.catchup import CatchUp, Start, start_position
-from .events import DataEvent, EventBus, EventHandler
-from .store import AppendResult, EventStore
-from .tracing import span
+from ..events import DataEvent, EventBus, EventHandler
+from ..store import AppendResult, EventStore
+from ..tracing import span
+from .catchup import CatchUp, Start, start_position
 
 __all__ = ["DurableEventBus"]
 
@@ -30,9 +30,13 @@ logger = logging.getLogger(__name__)
 class DurableEventBus:
     ALL = "*"
 
-    def __init__(self, store: EventStore, bus: EventBus) -> None:
+    def __init__(self, store: EventStore, bus: EventBus, *, max_retries: int = 5) -> None:
+        """``max_retries``: how often a catch-up retries a handler that raises before the event
+        is dead-lettered; the façade passes the bus's own setting, so that the log's past and
+        the live events treat a failing handler alike."""
         self.store = store
         self.bus = bus
+        self.max_retries = max_retries
         self._catchups: dict[tuple[str, EventHandler], list[CatchUp]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -64,9 +68,8 @@ class DurableEventBus:
         after = start_position(start)
         if after is None:
             return None
-        retries = getattr(getattr(self.bus, "config", None), "max_retries", 5)
         catchup = CatchUp(
-            handler, store=self.store, bus=self.bus, after=after, max_retries=retries,
+            handler, store=self.store, bus=self.bus, after=after, max_retries=self.max_retries,
             event_type=None if event_type == self.ALL else event_type,
         )  # fmt: skip
         self._catchups.setdefault((event_type, handler), []).append(catchup)
