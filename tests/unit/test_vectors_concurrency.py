@@ -160,14 +160,14 @@ def _assert_bounded(index: VectorIndex, namespace: Any) -> None:
     assert len(namespace._filters) <= 100 + 1
 
 
-async def test_concurrent_hnsw_queries_split_into_two_parts_per_search_thread(
+async def test_concurrent_hnsw_queries_split_into_one_part_per_search_thread(
     index: VectorIndex,
 ) -> None:
-    """On an approximate index a burst is cut into two parts per search thread (two search side
-    by side, one more waits behind each); a lone query before it is answered inline.
-    ``ef_search`` is raised so that a part of 15 or 16 is too big for the event loop
-    (``INLINE_MAX_WORK``; a part of 7 is not, and searches there: the burst's last parts may)."""
-    await index.create_namespace("ns", index_kind="hnsw", ef_search=512)
+    """On an approximate index a burst is cut into one part per search thread (the parts search
+    side by side); a lone query before it is answered inline. ``ef_search`` is raised so that a
+    part of 31 or 32 is too big for the event loop (``INLINE_MAX_WORK``; a part of 15 is not, and
+    searches there)."""
+    await index.create_namespace("ns", index_kind="hnsw", ef_search=256)
     await index.upsert_many("ns", _generation_zero())
     queries = np.stack([_vector(i, 0) for i in range(64)]) + 0.05
     expected = await index.query_many("ns", queries, 10)
@@ -192,10 +192,9 @@ async def test_concurrent_hnsw_queries_split_into_two_parts_per_search_thread(
     results = await asyncio.gather(*(twice(i) for i in range(64)))
     after = index.stats()["namespaces"]["ns"]
     # the first caller of the turn is answered inline (twice: it never yields), the other 63 in
-    # four parts of 16, 16, 16 and 15; those query again at once and all queue, none inline
-    # (that held the event loop for a search while the others waited): 63 more in parts,
-    # however they fall
-    assert sorted(sizes[:4]) == [15, 16, 16, 16] and sum(sizes) == 126, sizes
+    # two parts of 32 and 31; those query again at once and all queue, none inline (that held
+    # the event loop for a search while the others waited): 63 more in parts, however they fall
+    assert sorted(sizes[:2]) == [31, 32] and sum(sizes) == 126, sizes
     assert after["faiss_searches"] - before["faiss_searches"] == len(sizes) + 2
     assert after["coalesced_queries"] - before["coalesced_queries"] == 128
     for i, (got, want) in enumerate(zip(results, expected, strict=True)):

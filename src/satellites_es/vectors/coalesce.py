@@ -19,10 +19,9 @@ runs the searches.
   every query issued in the same loop turn joins the first batch. No timer.
 * Batches are cut per ``parts()``: a flat index batches best whole (one scan shared by every
   query), so one batch of up to ``max_batch`` searches at a time; an approximate index (HNSW, IVF)
-  costs about the same per query in any batch, so the queue is split into as many parts as
-  ``parts()`` allows in flight (two per search thread: one searching, one queued behind it),
-  and while parts search the answered callers of another re-queue: the searches and the event
-  loop's own work overlap instead of taking turns.
+  costs about the same per query in any batch, so the queue is split into one part per free
+  search thread, and while one part searches the answered callers of another re-queue: the
+  searches and the event loop's own work overlap instead of taking turns.
 * Within a part, queries sharing a filter share one search with the largest ``top_k``; each caller
   gets its own row trimmed to its ``top_k`` (rows are sorted best first, so trimming is exact).
 * A caller that was cancelled is skipped; an error in a search goes to the callers of that group

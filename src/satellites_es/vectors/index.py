@@ -11,7 +11,7 @@ half-applied batch, nor a search reading an index being written.
 
 Queries. Single ``query`` calls go through a per-namespace :class:`~.coalesce.QueryCoalescer`:
 a lone cheap one is answered on the spot, concurrent ones become batched searches (on an
-approximate index, two parts per search thread); ``query_many`` searches its batch directly.
+approximate index, one part per search thread); ``query_many`` searches its batch directly.
 
 Positions ("exactly-once effect by position", for event projections). A write given a
 ``position`` applies only if it is above the last position applied to that id; deletes keep
@@ -69,13 +69,9 @@ from .validation import (
     check_vectors,
 )
 
-__all__ = ["PARTS_PER_THREAD", "VectorIndex"]
+__all__ = ["VectorIndex"]
 
 T = TypeVar("T")
-#: Coalesced parts in flight per search thread on an approximate index: one searching, one
-#: queued behind it. With one per thread, parts of equal size ended together and every thread
-#: then waited while the event loop answered all the callers and handed out the next parts.
-PARTS_PER_THREAD = 2
 _FIELD = (operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2))
 Item = tuple[str, Sequence[float] | npt.NDArray[Any], Mapping[str, Any] | None]
 Filter = Mapping[str, Any] | None
@@ -515,15 +511,11 @@ class VectorIndex:
         return slot
 
     def _parts(self, slot: _Slot) -> int:
-        """Parts a coalesced burst is cut into (and kept in flight): on an approximate index
-        (its cost per query hardly falls with the batch size) :data:`PARTS_PER_THREAD` per search
-        thread, so a thread that finishes one takes the next from its queue at once instead of
-        waiting while the event loop answers the callers and cuts a new part; else one (a flat
-        scan is shared by the whole batch)."""
+        """Parts a coalesced batch is cut into: one per search thread on an approximate index
+        (its cost per query hardly falls with the batch size), else one (a flat scan is shared
+        by the whole batch)."""
         searcher = self._searcher
-        if searcher is None or not slot.ns.approximate:
-            return 1
-        return searcher.count * PARTS_PER_THREAD
+        return searcher.count if searcher is not None and slot.ns.approximate else 1
 
     def _spec(
         self,

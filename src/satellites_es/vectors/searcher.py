@@ -3,9 +3,8 @@
 Why not the write pool. A search handed to a ``ThreadPoolExecutor`` pays for a
 ``concurrent.futures.Future``, its wrapping into an asyncio future and their callbacks; here a job
 is one ``SimpleQueue.put`` (C) and the answer one ``call_soon_threadsafe``. The coalescer cuts a
-burst on an approximate index into two parts per thread, so the parts search side by side, and a
-thread that finishes one finds the next already queued while the event loop answers the callers
-of the part that finished.
+burst on an approximate index into one part per thread, so the parts search side by side while
+the event loop answers the callers of the part that finished.
 
 OpenMP. Each thread searches with FAISS's default team (every core); only a query answered on
 the event loop runs at a width of one (``Namespace.search_inline``). A team of one per part was
