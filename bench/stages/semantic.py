@@ -282,7 +282,8 @@ def _embedding_figures(runs: dict[str, list[float]], model: str) -> dict[str, di
                    note=f"{len(ratios)} rounds, ratios {min(ratios):.2f}-{max(ratios):.2f}")  # fmt: skip
         f["ratio"] = median(ratios)
         out[name] = f
-        print(f"# semantic: {name} per round (layer/raw): "
+        how = "layer/raw docs/s" if name == "embed_throughput" else "raw/layer CPU per doc"
+        print(f"# semantic: {name} per round ({how}): "
               + " ".join(f"{x:.2f}" for x in ratios), flush=True)  # fmt: skip
     return out
 
