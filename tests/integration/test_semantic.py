@@ -26,7 +26,7 @@ from satellites_es.errors import (
 )
 from satellites_es.facade import DataLayer
 from satellites_es.semantic import HashingEmbedder, SearchHit, SemanticStore
-from satellites_es.semantic.hybrid import RRF_K
+from satellites_es.semantic.hybrid import LEXICAL_WEIGHT, RRF_K
 from tests.integration.semantic_support import MODEL_A, env_without_bus, make_schema
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,7 +224,7 @@ def _leg_weights(hits: list[SearchHit]) -> tuple[float, float]:
     return (a[2] * b[1] - a[1] * b[2]) / det, (a[0] * b[2] - a[2] * b[0]) / det
 
 
-async def test_hybrid_weighs_the_legs_by_their_commitment_unless_the_model_is_lexical(
+async def test_hybrid_weighs_the_legs_by_their_commitment_and_a_lexical_leg_by_0(
     docs: SemanticStore,
 ) -> None:
     changes = docs.changeset()
@@ -233,9 +233,16 @@ async def test_hybrid_weighs_the_legs_by_their_commitment_unless_the_model_is_le
                                               + " and more words" * (i % 5)))  # fmt: skip
     committed = await changes.commit()
     query = "bm25 ranking"
-    # the hashing embedder is lexical: plain RRF, equal weights
-    plain = await docs.search(query, k=10, consistent_at=committed.position)
+    # the hashing embedder is lexical: its leg's weight is scaled by LEXICAL_WEIGHT (0)
+    lexical = await docs.search(query, k=10, consistent_at=committed.position)
+    assert _leg_weights(lexical) == pytest.approx((1.0, LEXICAL_WEIGHT), abs=1e-9)
+    text_only = await docs.search(query, k=10, mode="text")
+    assert [h.text_rank for h in lexical] == sorted(h.text_rank for h in text_only)
+    # asked for, plain RRF (confidence 0, the static weights)
+    plain = await docs.search(query, k=10, confidence=0.0)
     assert _leg_weights(plain) == pytest.approx((1.0, 1.0))
+    # only a hybrid search scales it: one leg alone keeps its scores
+    assert all(h.score > 0 for h in await docs.search(query, k=10, mode="vector"))
     # asked for, the legs' commitments tilt the weights, which keep their sum
     tilted = _leg_weights(await docs.search(query, k=10, confidence=6.0))
     assert sum(tilted) == pytest.approx(2.0) and abs(tilted[0] - tilted[1]) > 0.01

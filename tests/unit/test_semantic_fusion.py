@@ -7,6 +7,7 @@ import pytest
 
 from satellites_es.errors import ConfigurationError
 from satellites_es.semantic.hybrid import (
+    LEXICAL_WEIGHT,
     RRF_K,
     TextHit,
     check_confidence,
@@ -51,6 +52,16 @@ def test_tied_scores_share_a_rank_so_the_other_leg_decides_between_them() -> Non
     hits = fuse([t("a", 5.0), t("b", 5.0), t("c", 1.0)], [v("b", 0.9)], k=3)
     assert [h.id for h in hits] == ["b", "a", "c"]
     assert [h.text_rank for h in hits] == [1, 1, 3]
+
+
+def test_a_zero_weight_vector_leg_keeps_the_text_order_orders_its_ties_and_fills_in() -> None:
+    # what a hybrid search does with a lexical embedder (LEXICAL_WEIGHT)
+    text = [t("a", 9.0), t("b", 5.0), t("c", 5.0), t("d", 1.0)]
+    vector = [v("c", 0.9), v("e", 0.8), v("d", 0.7), v("a", 0.1)]
+    hits = fuse(text, vector, k=6, weights=(1.0, LEXICAL_WEIGHT))
+    # c is tied with b in BM25 and the vector leg ranks it first; d stays below them; e follows
+    assert [h.id for h in hits] == ["a", "c", "b", "d", "e"]
+    assert hits[-1].score == 0.0 and hits[-1].vector_rank == 2
 
 
 def test_k_limits_the_fused_list() -> None:

@@ -47,6 +47,13 @@ def test_it_declares_one_projection_per_sink_and_routes_by_event_type() -> None:
     assert s.vectors.options["dimension"] == 16 and s.vectors.sink_adapter is not None
 
 
+def test_the_text_fields_take_the_analyzer_asked_for() -> None:
+    mappings = schema(text_analyzer="english").text.options["mappings"]["properties"]
+    assert mappings == {"title": {"type": "text", "analyzer": "english"},
+                        "body": {"type": "text", "analyzer": "english"},
+                        "topic": {"type": "keyword"}}  # fmt: skip
+
+
 def test_the_handlers_give_each_sink_its_part_of_the_document() -> None:
     s = schema()
     put = event("semantic.docs.document.upserted", {"title": "T", "body": "B", "topic": "x",
@@ -71,6 +78,7 @@ def test_the_handlers_give_each_sink_its_part_of_the_document() -> None:
         ({"text_fields": "title"}, "tuple of field names"),
         ({"embedders": ()}, "at least one Embedder"),
         ({"embedders": (MODEL, HashingEmbedder(16))}, "names must differ"),
+        ({"text_analyzer": ""}, "text_analyzer"),
     ],
 )
 def test_a_wrong_schema_is_a_configuration_error(

@@ -45,9 +45,10 @@ async def semantic_demo(
     out: Console, data: DataLayer, authors: Sequence[Author], docs: Sequence[Document]
 ) -> None:
     first, second = _models()
+    # the corpus is English: stemmed text fields find "queues" in a document about a queue
     schema = SemanticSchema("library", text_fields=("title", "body"),
                             metadata_fields=("topic", "author_id"), cached_fields=("title",),
-                            embedders=(first, second))  # fmt: skip
+                            embedders=(first, second), text_analyzer="english")  # fmt: skip
     store = SemanticStore(data, schema)
     out.print(f"[bold]Semantic layer[/]: collection {schema.collection!r}, embedded by "
               f"{first.name}" + ("" if isinstance(first, WordLlamaEmbedder)

@@ -21,10 +21,19 @@ hits stand out from the rest is committed to them; one whose scores are flat (BM
 common word of the query in every hit) is not. The two weights are rescaled to the static
 weights' sum, so fused scores stay on the same scale. ``confidence=0`` is plain weighted RRF.
 The exponent was chosen on tuning sets made like the evaluation sets but with other seeds,
-never on the evaluation sets (BENCHMARKS.md, "Semantic layer"). Comparing the two legs' NQC
-assumes their evidence is independent: an embedder that declares itself ``lexical`` (feature
-hashing) misses the same words BM25 misses, so its store fuses with plain RRF (see
-:class:`~.store.SemanticStore`).
+never on the evaluation sets (BENCHMARKS.md, "Semantic layer").
+
+**A lexical embedder's leg.** Comparing the two legs' NQC assumes their evidence is
+independent: an embedder that declares itself ``lexical`` (feature hashing) is made of the same
+words BM25 matches, so it misses the same spellings and its commitment does not show it. It is
+a noisier copy of the text leg's evidence, and any weight on it moves documents BM25 ranked
+well below ones it ranked worse. So by default its leg's weight is scaled by
+:data:`LEXICAL_WEIGHT` (0): the fused order is the text leg's, hits BM25 scored equally (which
+share a rank) go in the order of the better of their two ranks, and the vector leg's hits
+follow the text leg's when it found fewer than ``k``. That factor was chosen on the tuning
+sets like the exponent (the largest worst-case ratio to the better leg, with both the
+``standard`` and the ``english`` text analyzers); passing ``confidence`` explicitly fuses a
+lexical leg like any other (see :class:`~.store.SemanticStore`).
 
 A hit carries its fused score, its rank in each leg (None where that leg did not return it), its
 metadata, and a snippet: the highlighted fragment of the text leg, else the stored snippet.
@@ -42,13 +51,24 @@ from ..errors import ConfigurationError
 from ..vectors import VectorMatch
 from .schema import SNIPPET
 
-__all__ = ["CONFIDENCE", "Mode", "SearchHit", "TextHit", "commitment", "fuse", "text_query"]
+__all__ = [
+    "CONFIDENCE",
+    "LEXICAL_WEIGHT",
+    "Mode",
+    "SearchHit",
+    "TextHit",
+    "commitment",
+    "fuse",
+    "text_query",
+]
 
 Mode = Literal["hybrid", "vector", "text"]
 #: The constant of reciprocal rank fusion (60 in the paper and in Elasticsearch's RRF).
 RRF_K = 60
 #: The default exponent of each leg's confidence (see the module docstring).
 CONFIDENCE = 6.0
+#: The default factor of a lexical embedder's leg weight in a hybrid search (module docstring).
+LEXICAL_WEIGHT = 0.0
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ class SemanticSchema:
     cached_fields: tuple[str, ...] = ()
     #: FAISS index kind of the vector namespace ("flat", "hnsw", "ivf").
     index_kind: str = "flat"
+    #: Elasticsearch analyzer of the text fields (None: the index default, ``standard``), e.g.
+    #: ``"english"`` to stem (``queues`` matches ``queue``). Fixed when an index version is
+    #: created: after a change, a rebuild of the text projection builds a version with it.
+    text_analyzer: str | None = None
     projections: Mapping[str, Projection] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,10 @@ class SemanticSchema:
             object.__setattr__(self, name, tuple(value))
         if not self.text_fields:
             raise ConfigurationError(f"{where}.text_fields", "needs at least one field")
+        if self.text_analyzer is not None and not (
+            isinstance(self.text_analyzer, str) and self.text_analyzer
+        ):
+            raise ConfigurationError(f"{where}.text_analyzer", "an analyzer name, or None")
         if not self.embed_fields:
             object.__setattr__(self, "embed_fields", self.text_fields)
         if not self.embedders or not all(isinstance(e, Embedder) for e in self.embedders):
@@ -140,9 +148,12 @@ class SemanticSchema:
     def _declare(self) -> dict[str, Projection]:
         c = self.collection
         keyword = {"type": "keyword"}
+        text: dict[str, Any] = {"type": "text"}
+        if self.text_analyzer is not None:
+            text["analyzer"] = self.text_analyzer
         mappings = {
             "properties": {
-                **{f: {"type": "text"} for f in self.text_fields},
+                **{f: text for f in self.text_fields},
                 **{f: keyword for f in self.metadata_fields if f not in self.text_fields},
             }
         }

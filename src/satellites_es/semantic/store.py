@@ -38,6 +38,7 @@ from .changeset import ChangeSet
 from .embedders import Embedder, embed_checked
 from .hybrid import (
     CONFIDENCE,
+    LEXICAL_WEIGHT,
     Mode,
     SearchHit,
     check_confidence,
@@ -73,7 +74,9 @@ class SemanticStore:
     ) -> None:
         """``weights``: the static (text, vector) weights of the fusion; ``confidence``: the
         exponent of each leg's per-query commitment (:mod:`.hybrid`), None for
-        :data:`~.hybrid.CONFIDENCE`, or 0 with an embedder that declares ``lexical = True``."""
+        :data:`~.hybrid.CONFIDENCE`, or, with an embedder that declares ``lexical = True``,
+        plain RRF with the vector weight scaled by :data:`~.hybrid.LEXICAL_WEIGHT` (0: the
+        text leg's order, the vector leg ordering its ties and filling in)."""
         self.data = data
         self.schema = schema
         self.weights = check_weights(weights)
@@ -174,8 +177,14 @@ class SemanticStore:
         )
         if confidence is None:
             confidence = self.confidence
+        if confidence is None and getattr(embedder, "lexical", False):
+            # the leg repeats the text leg's evidence (see .hybrid): it orders ties and fills in
+            confidence = 0.0
+            scaled = (weights[0], weights[1] * LEXICAL_WEIGHT)
+            if mode == "hybrid" and scaled[0] > 0:
+                weights = scaled
         if confidence is None:
-            confidence = 0.0 if getattr(embedder, "lexical", False) else CONFIDENCE
+            confidence = CONFIDENCE
         return fuse(text, vector, k, weights, confidence=confidence)
 
     async def _text_leg(self, query: str, n: int, flt: dict[str, Any]) -> list[Any]:
