@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 #: Functions a producer may call (by name: each name is one function in the schema): the
 #: append functions, and the sequencer's answer to an autocommitted append that found it busy.
-PRODUCER_FUNCTIONS: tuple[str, ...] = ("append_events_v4", "append_event_v5",
+PRODUCER_FUNCTIONS: tuple[str, ...] = ("append_events_v4", "append_event_v4",
                                        "sequenced_positions_v1")  # fmt: skip
 #: Tables a producer reads: only Alembic's revision, so its start can see the schema is current.
 PRODUCER_READS: tuple[str, ...] = ("alembic_version",)

@@ -2,8 +2,7 @@
 
 Append is one round trip: ``append_events_v4`` (a plpgsql function created by migration 0006
 from 0005's ``create_append_events_v3`` block in ``sql/queries.sql``, taking its transaction id
-first; ``append_event_v5``, migration 0007's, is its scalar twin for a single event, the
-latency-sensitive case, whose fast path runs the sequencer only when something waits for it)
+first; ``append_event_v4`` is its scalar twin for a single event, the latency-sensitive case)
 drops ids already stored, gives each new event the next version of its
 ``(resource, key)`` stream and inserts (NOTIFY: see below). A batch travels as column arrays
 (``unnest`` on the server), not as one JSON document, with each event's stream and rank within
@@ -14,7 +13,7 @@ write; without it the call is one autocommitted statement. One event inside the 
 transaction, the commonest append of all, skips the function: it is one ``INSERT`` of the
 producer's own (``append_pending`` in ``sql/queries.sql``, migration 0007), whose row the column
 default leaves pending; only when that inserts nothing (an id already stored, a version taken
-meanwhile, ``expected_version`` not met) is ``append_event_v5`` called to say which. Under
+meanwhile, ``expected_version`` not met) is ``append_event_v4`` called to say which. Under
 concurrent producers the function call cost about as much as the insert it wrapped
 (BENCHMARKS.md, issue 13).
 
@@ -248,7 +247,7 @@ class EventStore:
         """One event inside the caller's transaction as its own ``INSERT`` (migration 0007's
         ``append_pending``): the result row, or None when nothing was inserted (an id already
         stored, a version taken meanwhile, ``expected_version`` not met), which
-        ``append_event_v5`` then tells apart."""
+        ``append_event_v4`` then tells apart."""
         e = _checked(event)
         payload = _payload_json(e, self._config.max_payload_bytes)
         with _translated("append", e, expected_version):

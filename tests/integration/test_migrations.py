@@ -83,7 +83,7 @@ async def test_upgrade_head_is_exactly_the_metadata(pg_config: PostgresConfig) -
     assert await diff(pg_config) == []
     tables, functions, versions = await catalog(pg_config)
     assert tables == {*metadata.tables, "alembic_version"}
-    assert functions == {"append_events_v4", "append_event_v5", "sequence_events_v1",
+    assert functions == {"append_events_v4", "append_event_v4", "sequence_events_v1",
                          "sequence_pending_v1", "sequenced_positions_v1"}  # fmt: skip
     assert versions == ["0007"]
 

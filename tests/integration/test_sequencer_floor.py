@@ -171,9 +171,8 @@ def test_the_v4_append_functions_take_the_transaction_id_before_anything_else() 
 async def test_an_autocommitted_append_numbers_waiting_events_first(
     store: EventStore, pool: Pool, make_event: EventFactory
 ) -> None:
-    """append_event_v5 (migration 0007): the fast path, which runs the sequencer only when a
-    committed pending event waits, numbers such events before its own (a stream's version
-    order stays its position order), and with none waiting takes head + 1."""
+    """The fast path of an autocommitted append numbers the committed pending events before its
+    own event (a stream's version order stays its position order), then takes head + 1."""
     async with pool.acquire() as conn, conn.transaction():
         waiting = (await store.append(make_event("s"), conn=conn)).events[0]
     assert waiting.position is None  # committed, pending: nobody has sequenced since
@@ -185,19 +184,3 @@ async def test_an_autocommitted_append_numbers_waiting_events_first(
     alone = (await store.append(make_event("t"))).events[0]  # nothing waits now
     assert alone.position == 3
     assert [e.position async for page in store.read() for e in page] == [1, 2, 3]
-
-
-def test_v5_is_v4_with_the_numbering_only_when_pending() -> None:
-    """append_event_v5 is made from the frozen v3 block: v4's text (the transaction id first)
-    with the fast path's sequencer call replaced by the check; nothing else differs."""
-    from satellites_es.sql import load, numbering_only_when_pending, transaction_id_first
-
-    v4 = transaction_id_first(load("create_append_event_v3"), "append_event_v3", "append_event_v5")
-    v5 = numbering_only_when_pending(v4)
-    check = load("append_event_v5_numbering")
-    assert v5.count("sequence_pending_v1(NULL)") == 1
-    assert " ".join(v5.split()) == " ".join(
-        v4.replace("new_position := sequence_pending_v1(NULL) + 1;", check).split()
-    )
-    with pytest.raises(ValueError):
-        numbering_only_when_pending(load("create_append_events_v3"))  # no such fast path

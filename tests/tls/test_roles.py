@@ -131,7 +131,7 @@ async def test_owner_migrates_producer_appends_reader_relays_and_projects(
         async with reader.postgres.acquire() as conn:
             for sql in ("UPDATE {s}.events SET type = 'x'", "DELETE FROM {s}.events",
                         "TRUNCATE {s}.events",
-                        "SELECT * FROM {s}.append_event_v5('i', 'r', 'k', 't', 's', '{{}}',"
+                        "SELECT * FROM {s}.append_event_v4('i', 'r', 'k', 't', 's', '{{}}',"
                         " now(), '{{}}', NULL, 'c', true)"):  # fmt: skip
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await conn.execute(sql.format(s=f'"{schema}"'))

@@ -14,15 +14,7 @@ import functools
 import re
 from importlib import resources
 
-__all__ = [
-    "SCHEMA_NAME",
-    "load",
-    "numbering_only_when_pending",
-    "queries",
-    "quote_schema",
-    "render",
-    "transaction_id_first",
-]
+__all__ = ["SCHEMA_NAME", "load", "queries", "quote_schema", "render", "transaction_id_first"]
 
 #: The schema names we accept (the same rule as ``PostgresConfig.schema``).
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -79,20 +71,3 @@ def transaction_id_first(create_block: str, old: str, new: str) -> str:
     return (renamed[:body_start]
             + "    PERFORM pg_current_xact_id();  -- before any pending number (migration 0006)\n"
             + renamed[body_start:])  # fmt: skip
-
-
-#: The fast path's numbering in the single-event append function (v3, and v4 made from it).
-_FAST_PATH_NUMBERING = "new_position := sequence_pending_v1(NULL) + 1;"
-
-
-def numbering_only_when_pending(create_block: str) -> str:
-    """A single-event append function's ``CREATE FUNCTION`` block (``append_event_v4`` as
-    :func:`transaction_id_first` makes it) with its fast path calling the sequencer only when a
-    committed pending event waits (``append_event_v5_numbering`` says why): migration 0007 makes
-    ``append_event_v5`` so, keeping one text of the function."""
-    if create_block.count(_FAST_PATH_NUMBERING) != 1:
-        raise ValueError("not a single-event append function with a fast path")
-    at = create_block.index(_FAST_PATH_NUMBERING)
-    indent = create_block[create_block.rindex("\n", 0, at) + 1 : at]
-    snippet = load("append_event_v5_numbering").replace("\n", "\n" + indent)
-    return create_block.replace(_FAST_PATH_NUMBERING, snippet, 1)

@@ -1070,36 +1070,6 @@ ALTER TABLE events ALTER COLUMN position SET DEFAULT
 -- name: drop_pending_position_default_v1
 ALTER TABLE events ALTER COLUMN position DROP DEFAULT;
 
--- name: append_event_v5_numbering
--- Migration 0007: append_event_v5's fast path (an autocommitted single event holding the sequencer
--- lock) numbers the pending events only when one is waiting. The fast path must number every
--- committed pending event before its own (after its version lookup: see append_events_v3), but
--- calling sequence_pending_v1 for that cost each autocommitted append more than its own insert
--- (the call's four settings switched and back, the head, state and snapshot reads, the UPDATE;
--- BENCHMARKS.md, issue 13), nearly always to find nothing. Now one backward probe of the pending
--- range above the floor (what the sequencer's own scan starts with) decides, and with nothing
--- there the position is head + 1. The floor then moves at the next sequencer run (readers, the
--- relay's leader), as it does for the pending appends it waits on.
-IF (SELECT x.position FROM events x
-    WHERE x.position < -coalesce((SELECT s.floor FROM sequencer_state s), 0)
-    ORDER BY x.position DESC LIMIT 1) IS NOT NULL
-THEN
-    new_position := sequence_pending_v1(NULL) + 1;
-ELSE
-    new_position := (SELECT coalesce(max(x.position), 0) FROM events x WHERE x.position > 0) + 1;
-END IF;
-
--- name: drop_append_event_v5
-DROP FUNCTION append_event_v5(
-    text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text, boolean
-);
-
--- name: revoke_function_append_event_v5
-REVOKE ALL ON FUNCTION
-    append_event_v5(text, text, text, text, text, jsonb, timestamptz, jsonb, integer, text,
-                    boolean)
-FROM PUBLIC;
-
 -- name: append
 SELECT out_position, out_id, out_version, out_duplicate
 FROM {schema}.append_events_v4(
@@ -1110,7 +1080,7 @@ FROM {schema}.append_events_v4(
 
 -- name: append_one
 SELECT out_position, out_id, out_version, out_duplicate
-FROM {schema}.append_event_v5(
+FROM {schema}.append_event_v4(
     $1, $2, $3, $4, $5, $6::jsonb, $7, $8::jsonb, $9::integer, $10, $11::boolean
 );
 
@@ -1118,7 +1088,7 @@ FROM {schema}.append_event_v5(
 -- One event inside the producer's transaction (migration 0007): pending (position from the
 -- column's default), version head + 1 of its stream, nothing inserted (no row returned) when
 -- the id is stored already, the version was taken by an append that committed meanwhile, or
--- the stream is not at expected_version ($9): the store then calls append_event_v5, which tells
+-- the stream is not at expected_version ($9): the store then calls append_event_v4, which tells
 -- these apart. A version taken by an append still in flight is waited for (ON CONFLICT).
 INSERT INTO {schema}.events AS e
     (id, resource, key, version, type, source, payload, "timestamp", metadata)
