@@ -303,3 +303,14 @@ class _InProcessPublisher:
         if before is not None:
             await asyncio.wait([before])  # in send order, whatever became of the one before
         await self._bus.publish(event)
+
+
+def built_event(**fields: Any) -> DataEvent:
+    """A :class:`DataEvent` of ``fields`` (every field, by name) without ``__post_init__``'s
+    checks: for events the library builds itself from values it has checked already (a stored
+    row, a change set's operations), where the checks cost a bulk path more than the rest of the
+    event (a change set of WordLlama documents: BENCHMARKS.md, issue 19). An append validates
+    every event again (``store._checked``), whoever built it."""
+    event = object.__new__(DataEvent)
+    vars(event).update(fields)
+    return event

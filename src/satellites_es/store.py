@@ -98,7 +98,7 @@ from asyncpg.pool import PoolConnectionProxy
 from .config import EventLogConfig
 from .envelope import EMPTY, ambient, from_stored, stamped, stored_json
 from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
-from .events import DataEvent
+from .events import DataEvent, built_event
 from .jsontext import loads, loads_many
 from .sql import queries
 from .tracing import span
@@ -730,11 +730,9 @@ def stored_event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
         return DataEvent(type=type_, resource=resource, key=key, payload=payload, source=source,
                          timestamp=timestamp, version=version, id=event_id, position=position,
                          metadata=metadata, schema_version=schema)  # fmt: skip
-    event = object.__new__(DataEvent)
-    vars(event).update(type=type_, resource=resource, key=key, payload=payload, source=source,
+    return built_event(type=type_, resource=resource, key=key, payload=payload, source=source,
                        timestamp=timestamp, version=version, id=event_id, position=position,
                        metadata=metadata, schema_version=schema)  # fmt: skip
-    return event
 
 
 def _payload_batch(

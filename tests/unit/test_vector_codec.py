@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from satellites_es.errors import InvalidVectorError
-from satellites_es.vectors.codec import decode_vector, encode_vector
+from satellites_es.vectors.codec import decode_vector, encode_matrix, encode_vector
 
 
 def test_round_trip_is_exact_float32() -> None:
@@ -24,3 +24,15 @@ def test_bad_encodings_are_refused(bad: str) -> None:
 def test_only_one_vector_is_encoded() -> None:
     with pytest.raises(InvalidVectorError):
         encode_vector(np.zeros((2, 3)))
+
+
+def test_a_matrix_encodes_row_by_row_as_encode_vector_does() -> None:
+    """``encode_matrix`` (a change set's batch of embeddings) writes each row exactly as
+    ``encode_vector`` would, whatever the input's dtype or layout, and refuses a non-matrix."""
+    rng = np.random.default_rng(3)
+    matrix = rng.standard_normal((7, 5))  # float64, converted once
+    for given in (matrix, matrix.astype(np.float32), np.asfortranarray(matrix)):
+        assert encode_matrix(given) == [encode_vector(row) for row in matrix]
+    assert encode_matrix(np.zeros((0, 5), dtype=np.float32)) == []
+    with pytest.raises(InvalidVectorError):
+        encode_matrix(matrix[0])

@@ -43,10 +43,11 @@ import numpy as np
 import numpy.typing as npt
 from asyncpg.pool import PoolConnectionProxy
 
+from ..envelope import EMPTY
 from ..errors import InvalidDocumentError, PersistenceError
-from ..events import DataEvent
+from ..events import DataEvent, built_event
 from ..store import AppendResult, EventStore
-from ..vectors.codec import encode_vector
+from ..vectors.codec import encode_matrix, encode_vector
 from .embedders import Embedder, Matrix, embed_checked
 from .schema import EMBEDDER_FIELD, EMBEDDING_FIELD
 
@@ -171,7 +172,7 @@ class ChangeSet:
             if n + 1 < len(chunks):
                 ahead = asyncio.ensure_future(self._embed(embedder, chunks[n + 1]))
             try:
-                vectors.update(zip(chunk, map(encode_vector, matrix), strict=True))
+                vectors.update(zip(chunk, encode_matrix(matrix), strict=True))
             except BaseException:
                 if ahead is not None:
                     ahead.cancel()
@@ -179,7 +180,11 @@ class ChangeSet:
         events = []
         # One moment for the whole change set, and its ids from one read of the OS's random
         # source: per event, uuid4() and datetime.now() cost as much as encoding its vector.
+        # Every field below was checked when its operation was added (_check) or is the
+        # schema's own, so the events are built without DataEvent's checks (the append runs
+        # them again).
         now, ids = datetime.now(UTC), _uuid4s(len(self._ops))
+        types: dict[tuple[str, str], str] = {}
         for i, op in enumerate(self._ops):
             payload: dict[str, Any] = dict(op.fields)
             if op.kind == "document" and op.action == "upserted":
@@ -190,9 +195,13 @@ class ChangeSet:
                     payload[EMBEDDING_FIELD] = vectors[i]
                     payload[EMBEDDER_FIELD] = embedder.name
             resource = schema.document_resource if op.kind == "document" else schema.entity_resource
-            events.append(DataEvent(type=schema.event_type(op.kind, op.action), resource=resource,
-                                    key=op.id, payload=payload, source=SOURCE, timestamp=now,
-                                    id=ids[i]))  # fmt: skip
+            kind = types.get((op.kind, op.action))
+            if kind is None:
+                kind = types[op.kind, op.action] = schema.event_type(op.kind, op.action)
+            events.append(built_event(type=kind, resource=resource,
+                                      key=op.id, payload=payload, source=SOURCE, timestamp=now,
+                                      version=None, id=ids[i], position=None, metadata=EMPTY,
+                                      schema_version=1))  # fmt: skip
         return events
 
     async def _embed(self, embedder: Embedder, chunk: list[int]) -> Matrix:
