@@ -200,8 +200,9 @@ class EventStore:
         """Store ``events`` in order; see the module docstring for the guarantees.
 
         ``conn``: the producer's connection, inside its transaction (the events are pending, with
-        no position, until it commits; see :meth:`sequenced`). ``expected_version``: the version the single stream must be at
-        before this append (0: it must not exist), else :class:`ConcurrencyError`.
+        no position, until it commits; see :meth:`sequenced`). ``expected_version``: the version
+        the single stream must be at before this append (0: it must not exist), else
+        :class:`ConcurrencyError`.
         """
         batch = [events] if isinstance(events, DataEvent) else list(events)
         if not batch:
@@ -654,10 +655,6 @@ def _metadata_json(event: DataEvent) -> str:
 
 def _first_of_each_id(batch: Sequence[DataEvent]) -> Sequence[DataEvent]:
     """The batch with an id repeated within it sent once (the repeats are duplicates)."""
-    if len(batch) == 1:  # the common case, a single event: nothing to compare
-        if not isinstance(batch[0], DataEvent):
-            raise InvalidEventError(f"expected a DataEvent, got {type(batch[0]).__name__}")
-        return batch
     for event in batch:
         if not isinstance(event, DataEvent):
             raise InvalidEventError(f"expected a DataEvent, got {type(event).__name__}")
@@ -682,10 +679,6 @@ def _check_expected(batch: Sequence[DataEvent], expected_version: int | None) ->
 def _result(batch: Sequence[DataEvent], rows: Sequence[Any]) -> AppendResult:
     # Columns by index (out_position, out_id, out_version, out_duplicate): a name lookup per
     # field costs more than the rest of this loop.
-    if len(batch) == 1:  # one event, one row: no lookup table
-        [(position, _, version, duplicate)] = rows
-        one = _stored(batch[0], position if position and position > 0 else None, version)
-        return AppendResult(events=(one,), duplicates=(one.id,) if duplicate else ())
     stored = {row[1]: row for row in rows}
     events: list[DataEvent] = []
     duplicates: list[str] = []

@@ -184,7 +184,6 @@ class ChangeSet:
         # schema's own, so the events are built without DataEvent's checks (the append runs
         # them again).
         now, ids = datetime.now(UTC), _uuid4s(len(self._ops))
-        types: dict[tuple[str, str], str] = {}
         for i, op in enumerate(self._ops):
             payload: dict[str, Any] = dict(op.fields)
             if op.kind == "document" and op.action == "upserted":
@@ -195,10 +194,7 @@ class ChangeSet:
                     payload[EMBEDDING_FIELD] = vectors[i]
                     payload[EMBEDDER_FIELD] = embedder.name
             resource = schema.document_resource if op.kind == "document" else schema.entity_resource
-            kind = types.get((op.kind, op.action))
-            if kind is None:
-                kind = types[op.kind, op.action] = schema.event_type(op.kind, op.action)
-            events.append(built_event(type=kind, resource=resource,
+            events.append(built_event(type=schema.event_type(op.kind, op.action), resource=resource,
                                       key=op.id, payload=payload, source=SOURCE, timestamp=now,
                                       version=None, id=ids[i], position=None, metadata=EMPTY,
                                       schema_version=1))  # fmt: skip

@@ -162,8 +162,7 @@ class SemanticStore:
         if depth is not None and depth < 1:
             raise ConfigurationError("search(depth=...)", "must be >= 1")
         weights = self.weights if weights is None else check_weights(weights)
-        if confidence is not None:
-            confidence = check_confidence(confidence)
+        confidence = self.confidence if confidence is None else check_confidence(confidence)
         use_text, use_vector = mode != "vector", mode != "text"
         if consistent_at is not None:
             legs = [p for p, used in ((self.schema.text, use_text),
@@ -175,17 +174,14 @@ class SemanticStore:
             self._text_leg(query, n, flt) if use_text else _nothing(),
             self._vector_leg(query, n, flt) if use_vector else _no_vector(),
         )
-        if confidence is None:
-            confidence = self.confidence
         if confidence is None and getattr(embedder, "lexical", False):
             # the leg repeats the text leg's evidence (see .hybrid): it orders ties and fills in
             confidence = 0.0
-            scaled = (weights[0], weights[1] * LEXICAL_WEIGHT)
-            if mode == "hybrid" and scaled[0] > 0:
-                weights = scaled
-        if confidence is None:
-            confidence = CONFIDENCE
-        return fuse(text, vector, k, weights, confidence=confidence)
+            if mode == "hybrid" and weights[0] > 0:
+                weights = (weights[0], weights[1] * LEXICAL_WEIGHT)
+        return fuse(
+            text, vector, k, weights, confidence=CONFIDENCE if confidence is None else confidence
+        )
 
     async def _text_leg(self, query: str, n: int, flt: dict[str, Any]) -> list[Any]:
         s = self.schema

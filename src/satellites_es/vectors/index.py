@@ -434,8 +434,8 @@ class VectorIndex:
         await self._adopt(Snapshot(spec, index, state), saved=True)
 
     async def _adopt(self, snapshot: Snapshot, *, saved: bool) -> None:
-        # built in a worker: its id -> label map over every entry held the event loop
-        # (~0.1-0.25 s at 190,000 vectors) while queries waited
+        # built in a worker: its id -> label map over every entry held the event loop while
+        # queries waited (BENCHMARKS.md, issue 20)
         loaded = await self._run(Namespace, snapshot.spec, snapshot.index, snapshot.state)
         version = loaded.version if saved else -1
         slot = self._slots.get(snapshot.spec.name)

@@ -206,10 +206,9 @@ class Namespace:
         It searches with an OpenMP team of one on the calling thread, then gives the thread its
         width back. A search this small has nothing to share out (HNSW and IVF split a batch by
         query, and this is usually one), yet ``IndexIDMap`` maps the labels in a parallel loop,
-        so at the default width every query wakes the thread's team and waits for it: under
-        load one raw HNSW query took ~20 ms p50 that way against ~0.3 ms with a team of one,
-        and FAISS calls at the default width on the same thread were no slower for the switch
-        (BENCHMARKS.md, issue 21, third pass)."""
+        so at the default width every query wakes the thread's team and waits for it, many
+        times the search itself under load; FAISS calls at the default width on the same thread
+        were no slower for the switch (BENCHMARKS.md, issue 21, third pass)."""
         plan = self._plans.get(filter_key(flt), self.version)
         if plan is None or self._work(len(queries), plan) > INLINE_MAX_WORK:
             return None
