@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -285,8 +287,12 @@ async def test_concurrent_first_filters_index_each_key_once(index: VectorIndex) 
 
 def test_match_rows_build_ordinary_frozen_matches() -> None:
     """The fast row builder's matches are indistinguishable from ``VectorMatch(...)``: equal,
-    hashed alike (without metadata), frozen, with read-only metadata; padded labels (-1) are skipped."""
-    entries: dict[int, tuple[str, dict[str, Any] | None]] = {7: ("a", {"k": 1}), 9: ("b", None)}
+    hashed alike (without metadata), frozen, with the namespace's read-only metadata shared by
+    every hit of a vector; padded labels (-1) are skipped."""
+    entries: dict[int, tuple[str, Mapping[str, Any] | None]] = {
+        7: ("a", MappingProxyType({"k": 1})),
+        9: ("b", None),
+    }
     rows = match_rows([[0.5, 1.5, 9.0], [2.0, 0.0, 0.0]], [[7, 9, -1], [9, -1, -1]], entries.get)
     assert rows == [
         [VectorMatch("a", 0.5, {"k": 1}), VectorMatch("b", 1.5, None)],
@@ -299,3 +305,5 @@ def test_match_rows_build_ordinary_frozen_matches() -> None:
         hit.score = 1.0  # type: ignore[misc]
     with pytest.raises(TypeError):
         hit.metadata["k"] = 2  # type: ignore[index]
+    assert hit.metadata is entries[7][1]  # shared, not wrapped per hit
+    assert not hasattr(hit, "__dict__")

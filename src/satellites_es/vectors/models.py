@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from types import MappingProxyType
 from typing import Any, Literal, get_args
 
 from ..errors import VectorIndexError
@@ -15,7 +14,7 @@ Metric = Literal["cosine", "ip", "l2"]
 IndexKind = Literal["flat", "hnsw", "ivf"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VectorMatch:
     """One search hit; results are always sorted best first.
 
@@ -24,7 +23,7 @@ class VectorMatch:
     lower is better (what FAISS computes; take the square root yourself if needed). A query
     answered in a batch (coalesced, or ``query_many``) is scored by a matrix product and may differ
     from the same query alone in the last bits of float32 (relative 1e-6), so at most the order
-    of hits whose scores tie to that precision can differ.
+    of hits whose scores tie to that precision can differ. ``metadata`` is read-only.
     """
 
     id: str
@@ -33,20 +32,28 @@ class VectorMatch:
 
 
 _new = object.__new__
+# the slots' own descriptors: a frozen dataclass refuses ``setattr``, its ``__init__`` goes
+# through ``object.__setattr__`` per field
+_set_id, _set_score, _set_metadata = (
+    vars(VectorMatch)[f].__set__ for f in ("id", "score", "metadata")
+)
 
 
 def match_rows(
     scores: list[list[float]],
     labels: list[list[int]],
-    entry: Callable[[int], tuple[str, dict[str, Any] | None] | None],
+    entry: Callable[[int], tuple[str, Mapping[str, Any] | None] | None],
 ) -> list[list[VectorMatch]]:
-    """A search's result rows: ``entry(label)`` gives a label's id and metadata, or None for a
-    label to skip (FAISS pads a short row with -1). The metadata is handed out read-only.
+    """A search's result rows: ``entry(label)`` gives a label's id and its read-only metadata,
+    or None for a label to skip (FAISS pads a short row with -1).
 
-    Each match's fields are written into its ``__dict__`` directly: the frozen dataclass's own
-    ``__init__`` sets every field through ``object.__setattr__``, and that was most of a 10-hit
-    row's cost, itself a large share of the query path around a fast HNSW search (BENCHMARKS.md,
-    "Vectors on approximate indexes"). ``VectorMatch`` has no ``__post_init__`` for this to skip.
+    Built for what a hit costs around a fast HNSW search, where rows were a large share of the
+    query path (BENCHMARKS.md, "Vectors on approximate indexes"): each match is one allocation
+    (``slots``, no ``__dict__``), its fields written through the slot descriptors (``__init__``
+    would set each through ``object.__setattr__``), and its metadata is the namespace's own
+    read-only view, shared by every hit of that vector rather than wrapped per hit. Allocations
+    that the garbage collector tracks are what it counts to decide when to collect, so three per
+    hit (object, ``__dict__``, wrapper) made collections three times as frequent.
     """
     rows = []
     for row_scores, row_labels in zip(scores, labels, strict=True):
@@ -55,11 +62,9 @@ def match_rows(
             found = entry(label)
             if found is not None:
                 hit = _new(VectorMatch)
-                fields = hit.__dict__
-                fields["id"] = found[0]
-                fields["score"] = score
-                meta = found[1]
-                fields["metadata"] = None if meta is None else MappingProxyType(meta)
+                _set_id(hit, found[0])
+                _set_score(hit, score)
+                _set_metadata(hit, found[1])
                 hits.append(hit)
         rows.append(hits)
     return rows

@@ -53,7 +53,10 @@ from .filters import MetadataIndex, filter_key
 from .models import NamespaceSpec, VectorMatch, match_rows
 from .plans import PlanCache, SearchPlan, batch_selector, excluding
 
-__all__ = ["COMPACT_FRACTION", "COMPACT_MIN", "INLINE_MAX_WORK", "Namespace", "NamespaceState"]
+__all__ = [
+    "COMPACT_FRACTION", "COMPACT_MIN", "INLINE_MAX_WORK", "Namespace", "NamespaceState", "Stored",
+    "frozen",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,10 @@ Labels = npt.NDArray[np.int64]
 Matrix = npt.NDArray[np.float32]
 FilterKey = tuple[Any, ...]
 Meta = dict[str, Any] | None
+#: Metadata as a namespace holds it: a read-only view of its own copy, made once when it is
+#: written, so that every match of a search hands out the same view instead of wrapping the
+#: metadata per hit (a wrapper per hit is a GC-tracked allocation; see ``match_rows``).
+Stored = Mapping[str, Any] | None
 
 
 @contextmanager
@@ -119,7 +126,7 @@ def _stored(index: Any) -> tuple[Labels, Matrix]:
 class NamespaceState:
     """What a snapshot holds besides the FAISS index (see :mod:`.persistence`)."""
 
-    entries: dict[int, tuple[str, Meta]]
+    entries: dict[int, tuple[str, Stored]]
     positions: dict[str, int]
     tombstones: set[int]
     next_label: int
@@ -182,7 +189,7 @@ class Namespace:
             return None
         with faiss_errors("reconstruct a vector"):
             vector = np.asarray(self._index.reconstruct(label), dtype=np.float32)
-        return vector, _frozen(self._entries[label][1])
+        return vector, self._entries[label][1]
 
     def search(
         self, queries: Matrix, k: int, flt: Mapping[str, Any] | None = None
@@ -256,7 +263,7 @@ class Namespace:
             per = plan.candidates * spec.dimension + self.ntotal * 8
         return nq * per
 
-    def _metadata(self) -> Iterator[tuple[int, Meta]]:
+    def _metadata(self) -> Iterator[tuple[int, Stored]]:
         return ((label, meta) for label, (_, meta) in self._entries.items())
 
     # ---- writes (exclusive) --------------------------------------------------------------
@@ -369,7 +376,8 @@ class Namespace:
         replaced = {vector_id: self._label_of[vector_id] for vector_id in known}
         adding = _started(self._index.add_with_ids, vectors, labels, alone=len(ids) < OVERLAP_MIN)
         label_list = labels.tolist()
-        self._entries.update(zip(label_list, zip(ids, metas, strict=True), strict=True))
+        stored = frozen(metas)
+        self._entries.update(zip(label_list, zip(ids, stored, strict=True), strict=True))
         self._label_of.update(zip(ids, label_list, strict=True))
         try:
             with faiss_errors("add vectors"):
@@ -384,7 +392,7 @@ class Namespace:
         self._next_label += len(ids)
         self._forget(list(replaced.values()))
         if self._filters.keys:
-            for label, meta in zip(label_list, metas, strict=True):
+            for label, meta in zip(label_list, stored, strict=True):
                 self._filters.add(label, meta)
 
     def _stored_rows(
@@ -413,11 +421,12 @@ class Namespace:
         """Write known ids' new vectors and metadata in place (cannot fail half-way)."""
         storage, _ = exact.flat_storage(self._index)  # again: an add may have moved it
         storage[slots] = vectors
+        stored = frozen(metas)
         if self._filters.keys:
-            for label, meta in zip(labels, metas, strict=True):
+            for label, meta in zip(labels, stored, strict=True):
                 self._filters.remove(label, self._entries[label][1])
                 self._filters.add(label, meta)
-        self._entries.update(zip(labels, zip(ids, metas, strict=True), strict=True))
+        self._entries.update(zip(labels, zip(ids, stored, strict=True), strict=True))
 
     def retune(self, spec: NamespaceSpec) -> None:
         """Take a spec differing only in search-time settings (``ef_search``, ``nprobe``)."""
@@ -586,5 +595,6 @@ def _started(fn: Callable[..., Any], *args: Any, alone: bool) -> Callable[[], ob
     return wait
 
 
-def _frozen(meta: Meta) -> Mapping[str, Any] | None:
-    return None if meta is None else MappingProxyType(meta)
+def frozen(metas: Sequence[Meta]) -> list[Stored]:
+    """Read-only views of validated metadata (each already the namespace's own copy)."""
+    return [None if meta is None else MappingProxyType(meta) for meta in metas]

@@ -54,7 +54,7 @@ import msgspec
 from ..errors import CorruptIndexError, InvalidNamespaceError, NamespaceNotFoundError
 from ._faiss import faiss
 from .models import NamespaceSpec
-from .namespace import NamespaceState
+from .namespace import NamespaceState, Stored, frozen
 from .validation import check_namespace
 
 __all__ = [
@@ -188,7 +188,7 @@ def _manifest(
 def _state_json(state: NamespaceState) -> dict[str, Any]:
     return {
         "format": FORMAT_VERSION,
-        "entries": [[label, vid, meta] for label, (vid, meta) in state.entries.items()],
+        "entries": [[label, vid, _plain(meta)] for label, (vid, meta) in state.entries.items()],
         "positions": state.positions,
         "tombstones": sorted(state.tombstones),
         "next_label": state.next_label,
@@ -232,6 +232,11 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _plain(meta: Stored) -> dict[str, Any] | None:
+    """A namespace's read-only metadata view as the dict ``json`` writes."""
+    return None if meta is None else dict(meta)
 
 
 def _dump(data: Any) -> bytes:
@@ -473,7 +478,10 @@ _STATE = msgspec.json.Decoder(_StateJSON)
 def _parse_state(path: str, data: bytes, manifest: dict[str, Any]) -> NamespaceState:
     try:
         raw = _STATE.decode(data)
-        entries = {label: (vid, meta) for label, vid, meta in raw.entries}
+        metas = frozen([meta for _, _, meta in raw.entries])
+        entries = {
+            label: (vid, meta) for (label, vid, _), meta in zip(raw.entries, metas, strict=True)
+        }
         # the namespace's id -> label map, built here (a worker, while the index may still be
         # arriving) rather than when it is served; it also tells a repeated id
         label_of = {vid: label for label, (vid, _) in entries.items()}
