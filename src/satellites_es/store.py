@@ -90,7 +90,7 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -100,7 +100,7 @@ from .envelope import EMPTY, ambient, from_stored, stamped, stored_json
 from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
 from .events import DataEvent, built_event
 from .jsontext import loads, loads_many
-from .sql import queries
+from .sql import UNIT_SEPARATOR, joined_arrays, queries
 from .tracing import span
 from .upcasting import NONE, Upcasters
 
@@ -179,6 +179,7 @@ class EventStore:
             self._sql = queries(schema)
         except ValueError as exc:
             raise ConfigurationError("postgres.schema", str(exc)) from exc
+        self._sql["append_joined"] = joined_arrays(self._sql["append"], _JOINED_PARAMS)
         self._pool = pool
         self._config = config
         self._dsn = dsn
@@ -263,11 +264,15 @@ class EventStore:
     ) -> tuple[str, tuple[object, ...]]:
         """The query and arguments: scalar ones for a single event (the fast path)."""
         if len(batch) > 1:
-            columns = encode_batch(batch, self._config.max_payload_bytes)
+            columns: Sequence[object] = encode_batch(batch, self._config.max_payload_bytes)
+            query = self._sql["append"]
+            joined = _joined(columns)
+            if joined is not None:
+                query, columns = self._sql["append_joined"], joined
             numbering = _numbering(batch)
             batch_args: tuple[object, ...] = (*columns, *numbering, expected_version,
                                               self.channel, sequence_now)  # fmt: skip
-            return self._sql["append"], batch_args
+            return query, batch_args
         e = _checked(batch[0])
         payload = _payload_json(e, self._config.max_payload_bytes)
         args = (e.id, e.resource, e.key, e.type, e.source, payload, e.timestamp,
@@ -579,6 +584,26 @@ def encode_batch(
         sources.append(e.source)
         timestamps.append(e.timestamp)
     return ids, resources, keys, types, sources, payloads, timestamps, metadatas
+
+
+#: The text columns of ``encode_batch`` (all but the timestamps) and their parameters in the
+#: ``append`` query: sent joined (``sql.joined_arrays``) when no value holds the separator.
+_JOINED_COLUMNS = (0, 1, 2, 3, 4, 5, 7)
+_JOINED_PARAMS = tuple(i + 1 for i in _JOINED_COLUMNS)
+
+
+def _joined(columns: Sequence[object]) -> list[object] | None:
+    """``encode_batch``'s columns with each text column joined by the unit separator, or None
+    when a value holds one (a key may hold any character but NUL; JSON escapes it). Every value
+    is a non-empty string (``_checked``), so splitting gives the column back exactly."""
+    joined = list(columns)
+    for i in _JOINED_COLUMNS:
+        values = cast(list[str], columns[i])
+        text = UNIT_SEPARATOR.join(values)
+        if text.count(UNIT_SEPARATOR) != len(values) - 1:
+            return None
+        joined[i] = text
+    return joined
 
 
 def _numbering(events: Sequence[DataEvent]) -> tuple[list[int], list[int], list[int]]:

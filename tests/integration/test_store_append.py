@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 from satellites_es.errors import ConcurrencyError
+from satellites_es.events import EventMetadata
 from satellites_es.store import EventStore
 from tests.integration.conftest import EventFactory
 
@@ -37,6 +38,32 @@ async def test_stored_event_round_trips(store: EventStore, make_event: EventFact
     [read] = await store.read_stream("users", "k1")
     assert read == stored
     assert read.to_dict() == {**event.to_dict(), "position": 1, "version": 1}
+
+
+@pytest.mark.parametrize("odd", ["plain", "key", "source", "payload"])
+async def test_batch_text_columns_round_trip_joined_or_as_arrays(
+    store: EventStore, make_event: EventFactory, odd: str
+) -> None:
+    """A batch's text columns travel as one string each, split by the server on the unit
+    separator, unless a value holds that character (then as arrays): either way every field
+    reads back exactly, odd characters, metadata and payloads included."""
+    sep = "\x1f"
+    odd_key = f"k{sep}1" if odd == "key" else 'k\u00e9\U0001f600 ,{}"\\'
+    events = [
+        make_event(key=odd_key, source=f"s{sep}" if odd == "source" else "s,{}",
+                   payload={"t": f"a{sep}b" if odd == "payload" else "x", "q": '"{,}"'},
+                   metadata=EventMetadata(actor="a\u00e9", headers={"h": "v,{}"})),
+        make_event(key=odd_key, type="user.renamed"),
+        make_event(key="k2", resource="orders", payload={"empty": ""}),
+    ]  # fmt: skip
+    stored = await store.append(events)
+    assert [(e.version, e.position) for e in stored.events] == [(1, 1), (2, 2), (1, 3)]
+    read = [e async for page in store.read() for e in page]
+    assert read == list(stored.events)
+    assert [e.to_dict() for e in read] == [
+        {**e.to_dict(), "position": i + 1, "version": v}
+        for i, (e, v) in enumerate(zip(events, (1, 2, 1), strict=True))
+    ]
 
 
 async def test_same_event_id_is_stored_once(store: EventStore, make_event: EventFactory) -> None:

@@ -14,7 +14,14 @@ from satellites_es.envelope import MAX_METADATA_BYTES
 from satellites_es.errors import ConfigurationError, InvalidEventError
 from satellites_es.events import DataEvent
 from satellites_es.schema import metadata
-from satellites_es.store import AppendResult, EventStore, _first_of_each_id, _stored, encode_batch
+from satellites_es.store import (
+    AppendResult,
+    EventStore,
+    _first_of_each_id,
+    _joined,
+    _stored,
+    encode_batch,
+)
 
 
 def event(**fields: Any) -> DataEvent:
@@ -33,6 +40,30 @@ def test_encode_batch_gives_column_arrays() -> None:
     )  # fmt: skip
     assert payloads[0] == '{"z":1,"x":"\\u00e9"}' and stamps[0] == ts
     assert metas == ["{}", '{"actor":"ann","headers":{"h":"\\u00e9"},"schema_version":3}']
+
+
+def test_batch_text_columns_are_joined_unless_a_value_holds_the_separator() -> None:
+    """The batched append sends each text column as one string split by the server; a value
+    holding the separator (allowed in a key) sends them as arrays, which need no escaping.
+    JSON escapes control characters, so a payload never holds it."""
+    sep = sql.UNIT_SEPARATOR
+    columns = encode_batch([event(id="a", payload={"t": sep}), event(id="b", key="k,2")], 1000)
+    joined = _joined(columns)
+    assert joined is not None
+    assert joined[0] == f"a{sep}b" and joined[2] == f"k{sep}k,2" and joined[6] == columns[6]
+    assert joined[5] == sep.join(columns[5]) and sep not in columns[5][0]
+    assert _joined(encode_batch([event(id="a"), event(id="b", key=f"k{sep}")], 1000)) is None
+    assert _joined(encode_batch([event(id="a"), event(id="b", source=sep)], 1000)) is None
+
+
+def test_joined_arrays_rewrites_only_the_named_array_parameters() -> None:
+    query = "SELECT f($1::text[], $2::timestamptz[], $10::jsonb[], $11::integer)"
+    assert sql.joined_arrays(query, (1, 10)) == (
+        "SELECT f(string_to_array($1::text, E'\\x1f')::text[], $2::timestamptz[], "
+        "string_to_array($10::text, E'\\x1f')::jsonb[], $11::integer)"
+    )
+    with pytest.raises(ValueError, match="not an array parameter"):
+        sql.joined_arrays(query, (11,))
 
 
 @pytest.mark.parametrize(
