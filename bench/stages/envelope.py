@@ -13,8 +13,11 @@ at head), interleaved call by call or round by round, so any drift in load hits 
 * ``batched_append``: events/s from the median time of 1,000-event batches, a before batch
   then an after batch, 30 of each.
 * ``single_append_latency``: median ms of one-event appends (autocommitted), interleaved, 400 each.
-* ``relay_throughput``: events/s of a relay publishing 3,000 events to RabbitMQ with confirms
-  (the relay bench's measure), rounds alternated, best of each side.
+* ``relay_throughput``: events/s of a relay publishing 5,000 events to RabbitMQ with confirms
+  (the relay bench's measure), rounds alternated, best of each side. Paced by the broker's
+  confirms, it moved +-15% between runs of the same code on a quiet machine, so:
+* ``relay_cpu_per_event``: the process's CPU per published event over the same runs (median;
+  lower is better): what the relay's own work costs, which the broker's pace does not move.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ async def _appends(after: Side, before: Side, batches: int, singles: int) -> dic
     }
 
 
-async def _relay_rate(side: Side, rabbit: Any, n: int, name: str) -> float:
+async def _relay_rate(side: Side, rabbit: Any, n: int, name: str) -> tuple[float, float]:
+    """Events/s of one relay run, and the process's CPU per event (us) meanwhile."""
     relay_module = importlib.import_module(f"{side.pkg}.relay")
     bus_module = importlib.import_module(f"{side.pkg}.bus.rabbitmq")
     config_module = importlib.import_module(f"{side.pkg}.config")
@@ -155,22 +159,23 @@ async def _relay_rate(side: Side, rabbit: Any, n: int, name: str) -> float:
             build = relay_module.Relay
         relay = build(side.store, bus, pool=side.pool, schema=side.pg.schema, config=config,
                       name=name, dsn=side.pg.dsn)  # fmt: skip
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         task = asyncio.create_task(relay.run())
         while relay.cursor < head:  # noqa: ASYNC110 - polled, as the relay bench does
             await asyncio.sleep(0.005)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         await relay.stop()
         await task
     finally:
         await bus.stop()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e6
 
 
 async def _relays(after: Side, before: Side, rounds: int, n: int) -> dict[str, Any]:
     env = {"SATELLITES_RABBITMQ_URL": find_service_url("rabbitmq")}
     rabbit = DataLayerConfig.from_env(env).rabbitmq
     rates: dict[str, list[float]] = {"before": [], "after": []}
+    cpu: dict[str, list[float]] = {"before": [], "after": []}
     configs = {
         s.name: dataclasses.replace(rabbit, exchange=f"{unique_name('bench_env')}.events")
         for s in (before, after)
@@ -181,12 +186,18 @@ async def _relays(after: Side, before: Side, rounds: int, n: int) -> dict[str, A
     try:
         for r in range(rounds):
             for side in (before, after) if r % 2 else (after, before):
-                rate = await _relay_rate(side, configs[side.name], n, f"relay{r}")
+                rate, per_event = await _relay_rate(side, configs[side.name], n, f"relay{r}")
                 rates[side.name].append(rate)
+                cpu[side.name].append(per_event)
     finally:
         for config in configs.values():
             await _drop(config)
-    return {"relay_throughput": _figure(max(rates["after"]), max(rates["before"]), "events/s")}
+    return {
+        "relay_throughput": _figure(max(rates["after"]), max(rates["before"]), "events/s"),
+        "relay_cpu_per_event": _figure(
+            statistics.median(cpu["after"]), statistics.median(cpu["before"]), "us CPU/event"
+        ),
+    }
 
 
 async def _bind_sink(rabbit: Any) -> None:
