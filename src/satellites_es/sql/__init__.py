@@ -84,10 +84,10 @@ def joined_arrays(query: str, params: tuple[int, ...]) -> str:
     (``string_to_array``), then cast to the array type as before.
 
     Why: asyncpg checks every element of an array argument for a nested array, with two
-    ``isinstance`` calls against ``collections.abc`` classes per string (~0.6 us in
-    ``ABCMeta.__instancecheck__``); the batched append's seven text columns paid ~4 us an event
-    for it, about a tenth of the append (BENCHMARKS.md, issue 17). A joined string costs the
-    client one ``str.join``. Only for values that cannot hold the separator or be NULL: the
+    ``isinstance`` calls against ``collections.abc`` classes per string (Python-level
+    ``ABCMeta.__instancecheck__``), which the batched append's seven text columns paid for every
+    event (the figures are in BENCHMARKS.md, issue 17). A joined string costs the client one
+    ``str.join``. Only for values that cannot hold the separator or be NULL: the
     caller checks (the store falls back to the arrays otherwise)."""
     for n in params:
         match = re.search(rf"\${n}::(\w+)\[\]", query)
