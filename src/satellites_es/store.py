@@ -250,14 +250,10 @@ class EventStore:
         ``append_pending``): the result row, or None when nothing was inserted (an id already
         stored, a version taken meanwhile, ``expected_version`` not met), which
         ``append_event_v4`` then tells apart."""
-        e = _checked(event)
-        payload = _payload_json(e, self._config.max_payload_bytes)
-        with _translated("append", e, expected_version):
-            version = await conn.fetchval(
-                self._sql["append_pending"], e.id, e.resource, e.key, e.type, e.source, payload,
-                e.timestamp, _metadata_json(e), expected_version,
-            )  # fmt: skip
-        return None if version is None else (None, e.id, version, False)
+        fields = _scalar_fields(event, self._config.max_payload_bytes)
+        with _translated("append", event, expected_version):
+            version = await conn.fetchval(self._sql["append_pending"], *fields, expected_version)
+        return None if version is None else (None, event.id, version, False)
 
     def _append_call(
         self, batch: Sequence[DataEvent], expected_version: int | None, *, sequence_now: bool
@@ -273,11 +269,8 @@ class EventStore:
             batch_args: tuple[object, ...] = (*columns, *numbering, expected_version,
                                               self.channel, sequence_now)  # fmt: skip
             return query, batch_args
-        e = _checked(batch[0])
-        payload = _payload_json(e, self._config.max_payload_bytes)
-        args = (e.id, e.resource, e.key, e.type, e.source, payload, e.timestamp,
-                _metadata_json(e), expected_version, self.channel, sequence_now)  # fmt: skip
-        return self._sql["append_one"], args
+        fields = _scalar_fields(batch[0], self._config.max_payload_bytes)
+        return self._sql["append_one"], (*fields, expected_version, self.channel, sequence_now)
 
     async def sequence(self) -> int:
         """Number every committed pending event (see the module docstring) and return the head.
@@ -584,6 +577,14 @@ def encode_batch(
         sources.append(e.source)
         timestamps.append(e.timestamp)
     return ids, resources, keys, types, sources, payloads, timestamps, metadatas
+
+
+def _scalar_fields(event: DataEvent, max_payload_bytes: int) -> tuple[object, ...]:
+    """One validated event as the scalar arguments ``append_pending`` and ``append_one`` take
+    first: id, resource, key, type, source, payload JSON, timestamp, metadata JSON."""
+    e = _checked(event)
+    return (e.id, e.resource, e.key, e.type, e.source, _payload_json(e, max_payload_bytes),
+            e.timestamp, _metadata_json(e))  # fmt: skip
 
 
 #: The text columns of ``encode_batch`` (all but the timestamps) and their parameters in the
