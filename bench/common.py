@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
+from satellites_es.pgpool import create_pool
 from satellites_es.projections import Checkpoints
 from satellites_es.store import EventStore
 from satellites_es.testing.services import find_service_url, unique_name
@@ -36,7 +37,7 @@ async def temp_log(prefix: str) -> AsyncIterator[Log]:
     fields = PostgresConfig._from_url(find_service_url("postgres"))
     pg = PostgresConfig(**fields, schema=unique_name(prefix))
     await upgrade(pg)
-    pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=4)
+    pool = await create_pool(pg.dsn, min_size=1, max_size=4)  # as the layer makes it
     try:
         store = EventStore(pool, schema=pg.schema, config=EventLogConfig(), dsn=pg.dsn)
         yield Log(pg, pool, store, Checkpoints(pool, pg.schema))

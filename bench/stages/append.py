@@ -35,6 +35,7 @@ import asyncpg
 from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
+from satellites_es.pgpool import create_pool
 from satellites_es.store import EventStore
 from satellites_es.testing.services import find_service_url, unique_name
 
@@ -237,7 +238,7 @@ async def run(quick: bool) -> dict[str, dict[str, Any]]:
     fields = PostgresConfig._from_url(find_service_url("postgres"))
     pg = PostgresConfig(**fields, schema=unique_name("bench_append"))
     await upgrade(pg)
-    pool = await asyncpg.create_pool(
+    pool = await create_pool(  # as the layer makes it; the raw side's calls reset as asyncpg's do
         pg.dsn, min_size=2, max_size=max(PRODUCERS) + 2,
         server_settings={"search_path": pg.schema},
     )  # fmt: skip

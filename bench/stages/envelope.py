@@ -46,6 +46,7 @@ import asyncpg
 
 from satellites_es.config import DataLayerConfig, PostgresConfig
 from satellites_es.migrate import upgrade
+from satellites_es.pgpool import create_pool
 from satellites_es.testing.services import find_service_url, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +98,7 @@ async def _side(name: str, pkg: str, revision: str) -> AsyncIterator[Side]:
     fields = PostgresConfig._from_url(find_service_url("postgres"))
     pg = PostgresConfig(**fields, schema=unique_name(f"bench_env_{name}"))
     await upgrade(pg, revision)  # frozen migration blocks: 0004 is the same in both trees
-    pool = await asyncpg.create_pool(pg.dsn, min_size=2, max_size=6)
+    pool = await create_pool(pg.dsn, min_size=2, max_size=6)  # as the layer makes it
     store_module = importlib.import_module(f"{pkg}.store")
     config_module = importlib.import_module(f"{pkg}.config")
     store = store_module.EventStore(pool, schema=pg.schema, dsn=pg.dsn,

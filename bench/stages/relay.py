@@ -41,6 +41,7 @@ from satellites_es.config import (
 )
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
+from satellites_es.pgpool import create_pool
 from satellites_es.relay_lease import postgres_relay
 from satellites_es.store import EventStore
 from satellites_es.testing.services import find_service_url, unique_name
@@ -88,7 +89,7 @@ async def _environment() -> AsyncIterator[
     pg = dataclasses.replace(base.postgres, schema=unique_name("bench"))
     rabbit = dataclasses.replace(base.rabbitmq, exchange=f"{unique_name('bench')}.events")
     await upgrade(pg)
-    pool = await asyncpg.create_pool(pg.dsn, min_size=1, max_size=6)
+    pool = await create_pool(pg.dsn, min_size=1, max_size=6)  # as the layer makes it
     try:
         yield (
             EventStore(pool, schema=pg.schema, config=EventLogConfig(), dsn=pg.dsn),

@@ -29,6 +29,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_e
 
 from .config import ElasticsearchConfig, PostgresConfig, RedisConfig
 from .errors import BackendRefusedError, BackendUnavailableError
+from .pgpool import create_pool
 from .sql import load
 from .tls import (
     PG_SSL_IN_USE,
@@ -165,9 +166,10 @@ class PostgresBackend:
 
     async def connect(self) -> None:
         c = self.config
-        # asyncpg closes the connections of a pool whose initialisation failed.
-        self.pool = await asyncpg.create_pool(
-            dsn=c.dsn,
+        # asyncpg closes the connections of a pool whose initialisation failed. The layer's
+        # statements hand their connections back without asyncpg's reset query (pgpool).
+        self.pool = await create_pool(
+            c.dsn,
             min_size=c.min_connections,
             max_size=c.max_connections,
             command_timeout=c.command_timeout,

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
-import asyncpg
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +22,7 @@ from rich.table import Table
 from .config import DataLayerConfig
 from .errors import ConfigurationError, PersistenceError, SatellitesError
 from .parking import ConsumerKind, ParkedEvent, ParkedEvents
+from .pgpool import create_pool
 from .store import DB_ERRORS
 
 __all__ = ["parked_app"]
@@ -60,8 +60,8 @@ def _run(work: Callable[[ParkedEvents, DataLayerConfig], Awaitable[T]]) -> T:
 
     async def go() -> T:
         try:
-            pool = await asyncpg.create_pool(config.postgres.dsn, min_size=1, max_size=2,
-                                             timeout=config.connect_timeout)  # fmt: skip
+            pool = await create_pool(config.postgres.dsn, min_size=1, max_size=2,
+                                     timeout=config.connect_timeout)  # fmt: skip
         except DB_ERRORS as exc:
             raise PersistenceError(f"postgres {config.postgres.safe_dsn}: {exc}") from exc
         try:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import asyncpg
 
 from .errors import PersistenceError
+from .pgpool import statement_only
 from .sql import queries
 from .store import DB_ERRORS
 
@@ -140,7 +141,8 @@ class ParkedEvents:
 
     async def _call(self, method: str, query: str, *args: object) -> Any:
         try:
-            return await getattr(self._pool, method)(self._sql[query], *args)
+            with statement_only():  # one DML statement: no session state to reset (pgpool)
+                return await getattr(self._pool, method)(self._sql[query], *args)
         except DB_ERRORS as exc:
             raise PersistenceError(f"parked events: {type(exc).__name__}: {exc}") from exc
 

@@ -100,6 +100,7 @@ from .envelope import EMPTY, ambient, from_stored, stamped, stored_json
 from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
 from .events import DataEvent, built_event
 from .jsontext import loads, loads_many
+from .pgpool import Statements
 from .sql import UNIT_SEPARATOR, joined_arrays, queries
 from .tracing import span
 from .upcasting import NONE, Upcasters
@@ -160,7 +161,8 @@ class EventStore:
     """The Postgres event log of one schema; see the module docstring.
 
     ``pool`` serves appends and reads (the SQL names the schema, so the pool's ``search_path``
-    does not matter). ``dsn`` is where :meth:`listener` opens its own connection; without it
+    does not matter). A pool made by :func:`satellites_es.pgpool.create_pool` (the layer's)
+    takes each connection back without asyncpg's reset query, a round trip per call saved. ``dsn`` is where :meth:`listener` opens its own connection; without it
     the listener reuses the pool's connect arguments.
     """
 
@@ -181,6 +183,7 @@ class EventStore:
             raise ConfigurationError("postgres.schema", str(exc)) from exc
         self._sql["append_joined"] = joined_arrays(self._sql["append"], _JOINED_PARAMS)
         self._pool = pool
+        self._db = Statements(pool)  # the log's statements leave no session state to reset
         self._config = config
         self._dsn = dsn
         self.schema = schema
@@ -231,13 +234,13 @@ class EventStore:
         query, args = self._append_call(distinct, expected_version, sequence_now=True)
         with _translated("append", batch[0], expected_version):
             try:
-                rows = await self._pool.fetch(query, *args)
+                rows = await self._db.fetch(query, *args)
             except asyncpg.LockNotAvailableError:
                 # The fast path (holding the sequencer lock, under a 20 ms lock_timeout) met an
                 # in-flight append of the same stream or id: redo it pending, which may wait for
                 # that append without holding the lock.
                 query, args = self._append_call(distinct, expected_version, sequence_now=False)
-                rows = await self._pool.fetch(query, *args)
+                rows = await self._db.fetch(query, *args)
         result = _result(batch, rows)
         if any(e.position is None for e in result.events):  # the sequencer was busy
             result = await self.sequenced(result)
@@ -280,7 +283,7 @@ class EventStore:
         checks use :meth:`head`.
         """
         with _translated("sequence"):
-            value = await self._pool.fetchval(self._sql["sequence"], self.channel)
+            value = await self._db.fetchval(self._sql["sequence"], self.channel)
         return int(value)
 
     async def sequenced(self, result: AppendResult) -> AppendResult:
@@ -295,7 +298,7 @@ class EventStore:
         if not ids:
             return result
         with _translated("sequenced"):
-            rows = await self._pool.fetch(self._sql["sequenced"], ids, self.channel)
+            rows = await self._db.fetch(self._sql["sequenced"], ids, self.channel)
         positions: dict[str, int | None] = {row[0]: row[1] for row in rows}
         missing = [i for i in ids if positions.get(i) is None]
         if missing:
@@ -404,7 +407,7 @@ class EventStore:
 
         async def fetch(cursor: int) -> list[asyncpg.Record]:
             with _translated("read"):
-                return await self._pool.fetch(query, cursor, upper, size, *args)
+                return await self._db.fetch(query, cursor, upper, size, *args)
 
         pending: asyncio.Task[list[asyncpg.Record]] | None = None
         try:
@@ -433,33 +436,33 @@ class EventStore:
     ) -> list[DataEvent]:
         """The events of one stream with ``version > after_version``, in version order."""
         with _translated("read_stream"):
-            rows = await self._pool.fetch(self._sql["read_stream"], resource, key, after_version)
+            rows = await self._db.fetch(self._sql["read_stream"], resource, key, after_version)
         return [stored_event(row, self.upcasters) for row in rows]
 
     async def read_at(self, positions: Collection[int]) -> list[DataEvent]:
         """The events at ``positions`` (those that exist), in position order."""
         with _translated("read_at"):
-            rows = await self._pool.fetch(self._sql["read_at"], sorted(set(positions)))
+            rows = await self._db.fetch(self._sql["read_at"], sorted(set(positions)))
         return [stored_event(row, self.upcasters) for row in rows]
 
     async def head(self) -> int:
         """The highest committed position (0 if the log is empty); everything up to it is
         readable, and nothing below it can commit later."""
         with _translated("head"):
-            value = await self._pool.fetchval(self._sql["head"])
+            value = await self._db.fetchval(self._sql["head"])
         return int(value)
 
     async def oldest_after(self, position: int) -> datetime | None:
         """When the first event after ``position`` was recorded (None: there is none)."""
         with _translated("oldest_after"):
-            value: datetime | None = await self._pool.fetchval(self._sql["oldest_after"], position)
+            value: datetime | None = await self._db.fetchval(self._sql["oldest_after"], position)
         return value
 
     async def pending(self) -> int:
         """How many committed events wait for the sequencer (read-only: for health and metrics;
         near 0 while a relay leader ticks it, growing when no reader runs at all)."""
         with _translated("pending"):
-            value = await self._pool.fetchval(self._sql["pending"])
+            value = await self._db.fetchval(self._sql["pending"])
         return int(value)
 
     def listener(self) -> LogListener:

@@ -13,6 +13,7 @@ import pytest
 from satellites_es.config import DataLayerConfig, EventLogConfig, PostgresConfig, RabbitMQConfig
 from satellites_es.events import DataEvent
 from satellites_es.migrate import upgrade
+from satellites_es.pgpool import create_pool
 from satellites_es.store import EventStore
 from tests.contract.support import delete_topology
 
@@ -43,7 +44,7 @@ async def migrated(pg_config: PostgresConfig) -> PostgresConfig:
 
 @pytest.fixture
 async def pool(migrated: PostgresConfig) -> AsyncIterator[asyncpg.Pool[asyncpg.Record]]:
-    p = await asyncpg.create_pool(migrated.dsn, min_size=1, max_size=12)
+    p = await create_pool(migrated.dsn, min_size=1, max_size=12)  # as the layer makes it
     yield p
     await p.close()
 

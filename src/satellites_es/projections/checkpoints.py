@@ -15,6 +15,7 @@ import asyncpg
 
 from ..errors import ConfigurationError, PersistenceError, ProjectionError
 from ..parking import ParkedEvents
+from ..pgpool import statement_only
 from ..sql import queries
 from ..store import DB_ERRORS
 
@@ -99,6 +100,7 @@ class Checkpoints:
     async def _query(self, method: str, name: str, *args: object) -> Any:
         """The named statement by one pool call, with every driver error translated here."""
         try:
-            return await getattr(self.pool, method)(self._sql[name], *args)
+            with statement_only():  # one DML statement: no session state to reset (pgpool)
+                return await getattr(self.pool, method)(self._sql[name], *args)
         except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc
