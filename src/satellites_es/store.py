@@ -162,8 +162,9 @@ class EventStore:
 
     ``pool`` serves appends and reads (the SQL names the schema, so the pool's ``search_path``
     does not matter). A pool made by :func:`satellites_es.pgpool.create_pool` (the layer's)
-    takes each connection back without asyncpg's reset query, a round trip per call saved. ``dsn`` is where :meth:`listener` opens its own connection; without it
-    the listener reuses the pool's connect arguments.
+    takes each connection back without asyncpg's reset query, a round trip per call saved.
+    ``dsn`` is where :meth:`listener` opens its own connection; without it the listener reuses
+    the pool's connect arguments.
     """
 
     def __init__(
