@@ -32,7 +32,10 @@ consumers absorb.
 is logged and retried with capped exponential backoff (tenacity), forever, until
 :meth:`Relay.stop`. Any other failure (a bug) is logged with its traceback and the relay starts
 over the same way: it is supervised by its own retry loop and never dies silently; only a
-configuration or lifecycle error ends :meth:`Relay.run`. Wake-ups come from the log's NOTIFY
+configuration or lifecycle error ends :meth:`Relay.run`. An event this code cannot upcast (an
+``UpcastError``: a schema version newer than it knows) is such a failure: the relay publishes
+and confirms every event before it, stops exactly there, and retries, its ``last_error`` naming
+the event, until a release that knows the version takes over. Wake-ups come from the log's NOTIFY
 listener, with a poll every ``poll_interval`` as the fallback.
 
 **The sequencer's tick.** The leader also numbers the events producers committed in their own
@@ -62,7 +65,13 @@ from typing import Any, NamedTuple
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from .config import RelayConfig
-from .errors import ConfigurationError, LifecycleError, UndeliverableError, UnroutableError
+from .errors import (
+    ConfigurationError,
+    LifecycleError,
+    UndeliverableError,
+    UnroutableError,
+    UpcastError,
+)
 from .events import DataEvent, Publisher, RelayBus
 from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import Poison
@@ -348,18 +357,26 @@ class Relay:
                     raise LeadershipLost(self.name)
                 read = 0
                 async with contextlib.aclosing(self._batches(after=sent)) as batches:
-                    async for batch in batches:
-                        with linked("relay.publish", batch, relay=self.name, events=len(batch)):
-                            for event in batch:
-                                while window.full:  # refill in chunks, not one by one
-                                    await self._settle(window, wait=True, until=window.low)
-                                window.add(event, publisher.send(event))
-                        window.batches.append(batch)
-                        sent = batch[-1].position or sent
-                        read += len(batch)
-                        await self._settle(window, wait=False)
-                        if self._stopping.is_set():
-                            break
+                    try:
+                        async for batch in batches:
+                            with linked("relay.publish", batch, relay=self.name,
+                                        events=len(batch)):  # fmt: skip
+                                for event in batch:
+                                    while window.full:  # refill in chunks, not one by one
+                                        await self._settle(window, wait=True, until=window.low)
+                                    window.add(event, publisher.send(event))
+                            window.batches.append(batch)
+                            sent = batch[-1].position or sent
+                            read += len(batch)
+                            await self._settle(window, wait=False)
+                            if self._stopping.is_set():
+                                break
+                    except UpcastError:
+                        # an event this code cannot read (the log gives the ones before it
+                        # first): settle what was sent, so the cursor stops exactly at it
+                        while window.inflight:
+                            await self._settle(window, wait=True)
+                        raise
                 self._head = max(self._head, sent)
                 if read == 0 and not opening.done():
                     await opening  # listening from now on: read once more, then wait

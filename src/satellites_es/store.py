@@ -81,7 +81,6 @@ import logging
 import re
 from collections.abc import (
     AsyncGenerator,
-    AsyncIterator,
     Awaitable,
     Callable,
     Collection,
@@ -90,14 +89,20 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from .config import EventLogConfig
 from .envelope import EMPTY, ambient, from_stored, stamped, stored_json
-from .errors import ConcurrencyError, ConfigurationError, InvalidEventError, PersistenceError
+from .errors import (
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidEventError,
+    PersistenceError,
+    UpcastError,
+)
 from .events import DataEvent, built_event
 from .jsontext import loads, loads_many
 from .pgpool import Statements
@@ -111,6 +116,7 @@ logger = logging.getLogger(__name__)
 
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 Connect: TypeAlias = "Callable[[], Awaitable[asyncpg.Connection[asyncpg.Record]]]"
+_T = TypeVar("_T")
 
 _MAX_POSITION = 2**63 - 1
 _MAX_IDENTIFIER = 63  # Postgres truncates LISTEN channels longer than this; pg_notify refuses
@@ -348,8 +354,17 @@ class EventStore:
         if until is None and sequence:
             await self.sequence()
         upcasters = self.upcasters
-        async for rows in self._pages(query, extra, after, until, batch_size, read_ahead):
-            yield [stored_event(row, upcasters) for row in rows]
+        pages = self._pages(query, extra, after, until, batch_size, read_ahead)
+        async with contextlib.aclosing(pages):  # an error here cancels the read-ahead at once
+            async for rows in pages:
+                try:
+                    events = [stored_event(row, upcasters) for row in rows]
+                except UpcastError:  # the events before it first: a follower stops exactly there
+                    readable = _readable(rows, lambda row: stored_event(row, upcasters))
+                    if readable:
+                        yield readable
+                    raise
+                yield events
 
     async def read_payloads(
         self,
@@ -383,8 +398,17 @@ class EventStore:
         if until is None:
             await self.sequence()
         pages = self._pages(self._sql["read_payloads"], extra, after, until, batch_size, read_ahead)
-        async for rows in pages:
-            yield _payload_batch(rows, text_field, self.upcasters)
+        async with contextlib.aclosing(pages):
+            async for rows in pages:
+                try:
+                    batch = _payload_batch(rows, text_field, self.upcasters)
+                except UpcastError:  # as in read: the rows before it first
+                    one = lambda row: _payload_batch([row], text_field, self.upcasters)  # noqa: E731
+                    readable = len(_readable(rows, one))
+                    if readable:
+                        yield _payload_batch(rows[:readable], text_field, self.upcasters)
+                    raise
+                yield batch
 
     async def _pages(
         self,
@@ -394,7 +418,7 @@ class EventStore:
         until: int | None,
         batch_size: int | None,
         read_ahead: bool,
-    ) -> AsyncIterator[list[asyncpg.Record]]:
+    ) -> AsyncGenerator[list[asyncpg.Record], None]:
         """Rows of ``query`` a page at a time by keyset (the first column is the position);
         ``extra`` are its arguments after the cursor, the upper bound and the page size (None:
         the filter matches nothing)."""
@@ -756,6 +780,18 @@ def stored_event(row: asyncpg.Record, upcasters: Upcasters) -> DataEvent:
     return built_event(type=type_, resource=resource, key=key, payload=payload, source=source,
                        timestamp=timestamp, version=version, id=event_id, position=position,
                        metadata=metadata, schema_version=schema)  # fmt: skip
+
+
+def _readable(rows: Sequence[asyncpg.Record], convert: Callable[[asyncpg.Record], _T]) -> list[_T]:
+    """``convert`` of the leading rows, up to the first that raises :class:`UpcastError`: what
+    a page can still give before an event the code cannot upcast (the error path only)."""
+    done: list[_T] = []
+    for row in rows:
+        try:
+            done.append(convert(row))
+        except UpcastError:
+            break
+    return done
 
 
 def _payload_batch(

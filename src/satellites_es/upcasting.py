@@ -28,7 +28,9 @@ that does not move forward (a cycle), two upcasters from one version, or a step 
 declared latest version, with a :class:`~satellites_es.errors.ConfigurationError` naming the
 type. An event whose schema version is newer than the registry knows for its type (1 for a type
 without upcasters) is an :class:`~satellites_es.errors.UpcastError` naming it, never passed on
-silently: the reader's code is older than the producer's.
+silently: the reader's code is older than the producer's. A read gives the events before it
+first, so the relay and the projections stop exactly at it (they retry, saying why) until the
+code knows its version; nothing after it is published or applied meanwhile.
 """
 
 from __future__ import annotations

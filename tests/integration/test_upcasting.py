@@ -1,10 +1,13 @@
 """Upcasting on read: a log of v1 events, rebuilt through a v1 -> v2 upcaster by a handler that
 knows only v2, equals the same events appended natively as v2, on every sink (Redis,
 Elasticsearch, FAISS by handler, FAISS by ``VectorFields`` columns); the stored rows do not
-change by a byte; a newer version than the code knows is an error naming the event."""
+change by a byte; a newer version than the code knows is an error naming the event, on every
+read path and in the long-running readers (the relay, a live projection), which stop at it and
+resume once the code knows its version."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections.abc import AsyncIterator
@@ -14,13 +17,16 @@ import asyncpg
 import pytest
 
 from satellites_es.audit import audit
-from satellites_es.config import EventLogConfig, PostgresConfig
+from satellites_es.config import DataLayerConfig, EventLogConfig, PostgresConfig
 from satellites_es.errors import UpcastError
 from satellites_es.events import DataEvent
+from satellites_es.facade import DataLayer
 from satellites_es.migrate import upgrade
 from satellites_es.projections import Checkpoints, Sink, rebuild
+from satellites_es.projections.supervisor import ProjectionService
 from satellites_es.store import EventStore
 from satellites_es.upcasting import Upcasters
+from tests.contract.support import Recorder, eventually
 from tests.integration.sinks_support import item, kind_of, make_projection
 
 EVENTS = 1000
@@ -135,3 +141,89 @@ async def test_a_schema_version_newer_than_the_code_knows_is_an_error_naming_the
         [p async for p in reader.read_payloads(types=["item.upserted"], text_field="vector")]
     with pytest.raises(UpcastError, match="up to v1"):  # no upcasters: every type is at v1
         await store.read_stream("items", "a")
+
+
+def knowing_v3() -> Upcasters:
+    """The registry of a newer release: ``item.upserted`` has a v3 (same shape as v2)."""
+    registry = upcasters()
+    registry.register("item.upserted", 2, lambda payload: payload)
+    return registry
+
+
+async def test_the_relay_and_a_projection_stop_at_an_event_they_cannot_upcast_and_resume(
+    config: DataLayerConfig,
+) -> None:
+    """The long-running readers meet an event written by newer code (schema version 3, the
+    registry knows up to 2): neither skips it nor passes anything after it. Both say why, naming
+    the event, and keep retrying; a release that knows v3 delivers it and the rest, in order,
+    once."""
+    cfg = config.replace(faiss=dataclasses.replace(config.faiss, enabled=False),
+                         rabbitmq=dataclasses.replace(config.rabbitmq, enabled=False))  # fmt: skip
+    projection = make_projection("redis", "items_future")
+    first = v2_to_v1(item("a", 1))
+    future = dataclasses.replace(item("b", 1), schema_version=3, id="from-the-future")
+    after = v2_to_v1(item("c", 1))
+    old_subscriber = Recorder("old-release")
+    async with DataLayer(cfg, upcasters=upcasters()) as data:
+        data.events.subscribe("item.upserted", old_subscriber)
+        await data.subscriptions_ready()
+        service = ProjectionService(data, [projection], poll_interval=0.1)
+        await service.start()
+        try:
+            await data.log.append([first, future, after])
+            checkpoints = Checkpoints(data.postgres, cfg.postgres.schema)
+            status = service.status[projection.name]
+            await eventually(lambda: status.state == "restarting", timeout=20)
+            assert status.error is not None and "from-the-future" in status.error
+            relay = (await data.health()).details["relay"].details
+            await eventually(lambda: old_subscriber.ids == [first.id], timeout=20)
+            for _ in range(100):  # the relay's failure is recorded before its first retry
+                relay = (await data.health()).details["relay"].details
+                if relay.get("last_error"):
+                    break
+                await asyncio.sleep(0.05)
+            assert "UpcastError" in relay["last_error"]
+            assert "from-the-future" in relay["last_error"]
+            await asyncio.sleep(1.0)  # retries meanwhile: still nothing past the event
+            assert old_subscriber.ids == [first.id]
+            assert relay["cursor"] == 1
+            assert await checkpoints.get(projection.name, projection.version) <= 1
+        finally:
+            await service.stop()
+    new_subscriber = Recorder("old-release")  # the same group, on the newer release
+    async with DataLayer(cfg, upcasters=knowing_v3()) as data:
+        data.events.subscribe("item.upserted", new_subscriber)
+        await data.subscriptions_ready()
+        service = ProjectionService(data, [projection], poll_interval=0.1)
+        await service.start()
+        try:
+            await eventually(lambda: len(new_subscriber.events) == 2, timeout=20)
+            assert new_subscriber.ids == [future.id, after.id]
+            assert [e.schema_version for e in new_subscriber.events] == [3, 3]
+            checkpoints = Checkpoints(data.postgres, cfg.postgres.schema)
+            await data.wait_for(3, timeout=20)
+            assert await checkpoints.get(projection.name, projection.version) == 3
+            await eventually(lambda: service.status[projection.name].state == "running")
+        finally:
+            await service.stop()
+
+
+async def test_a_page_gives_the_events_before_an_unreadable_one_then_the_error(
+    store: EventStore, pool: asyncpg.Pool[asyncpg.Record], migrated: PostgresConfig
+) -> None:
+    """Where the followers' stop comes from: both reads of a page (whole events and the
+    ``VectorFields`` columns) yield what precedes the event first, then raise naming it."""
+    future = dataclasses.replace(item("b", 1), schema_version=3, id="from-the-future")
+    await store.append([v2_to_v1(item("a", 1)), future, v2_to_v1(item("c", 1))])
+    config = EventLogConfig(max_payload_bytes=4096)
+    reader = EventStore(pool, schema=migrated.schema, config=config, upcasters=upcasters())
+    pages: list[list[DataEvent]] = []
+    with pytest.raises(UpcastError, match="from-the-future"):
+        async for page in reader.read():
+            pages.append(page)
+    assert [[e.key for e in page] for page in pages] == [["a"]]
+    positions: list[list[int]] = []
+    with pytest.raises(UpcastError, match="at position 2"):
+        async for batch in reader.read_payloads(types=["item.upserted"], text_field="vector"):
+            positions.append(batch.positions)
+    assert positions == [[1]]
