@@ -24,6 +24,8 @@ SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 #: What :func:`joined_arrays` splits on: ASCII's unit separator.
 UNIT_SEPARATOR = "\x1f"
+#: The same character as an SQL escape-string literal.
+_SEPARATOR_LITERAL = f"E'\\x{ord(UNIT_SEPARATOR):02x}'"
 
 
 @functools.cache
@@ -94,6 +96,8 @@ def joined_arrays(query: str, params: tuple[int, ...]) -> str:
         if match is None:
             raise ValueError(f"parameter ${n} is not an array parameter of the query")
         query = query.replace(
-            match.group(0), f"string_to_array(${n}::text, E'\\x1f')::{match.group(1)}[]", 1
+            match.group(0),
+            f"string_to_array(${n}::text, {_SEPARATOR_LITERAL})::{match.group(1)}[]",
+            1,
         )
     return query
