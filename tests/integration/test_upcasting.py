@@ -8,6 +8,7 @@ resume once the code knows its version."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from satellites_es.errors import UpcastError
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer
 from satellites_es.migrate import upgrade
-from satellites_es.projections import Checkpoints, Sink, rebuild
+from satellites_es.projections import Checkpoints, Projection, Sink, rebuild
 from satellites_es.projections.supervisor import ProjectionService
 from satellites_es.store import EventStore
 from satellites_es.upcasting import Upcasters
@@ -150,6 +151,23 @@ def knowing_v3() -> Upcasters:
     return registry
 
 
+@contextlib.asynccontextmanager
+async def release(
+    cfg: DataLayerConfig, registry: Upcasters, subscriber: Recorder, projection: Projection
+) -> AsyncIterator[tuple[DataLayer, ProjectionService]]:
+    """A running release of the application: a layer with these upcasters, the subscriber on
+    its bus and the projection followed."""
+    async with DataLayer(cfg, upcasters=registry) as data:
+        data.events.subscribe("item.upserted", subscriber)
+        await data.subscriptions_ready()
+        service = ProjectionService(data, [projection], poll_interval=0.1)
+        await service.start()
+        try:
+            yield data, service
+        finally:
+            await service.stop()
+
+
 async def test_the_relay_and_a_projection_stop_at_an_event_they_cannot_upcast_and_resume(
     config: DataLayerConfig,
 ) -> None:
@@ -164,48 +182,33 @@ async def test_the_relay_and_a_projection_stop_at_an_event_they_cannot_upcast_an
     future = dataclasses.replace(item("b", 1), schema_version=3, id="from-the-future")
     after = v2_to_v1(item("c", 1))
     old_subscriber = Recorder("old-release")
-    async with DataLayer(cfg, upcasters=upcasters()) as data:
-        data.events.subscribe("item.upserted", old_subscriber)
-        await data.subscriptions_ready()
-        service = ProjectionService(data, [projection], poll_interval=0.1)
-        await service.start()
-        try:
-            await data.log.append([first, future, after])
-            checkpoints = Checkpoints(data.postgres, cfg.postgres.schema)
-            status = service.status[projection.name]
-            await eventually(lambda: status.state == "restarting", timeout=20)
-            assert status.error is not None and "from-the-future" in status.error
+    async with release(cfg, upcasters(), old_subscriber, projection) as (data, service):
+        await data.log.append([first, future, after])
+        status = service.status[projection.name]
+        await eventually(lambda: status.state == "restarting", timeout=20)
+        assert status.error is not None and "from-the-future" in status.error
+        await eventually(lambda: old_subscriber.ids == [first.id], timeout=20)
+        for _ in range(100):  # the relay's failure is recorded before its first retry
             relay = (await data.health()).details["relay"].details
-            await eventually(lambda: old_subscriber.ids == [first.id], timeout=20)
-            for _ in range(100):  # the relay's failure is recorded before its first retry
-                relay = (await data.health()).details["relay"].details
-                if relay.get("last_error"):
-                    break
-                await asyncio.sleep(0.05)
-            assert "UpcastError" in relay["last_error"]
-            assert "from-the-future" in relay["last_error"]
-            await asyncio.sleep(1.0)  # retries meanwhile: still nothing past the event
-            assert old_subscriber.ids == [first.id]
-            assert relay["cursor"] == 1
-            assert await checkpoints.get(projection.name, projection.version) <= 1
-        finally:
-            await service.stop()
+            if relay.get("last_error"):
+                break
+            await asyncio.sleep(0.05)
+        assert "UpcastError" in relay["last_error"]
+        assert "from-the-future" in relay["last_error"]
+        await asyncio.sleep(1.0)  # retries meanwhile: still nothing past the event
+        assert old_subscriber.ids == [first.id]
+        assert relay["cursor"] == 1
+        saved = Checkpoints(data.postgres, cfg.postgres.schema)
+        assert await saved.get(projection.name, projection.version) <= 1
     new_subscriber = Recorder("old-release")  # the same group, on the newer release
-    async with DataLayer(cfg, upcasters=knowing_v3()) as data:
-        data.events.subscribe("item.upserted", new_subscriber)
-        await data.subscriptions_ready()
-        service = ProjectionService(data, [projection], poll_interval=0.1)
-        await service.start()
-        try:
-            await eventually(lambda: len(new_subscriber.events) == 2, timeout=20)
-            assert new_subscriber.ids == [future.id, after.id]
-            assert [e.schema_version for e in new_subscriber.events] == [3, 3]
-            checkpoints = Checkpoints(data.postgres, cfg.postgres.schema)
-            await data.wait_for(3, timeout=20)
-            assert await checkpoints.get(projection.name, projection.version) == 3
-            await eventually(lambda: service.status[projection.name].state == "running")
-        finally:
-            await service.stop()
+    async with release(cfg, knowing_v3(), new_subscriber, projection) as (data, service):
+        await eventually(lambda: len(new_subscriber.events) == 2, timeout=20)
+        assert new_subscriber.ids == [future.id, after.id]
+        assert [e.schema_version for e in new_subscriber.events] == [3, 3]
+        await data.wait_for(3, timeout=20)
+        saved = Checkpoints(data.postgres, cfg.postgres.schema)
+        assert await saved.get(projection.name, projection.version) == 3
+        await eventually(lambda: service.status[projection.name].state == "running")
 
 
 async def test_a_page_gives_the_events_before_an_unreadable_one_then_the_error(
