@@ -1,4 +1,5 @@
-"""The layer's Postgres pools, and which released connections need asyncpg's reset.
+"""The layer's Postgres connections: its pools, which released connections need asyncpg's
+reset, and the session connections of its long-running parts.
 
 asyncpg resets every connection a pool gets back: after each ``pool.fetch`` it sends one more
 query (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;``) and waits for it,
@@ -19,10 +20,15 @@ left open and forgets the connection's Python-side listeners.
 The flag is a context variable, set only around one awaited call: a task created inside such a
 call would inherit it, and none is. A pool made elsewhere (an application's own, given to
 :class:`~satellites_es.store.EventStore`) keeps asyncpg's default and ignores the flag.
+
+A long-running part that needs a session of its own (the log's NOTIFY listener, the relay's
+lease, the snapshotter's lock) opens it with :func:`session_connection`: outside the pool, so
+nothing resets it, and shielded from its caller's cancellation (see there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -30,7 +36,13 @@ from typing import Any
 
 import asyncpg
 
-__all__ = ["Statements", "create_pool", "reset_connection", "statement_only"]
+__all__ = [
+    "Statements",
+    "create_pool",
+    "reset_connection",
+    "session_connection",
+    "statement_only",
+]
 
 _STATEMENT_ONLY: ContextVar[bool] = ContextVar("satellites_statement_only", default=False)
 
@@ -82,3 +94,37 @@ class Statements:
     async def execute(self, query: str, *args: object) -> str:
         with statement_only():
             return await self.pool.execute(query, *args)
+
+
+async def session_connection(
+    pool: asyncpg.Pool[asyncpg.Record] | None = None, dsn: str | None = None
+) -> asyncpg.Connection[asyncpg.Record]:
+    """A connection of its own: to ``dsn``, or else with ``pool``'s connect arguments (same
+    server and options, a session the pool never resets).
+
+    Shielded from the caller's cancellation. asyncpg cancelled in the middle of its handshake
+    leaves a future of its protocol failed with nobody to read it, logged at exit as "Future
+    exception was never retrieved: unexpected connection_lost()"; a part stopped or restarted
+    while it connects (a relay restart catching its listener) did exactly that. So a cancelled
+    caller returns at once, and the connect finishes behind it: a connection it makes is
+    terminated, an error it meets is read.
+    """
+    if dsn is not None:
+        connecting = asyncio.ensure_future(asyncpg.connect(dsn))
+    elif pool is not None:
+        args = getattr(pool, "_connect_args", ())
+        kwargs = getattr(pool, "_connect_kwargs", {})
+        connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+    else:
+        raise TypeError("session_connection needs a pool or a dsn")
+    try:
+        return await asyncio.shield(connecting)
+    except asyncio.CancelledError:
+        connecting.add_done_callback(_discard)
+        raise
+
+
+def _discard(done: asyncio.Future[asyncpg.Connection[asyncpg.Record]]) -> None:
+    """A connect nobody waits for any more: its connection terminated, its error read."""
+    if not done.cancelled() and done.exception() is None:
+        done.result().terminate()

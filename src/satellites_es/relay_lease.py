@@ -19,6 +19,7 @@ import asyncpg
 from .config import RelayConfig
 from .events import RelayBus
 from .parking import ParkedEvents
+from .pgpool import session_connection
 from .protocols import LeadershipLost
 from .relay import Relay
 from .sql import queries
@@ -93,13 +94,7 @@ class PostgresRelayLease:
 
     async def _open(self) -> None:
         await self.release()
-        if self._dsn is not None:
-            conn = await asyncpg.connect(self._dsn)
-        else:  # same server and options as the pool, on a session the pool never resets
-            conn = await asyncpg.connect(
-                *getattr(self._pool, "_connect_args", ()),
-                **getattr(self._pool, "_connect_kwargs", {}),
-            )
+        conn = await session_connection(self._pool, self._dsn)
         # Cursor writes need no WAL flush: after a Postgres crash the cursor may come back a
         # little older, and the events after it are published again (duplicates, no loss).
         # This keeps the commit's fsync out of the publishing path.

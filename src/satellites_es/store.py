@@ -105,7 +105,7 @@ from .errors import (
 )
 from .events import DataEvent, built_event
 from .jsontext import loads, loads_many
-from .pgpool import Statements
+from .pgpool import Statements, session_connection
 from .sql import UNIT_SEPARATOR, joined_arrays, queries
 from .tracing import span
 from .upcasting import NONE, Upcasters
@@ -495,12 +495,7 @@ class EventStore:
         return LogListener(self._connect, self.channel)
 
     async def _connect(self) -> asyncpg.Connection[asyncpg.Record]:
-        if self._dsn is not None:
-            return await asyncpg.connect(self._dsn)
-        # Same server and options as the pool, but a connection the pool never resets.
-        args = getattr(self._pool, "_connect_args", ())
-        kwargs = getattr(self._pool, "_connect_kwargs", {})
-        return await asyncpg.connect(*args, **kwargs)
+        return await session_connection(self._pool, self._dsn)
 
 
 class LogListener:

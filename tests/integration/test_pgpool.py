@@ -5,6 +5,8 @@ the event log's own calls hand theirs back without the reset query, and leave no
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -12,7 +14,7 @@ import pytest
 
 from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
-from satellites_es.pgpool import Statements, create_pool, statement_only
+from satellites_es.pgpool import Statements, create_pool, session_connection, statement_only
 from satellites_es.store import EventStore
 
 RESET_QUERY_START = "SELECT pg_advisory_unlock_all();"
@@ -124,3 +126,56 @@ async def test_a_pool_made_elsewhere_keeps_asyncpgs_reset(migrated: PostgresConf
         assert await pool.fetchval("SHOW application_name") != "kept"
     finally:
         await pool.close()
+
+
+async def test_a_session_connect_cancelled_at_any_point_leaves_no_error_and_no_connection(
+    migrated: PostgresConfig,
+) -> None:
+    """A long-running part stopped while its own session connects (a relay restarted while its
+    listener connects): the caller is cancelled at once, nothing is logged as an unretrieved
+    error, and no backend is left behind, wherever in the handshake the cancel lands."""
+    name = f"satellites-cancelled-{os.getpid()}"
+    pool = await create_pool(
+        migrated.dsn, min_size=0, max_size=1, server_settings={"application_name": name}
+    )
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    cancelled = 0
+    try:
+        for turns in range(60):  # the handshake takes a few loop turns: cancel after each
+            task = asyncio.create_task(session_connection(pool))
+            for _ in range(turns // 2):
+                await asyncio.sleep(0)
+            if turns % 2:
+                await asyncio.sleep(0.0005 * turns)
+            task.cancel()
+            try:
+                conn = await task
+            except asyncio.CancelledError:
+                cancelled += 1
+                continue
+            conn.terminate()  # connected before the cancel: not the case under test
+        async with asyncio.timeout(10):
+            while await _backends(migrated.dsn, name):
+                await asyncio.sleep(0.05)
+        gc.collect()  # an unretrieved failed future is reported when it is collected
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+        await pool.close()
+    assert cancelled >= 20, f"only {cancelled} connects were cancelled midway"
+    assert errors == []
+
+
+async def _backends(dsn: str, application_name: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                application_name,
+            )
+        )
+    finally:
+        await conn.close()

@@ -29,6 +29,7 @@ from typing import Any
 import asyncpg
 
 from ..faults import backoff, is_transient
+from ..pgpool import session_connection
 from ..sql import load
 from ..vectors import VectorIndex
 from ..vectors.persistence import MANIFEST_FILE
@@ -62,7 +63,7 @@ class Lease:
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 await self.release()
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self.dsn)
+            self._conn = await session_connection(dsn=self.dsn)
         self._held = bool(await self._conn.fetchval(_LOCK_SQL, self.key))
         return self._held
 
