@@ -287,7 +287,9 @@ def db_roles(
         try:
             passwords[role] = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigurationError("--password-file", f"cannot read {path}: {exc.strerror}") from None
+            raise ConfigurationError(
+                "--password-file", f"cannot read {path}: {exc.strerror}"
+            ) from None
     done = asyncio.run(create_roles(config.postgres, owner=owner, producers=producer or [],
                                     readers=reader or [], passwords=passwords))  # fmt: skip
     for line in done:
