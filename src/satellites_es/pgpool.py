@@ -28,13 +28,14 @@ nothing resets it, and shielded from its caller's cancellation (see there).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
+
+from .shielded import connect_shielded
 
 __all__ = [
     "Statements",
@@ -100,31 +101,19 @@ async def session_connection(
     pool: asyncpg.Pool[asyncpg.Record] | None = None, dsn: str | None = None
 ) -> asyncpg.Connection[asyncpg.Record]:
     """A connection of its own: to ``dsn``, or else with ``pool``'s connect arguments (same
-    server and options, a session the pool never resets).
-
-    Shielded from the caller's cancellation. asyncpg cancelled in the middle of its handshake
-    leaves a future of its protocol failed with nobody to read it, logged at exit as "Future
-    exception was never retrieved: unexpected connection_lost()"; a part stopped or restarted
-    while it connects (a relay restart catching its listener) did exactly that. So a cancelled
-    caller returns at once, and the connect finishes behind it: a connection it makes is
-    terminated, an error it meets is read.
-    """
+    server and options, a session the pool never resets). A caller cancelled while it connects
+    returns at once; the connect finishes behind it and its connection is terminated
+    (:mod:`satellites_es.shielded`: asyncpg cut mid-handshake logs an unretrieved
+    ``unexpected connection_lost()``, as a relay restarted while its listener connected did)."""
     if dsn is not None:
-        connecting = asyncio.ensure_future(asyncpg.connect(dsn))
+        connect = asyncpg.connect(dsn)
     elif pool is not None:
         args = getattr(pool, "_connect_args", ())
         kwargs = getattr(pool, "_connect_kwargs", {})
-        connecting = asyncio.ensure_future(asyncpg.connect(*args, **kwargs))
+        connect = asyncpg.connect(*args, **kwargs)
     else:
         raise TypeError("session_connection needs a pool or a dsn")
-    try:
-        return await asyncio.shield(connecting)
-    except asyncio.CancelledError:
-        connecting.add_done_callback(_discard)
-        raise
-
-
-def _discard(done: asyncio.Future[asyncpg.Connection[asyncpg.Record]]) -> None:
-    """A connect nobody waits for any more: its connection terminated, its error read."""
-    if not done.cancelled() and done.exception() is None:
-        done.result().terminate()
+    connection: asyncpg.Connection[asyncpg.Record] = await connect_shielded(
+        connect, lambda conn: conn.terminate()
+    )
+    return connection

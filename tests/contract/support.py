@@ -1,18 +1,51 @@
-"""Helpers shared by the bus contract suite and the RabbitMQ/relay integration tests."""
+"""Helpers shared by the bus contract suite and the integration tests."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import aio_pika
 
 from satellites_es.bus.partition import dlq_name, queue_name
 from satellites_es.config import DataLayerConfig, RabbitMQConfig
 from satellites_es.events import DataEvent
+
+
+async def cancelled_midway(
+    attempt: Callable[[], Awaitable[object]], *, times: int = 60, settle: float = 1.0
+) -> tuple[int, list[dict[str, object]]]:
+    """Run ``attempt`` ``times`` times, cancelling it after 0, 1, 2... loop turns (every other
+    time after a short sleep too), so that the cancel lands in every step of a handshake; then
+    wait ``settle`` seconds for what was left running behind. Returns how many attempts were
+    cancelled midway and every error handed to the event loop meanwhile (a failed future nobody
+    read, a task destroyed while pending: collected, so reported, before this returns)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    cancelled = 0
+    try:
+        for turns in range(times):
+            task = asyncio.ensure_future(attempt())
+            for _ in range(turns // 2):
+                await asyncio.sleep(0)
+            if turns % 2:
+                await asyncio.sleep(0.0005 * turns)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                cancelled += 1
+        await asyncio.sleep(settle)
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    return cancelled, errors
 
 
 async def eventually(

@@ -5,7 +5,6 @@ the event log's own calls hand theirs back without the reset query, and leave no
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 from collections.abc import AsyncIterator
 
@@ -16,6 +15,7 @@ from satellites_es.config import EventLogConfig, PostgresConfig
 from satellites_es.events import DataEvent
 from satellites_es.pgpool import Statements, create_pool, session_connection, statement_only
 from satellites_es.store import EventStore
+from tests.contract.support import cancelled_midway
 
 RESET_QUERY_START = "SELECT pg_advisory_unlock_all();"
 
@@ -138,31 +138,16 @@ async def test_a_session_connect_cancelled_at_any_point_leaves_no_error_and_no_c
     pool = await create_pool(
         migrated.dsn, min_size=0, max_size=1, server_settings={"application_name": name}
     )
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, object]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    cancelled = 0
+
+    async def attempt() -> None:
+        (await session_connection(pool)).terminate()  # not cancelled in time: not the case
+
     try:
-        for turns in range(60):  # the handshake takes a few loop turns: cancel after each
-            task = asyncio.create_task(session_connection(pool))
-            for _ in range(turns // 2):
-                await asyncio.sleep(0)
-            if turns % 2:
-                await asyncio.sleep(0.0005 * turns)
-            task.cancel()
-            try:
-                conn = await task
-            except asyncio.CancelledError:
-                cancelled += 1
-                continue
-            conn.terminate()  # connected before the cancel: not the case under test
+        cancelled, errors = await cancelled_midway(attempt)
         async with asyncio.timeout(10):
             while await _backends(migrated.dsn, name):
                 await asyncio.sleep(0.05)
-        gc.collect()  # an unretrieved failed future is reported when it is collected
-        await asyncio.sleep(0)
     finally:
-        loop.set_exception_handler(None)
         await pool.close()
     assert cancelled >= 20, f"only {cancelled} connects were cancelled midway"
     assert errors == []

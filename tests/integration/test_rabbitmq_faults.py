@@ -23,6 +23,7 @@ from tests.contract.support import (
     IdempotentSink,
     Recorder,
     assert_per_key_order,
+    cancelled_midway,
     eventually,
     rabbit_config_for,
 )
@@ -187,3 +188,25 @@ async def test_unreachable_broker_fails_start_within_the_bound() -> None:
     assert 1.0 <= elapsed < 5.0, elapsed  # retried, but bounded
     assert info.value.backend == "rabbitmq"
     assert "s3cret-pw" not in str(info.value) and "***" in str(info.value)
+
+
+async def test_a_bus_stopped_while_it_connects_leaves_no_error_and_no_connection(
+    rabbit: RabbitMQConfig,
+) -> None:
+    """A bus cancelled in any step of its start (the AMQP handshake, the channel, the exchange)
+    and then stopped: nothing logged as an unretrieved error or a task destroyed while pending,
+    and no connection left open (counted at a proxy in front of the broker)."""
+    async with TcpProxy(rabbit.host, rabbit.port) as proxy:
+        config = dataclasses.replace(rabbit, port=proxy.port)
+
+        async def attempt() -> None:
+            bus = RabbitMQEventBus(config)
+            try:
+                await bus.start()
+            finally:
+                await bus.stop()
+
+        cancelled, errors = await cancelled_midway(attempt)
+        await eventually(lambda: proxy.connections == 0, timeout=10)
+    assert cancelled >= 20, f"only {cancelled} starts were cancelled midway"
+    assert errors == []

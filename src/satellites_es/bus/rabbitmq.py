@@ -75,6 +75,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..events import DataEvent, EventHandler, handler_name
+from ..shielded import connect_shielded
 from ..tls import is_refusal
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
@@ -228,11 +229,13 @@ class RabbitMQEventBus:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await aio_pika.connect_robust(
+                    connect = aio_pika.connect_robust(
                         self.config.url,
                         timeout=max(1.0, min(5.0, self.connect_timeout)),
                         reconnect_interval=self.reconnect_interval,
                     )
+                    # a stop while connecting must not cut the handshake (see shielded)
+                    return await connect_shielded(connect, lambda conn: conn.close())
         except RETRYABLE_ERRORS as exc:
             raise BackendUnavailableError(
                 "rabbitmq",

@@ -71,6 +71,11 @@ class TcpProxy:
             self._pairs.discard(dst)
             dst.close()
 
+    @property
+    def connections(self) -> int:
+        """Connections open through the proxy (each is piped both ways until both ends close)."""
+        return -(-len(self._tasks) // 2)
+
     def cut(self, *, block: bool = True) -> None:
         """Sever every open connection; refuse new ones until :meth:`restore` if ``block``."""
         self.blocked = block
