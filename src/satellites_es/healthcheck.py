@@ -39,6 +39,7 @@ from .config import (
     RedisConfig,
 )
 from .health import BackendHealth, Health, probe
+from .pgpool import session_connection
 from .sql import load, queries
 from .tls import PG_SSL_IN_USE, elasticsearch_tls, postgres_tls, rabbitmq_tls, redis_tls
 from .vectors.persistence import snapshot_namespaces
@@ -102,8 +103,8 @@ def _without_log(postgres: BackendHealth) -> BackendHealth:
 
 
 async def _postgres(pg: PostgresConfig, log_enabled: bool, timeout: float) -> Mapping[str, Any]:
-    conn = await asyncpg.connect(
-        pg.dsn, timeout=timeout,
+    conn = await session_connection(
+        dsn=pg.dsn, timeout=timeout,
         server_settings={"default_transaction_read_only": "on",
                          "application_name": f"{pg.application_name}-health"},
     )  # fmt: skip

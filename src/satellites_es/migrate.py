@@ -38,6 +38,7 @@ from sqlalchemy.pool import NullPool
 
 from .config import PostgresConfig
 from .errors import BackendUnavailableError, ConfigurationError, PersistenceError
+from .pgpool import session_connection
 from .sql import load, queries, quote_schema, render
 
 __all__ = ["MIGRATIONS_DIR", "auto_upgrade", "downgrade", "ensure_database", "upgrade"]
@@ -124,7 +125,7 @@ async def _migration_rights(
 
 async def _connect(pg: PostgresConfig) -> asyncpg.Connection[asyncpg.Record]:
     try:
-        return await asyncpg.connect(pg.dsn, timeout=pg.command_timeout)
+        return await session_connection(dsn=pg.dsn, timeout=pg.command_timeout)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
 
@@ -137,7 +138,7 @@ async def downgrade(pg: PostgresConfig, revision: str = "base") -> None:
 async def ensure_database(pg: PostgresConfig) -> bool:
     """Create ``pg.database`` if it does not exist (connecting to ``postgres``); True if created."""
     try:
-        conn = await asyncpg.connect(_dsn(pg, "postgres"), timeout=pg.command_timeout)
+        conn = await session_connection(dsn=_dsn(pg, "postgres"), timeout=pg.command_timeout)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
     try:
@@ -164,8 +165,8 @@ async def connect_engine(pg: PostgresConfig) -> AsyncEngine:
     # parameters (sslmode, sslrootcert, ...) there, while SQLAlchemy's asyncpg dialect would
     # hand URL query parameters to asyncpg.connect() as keywords it does not take.
     async def connect() -> asyncpg.Connection[asyncpg.Record]:
-        return await asyncpg.connect(
-            pg.dsn, timeout=pg.command_timeout, server_settings={"search_path": pg.schema}
+        return await session_connection(
+            dsn=pg.dsn, timeout=pg.command_timeout, server_settings={"search_path": pg.schema}
         )
 
     return create_async_engine(pg.sqlalchemy_url, poolclass=NullPool, async_creator=connect)
@@ -173,7 +174,7 @@ async def connect_engine(pg: PostgresConfig) -> AsyncEngine:
 
 async def _create_schema(pg: PostgresConfig) -> None:
     try:
-        conn = await asyncpg.connect(pg.dsn, timeout=pg.command_timeout)
+        conn = await session_connection(dsn=pg.dsn, timeout=pg.command_timeout)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{pg.safe_dsn}: {exc}") from exc
     try:

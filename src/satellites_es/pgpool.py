@@ -70,9 +70,11 @@ async def reset_connection(conn: asyncpg.Connection[Any]) -> None:
 
 
 async def create_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool[asyncpg.Record]:
-    """``asyncpg.create_pool`` with :func:`reset_connection` as its reset."""
-    pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
-        dsn, reset=reset_connection, **kwargs
+    """``asyncpg.create_pool`` with :func:`reset_connection` as its reset. A caller cancelled
+    while the pool opens its first connections (a start given up) returns at once; the pool
+    finishes opening behind it and is terminated (:mod:`satellites_es.shielded`)."""
+    pool: asyncpg.Pool[asyncpg.Record] = await connect_shielded(
+        asyncpg.create_pool(dsn, reset=reset_connection, **kwargs), lambda p: p.terminate()
     )
     return pool
 
@@ -98,19 +100,19 @@ class Statements:
 
 
 async def session_connection(
-    pool: asyncpg.Pool[asyncpg.Record] | None = None, dsn: str | None = None
+    pool: asyncpg.Pool[asyncpg.Record] | None = None, dsn: str | None = None, **kwargs: Any
 ) -> asyncpg.Connection[asyncpg.Record]:
-    """A connection of its own: to ``dsn``, or else with ``pool``'s connect arguments (same
-    server and options, a session the pool never resets). A caller cancelled while it connects
-    returns at once; the connect finishes behind it and its connection is terminated
-    (:mod:`satellites_es.shielded`: asyncpg cut mid-handshake logs an unretrieved
-    ``unexpected connection_lost()``, as a relay restarted while its listener connected did)."""
+    """A connection of its own: to ``dsn`` (with asyncpg's ``connect`` keywords), or else with
+    ``pool``'s connect arguments (same server and options, a session the pool never resets).
+    Every connection the layer opens outside a pool is made here. A caller cancelled while it
+    connects (a start given up, a health check's timeout, a part stopped) returns at once; the
+    connect finishes behind it and its connection is terminated (:mod:`satellites_es.shielded`:
+    asyncpg cut mid-handshake logs an unretrieved ``unexpected connection_lost()``)."""
     if dsn is not None:
-        connect = asyncpg.connect(dsn)
+        connect = asyncpg.connect(dsn, **kwargs)
     elif pool is not None:
         args = getattr(pool, "_connect_args", ())
-        kwargs = getattr(pool, "_connect_kwargs", {})
-        connect = asyncpg.connect(*args, **kwargs)
+        connect = asyncpg.connect(*args, **{**getattr(pool, "_connect_kwargs", {}), **kwargs})
     else:
         raise TypeError("session_connection needs a pool or a dsn")
     connection: asyncpg.Connection[asyncpg.Record] = await connect_shielded(

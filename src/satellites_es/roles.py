@@ -40,6 +40,7 @@ import asyncpg
 
 from .config import PostgresConfig
 from .errors import BackendUnavailableError, ConfigurationError
+from .pgpool import session_connection
 from .sql import load, quote_schema, render
 
 __all__ = [
@@ -136,7 +137,7 @@ async def create_roles(
     schema = admin.schema
     producer_group, reader_group = group_roles(schema)
     try:
-        conn = await asyncpg.connect(admin.dsn, timeout=admin.command_timeout)
+        conn = await session_connection(dsn=admin.dsn, timeout=admin.command_timeout)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise BackendUnavailableError("postgres", f"{admin.safe_dsn}: {exc}") from exc
     done: list[str] = []

@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from ..config import DataLayerConfig
 from ..errors import BackendUnavailableError, SatellitesError
+from ..pgpool import session_connection
 from ..sql import load, queries, quote_schema, render
 
 __all__ = ["DEMO_ENV", "DemoBusyError", "DemoNamespaceError", "claim", "exclusive"]
@@ -107,10 +108,7 @@ async def claim(config: DataLayerConfig) -> None:
 
 
 async def _pg(config: DataLayerConfig) -> asyncpg.Connection[asyncpg.Record]:
-    conn: asyncpg.Connection[asyncpg.Record] = await asyncpg.connect(
-        config.postgres.dsn, timeout=config.connect_timeout
-    )
-    return conn
+    return await session_connection(dsn=config.postgres.dsn, timeout=config.connect_timeout)
 
 
 async def _postgres_foreign(config: DataLayerConfig) -> str | None:
