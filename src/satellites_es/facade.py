@@ -45,6 +45,7 @@ from .errors import (
 )
 from .events import EventBus, InProcessEventBus, RelayBus
 from .health import BackendHealth, Health, probe
+from .shielded import finished
 from .tls import rabbitmq_tls
 from .tracing import span
 
@@ -139,6 +140,7 @@ class DataLayer:
         #: Schema upcasters every read of the log applies (checked at start).
         self.upcasters = upcasters
         self._state = LayerState.NEW
+        self._stopping: asyncio.Future[None] | None = None
         self._backends: dict[str, Backend] = self._make_backends()
         self._optional = frozenset(optional)
         for name in self._optional:
@@ -217,7 +219,7 @@ class DataLayer:
                 await self._connect_all()
                 await self._open_log()
         except BaseException:
-            await self._close_all()
+            await finished(self._close_all())  # a cancelled start: cleaned up all the same
             self._state = LayerState.STOPPED
             raise
         self._state = LayerState.RUNNING
@@ -337,13 +339,23 @@ class DataLayer:
             raise BackendUnavailableError("postgres", f"migration failed: {exc}") from exc
 
     async def stop(self) -> None:
-        """Graceful and idempotent: close every backend, each within ``stop_timeout``."""
-        if self._state in (LayerState.STOPPED, LayerState.STOPPING):
-            return
+        """Graceful and idempotent: close every backend, each within ``stop_timeout``.
+
+        A stop runs to its end even if the caller is cancelled meanwhile (a timeout around it,
+        Ctrl-C in an ``async with``): the caller waits for it, at most the stop timeouts, and is
+        then cancelled (:func:`satellites_es.shielded.finished`). A second ``stop()`` while one
+        runs waits for the same one."""
         if self._state is LayerState.NEW:
             self._state = LayerState.STOPPED
             return
-        self._state = LayerState.STOPPING
+        if self._stopping is None:
+            if self._state is LayerState.STOPPED:
+                return  # a start that failed has closed everything already
+            self._state = LayerState.STOPPING
+            self._stopping = asyncio.ensure_future(self._stop())
+        await finished(self._stopping)
+
+    async def _stop(self) -> None:
         with span("datalayer.stop"):
             await self._drain()
             await self._close_all()

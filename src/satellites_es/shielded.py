@@ -1,4 +1,4 @@
-"""Connects that a cancelled caller does not cut in the middle.
+"""Connects and stops that a cancelled caller does not cut in the middle.
 
 A long-running part is stopped or restarted whenever its owner says so, and that may be while it
 is opening a connection. Drivers cancelled in the middle of their handshake leave pieces behind
@@ -12,6 +12,12 @@ out.
 cancelled caller returns at once (a stop is not delayed by a slow server), and the connect
 finishes behind it, the connection it makes is given to ``discard`` (closed), the error it meets
 is read.
+
+A stop is cleanup, and a cleanup cut halfway is the worst of both: a layer whose ``stop()`` was
+cancelled (a timeout around it, Ctrl-C during an ``async with``'s exit, a task cancelled on
+shutdown) stayed "stopping" with its relay running and every connection open, and the next
+``stop()`` returned at once. :func:`finished` runs a stop to its end even when the caller is
+cancelled meanwhile (each stop is bounded by its own timeouts), then lets the cancel through.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["connect_shielded"]
+__all__ = ["connect_shielded", "finished"]
 
 T = TypeVar("T")
 
@@ -57,3 +63,21 @@ def _closed(task: asyncio.Future[object]) -> None:
     _closing.discard(task)
     if not task.cancelled():
         task.exception()  # a close that failed has nothing left to close
+
+
+async def finished(cleanup: Awaitable[T]) -> T:
+    """``await cleanup`` to its end, though the caller be cancelled meanwhile (once or more);
+    then the first cancel is raised. ``cleanup`` may be a task other callers await too."""
+    task = asyncio.ensure_future(cleanup)
+    cancel: asyncio.CancelledError | None = None
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as exc:
+            if task.done():  # the cleanup itself was cancelled (its owner, the loop's end)
+                raise
+            cancel = cancel or exc
+    if cancel is not None:
+        raise cancel
+    return result

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import gc
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 
 import aio_pika
@@ -17,34 +18,46 @@ from satellites_es.events import DataEvent
 
 
 async def cancelled_midway(
-    attempt: Callable[[], Awaitable[object]], *, times: int = 60, settle: float = 1.0
-) -> tuple[int, list[dict[str, object]]]:
-    """Run ``attempt`` ``times`` times, cancelling it after 0, 1, 2... loop turns (every other
-    time after a short sleep too), so that the cancel lands in every step of a handshake; then
-    wait ``settle`` seconds for what was left running behind. Returns how many attempts were
-    cancelled midway and every error handed to the event loop meanwhile (a failed future nobody
-    read, a task destroyed while pending: collected, so reported, before this returns)."""
+    attempt: Callable[[], Awaitable[object]], *, times: int = 60, longest: float = 0.03,
+    settle: float = 1.0,
+) -> tuple[int, list[object]]:  # fmt: skip
+    """Run ``attempt`` ``times`` times, cancelling it after 0, 1, 2... loop turns, every other
+    time after a sleep too (growing to ``longest`` seconds), so that the cancel lands in every
+    step of a handshake, a start or a stop; then wait ``settle`` seconds for what was left
+    running behind. Returns how many attempts were cancelled midway, and what was left: a task
+    still running, an error handed to the event loop (a failed future nobody read, a task
+    destroyed while pending) or a ResourceWarning (a socket, a session, a connection never
+    closed), all collected before this returns."""
     loop = asyncio.get_running_loop()
-    errors: list[dict[str, object]] = []
+    before = asyncio.all_tasks()
+    errors: list[object] = []
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
     cancelled = 0
-    try:
-        for turns in range(times):
-            task = asyncio.ensure_future(attempt())
-            for _ in range(turns // 2):
-                await asyncio.sleep(0)
-            if turns % 2:
-                await asyncio.sleep(0.0005 * turns)
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                cancelled += 1
-        await asyncio.sleep(settle)
-        gc.collect()
-        await asyncio.sleep(0)
-    finally:
-        loop.set_exception_handler(None)
+    with warnings.catch_warnings(record=True) as unclosed:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            for turns in range(times):
+                task = asyncio.ensure_future(attempt())
+                for _ in range(turns // 2):
+                    await asyncio.sleep(0)
+                if turns % 2:
+                    await asyncio.sleep(longest * turns / times)
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    cancelled += 1
+            await asyncio.sleep(settle)
+            gc.collect()
+            await asyncio.sleep(0)
+        finally:
+            loop.set_exception_handler(None)
+    errors.extend(str(w.message) for w in unclosed if issubclass(w.category, ResourceWarning))
+    errors.extend(
+        f"task left running: {task.get_name()} {task.get_coro()}"
+        for task in asyncio.all_tasks() - before
+        if task is not asyncio.current_task()
+    )
     return cancelled, errors
 
 

@@ -15,6 +15,7 @@ from satellites_es.errors import BackendUnavailableError, LifecycleError
 from satellites_es.events import DataEvent
 from satellites_es.facade import DataLayer, LayerState
 from satellites_es.testing.services import free_port
+from tests.contract.support import cancelled_midway
 
 
 def _without(config: DataLayerConfig, *names: str) -> DataLayerConfig:
@@ -144,3 +145,41 @@ async def test_publish_through_the_seed_api(config: DataLayerConfig) -> None:
             while not seen:
                 await asyncio.sleep(0.02)
         assert seen == ["doc-9"]
+
+
+@pytest.mark.es
+async def test_a_start_or_stop_cancelled_at_any_point_leaves_nothing_running_or_open(
+    config_with_es: DataLayerConfig,
+) -> None:
+    """A layer whose ``start()`` or ``stop()`` is cancelled, anywhere from the first connect to
+    the last close (a timeout around it, Ctrl-C in an ``async with``): no task keeps running (the
+    relay, a consumer, a heartbeat), no connection or session is left open, nothing is logged
+    as an unretrieved error. Before, a stop cancelled midway left the layer "stopping" with its
+    relay and every connection alive, and the next stop() returned at once."""
+    started = time.perf_counter()
+    async with DataLayer(config_with_es):
+        pass
+    whole = time.perf_counter() - started  # start and stop: the cancels spread over it
+
+    async def attempt() -> None:
+        data = DataLayer(config_with_es)
+        try:
+            await data.start()
+        finally:
+            await data.stop()
+            assert data.state is LayerState.STOPPED
+
+    cancelled, errors = await cancelled_midway(attempt, times=80, longest=1.5 * whole)
+    assert cancelled >= 40, f"only {cancelled} of 80 attempts were cancelled midway"
+    assert errors == []
+
+
+async def test_a_second_stop_waits_for_the_first(config: DataLayerConfig) -> None:
+    data = DataLayer(_without(config, "faiss"))
+    await data.start()
+    first = asyncio.create_task(data.stop())
+    await asyncio.sleep(0)
+    assert data.state is LayerState.STOPPING
+    await data.stop()  # returns only once the layer is stopped, not at once
+    assert data.state is LayerState.STOPPED
+    await first
