@@ -76,6 +76,7 @@ from .events import DataEvent, Publisher, RelayBus
 from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import Poison
 from .protocols import EventLog, LeadershipLost, Parking, RelayLease, Wakeups
+from .shielded import finished
 from .tracing import linked, span
 
 __all__ = ["LeadershipLost", "Relay", "RelayState"]
@@ -222,7 +223,11 @@ class Relay:
             await self._lease.release()
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in flight (bounded by ``timeout``) and stop."""
+        """Finish the batch in flight (bounded by ``timeout``) and stop. Returns once the relay
+        has stopped, though the caller be cancelled meanwhile (``shielded.finished``)."""
+        await finished(self._stopped(timeout))
+
+    async def _stopped(self, timeout: float) -> None:
         self._stopping.set()
         task = self._running
         if task is None or task.done() or task is asyncio.current_task():

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,18 +26,21 @@ import pytest
 import redis.asyncio as aioredis
 from elasticsearch import AsyncElasticsearch
 
-from satellites_es.config import FaissConfig
+from satellites_es.config import DataLayerConfig, FaissConfig
 from satellites_es.errors import PoisonEventError
 from satellites_es.events import DataEvent
+from satellites_es.facade import DataLayer
 from satellites_es.parking import ParkedEvents
 from satellites_es.projections import Checkpoints, Delete, Projection, Projector, Sink, Upsert
 from satellites_es.projections.es_sink import ElasticsearchSink
 from satellites_es.projections.faiss_sink import FaissSink
 from satellites_es.projections.projector import FollowerStatus, follow_active
 from satellites_es.projections.redis_sink import RedisSink
+from satellites_es.projections.supervisor import ProjectionService
 from satellites_es.store import EventStore
 from satellites_es.testing.network_faults import TcpProxy
 from satellites_es.vectors import VectorIndex
+from tests.contract.support import cancelled_midway
 from tests.integration.sinks_support import DIM, ITEM_FIELDS, item, kind_of, make_projection
 
 Handler = Callable[[DataEvent], Upsert | Delete | None]
@@ -449,3 +453,32 @@ async def test_a_rebuild_waits_out_a_sink_cut_and_completes(
     fresh = make_projection(kind, name=f"rbf_{kind}")
     await Projector(fresh, c.direct, store, checkpoints).catch_up()
     assert await c.direct.dump(p, result.version) == await c.direct.dump(fresh, 1)
+
+
+async def test_a_projection_service_cancelled_in_its_stop_still_stops_every_follower(
+    config: DataLayerConfig,
+) -> None:
+    """A service stopped by a task that is cancelled meanwhile (a shutdown with a deadline): the
+    stop still returns only once every follower has ended (the layer's clients may be closed
+    next), and nothing keeps running or is left unclosed."""
+    quiet = config.replace(  # no relay nor bus: their own tasks would count as "left running"
+        rabbitmq=dataclasses.replace(config.rabbitmq, enabled=False),
+        relay=dataclasses.replace(config.relay, enabled=False),
+    )
+    async with DataLayer(quiet) as data:
+        await data.log.append([item(f"k{i}", i) for i in range(50)])
+
+        async def attempt() -> None:
+            service = ProjectionService(data, [make_projection("redis")], poll_interval=0.05)
+            await service.start()
+            try:
+                await asyncio.sleep(0.05)  # the follower is catching up when the stop comes
+            finally:
+                try:
+                    await service.stop()
+                finally:  # cancelled or not, a stop that returned has ended every follower
+                    assert all(task.done() for task in service.tasks.values())
+
+        cancelled, errors = await cancelled_midway(attempt, times=40, longest=0.2)
+    assert cancelled >= 20, f"only {cancelled} of 40 stops were cancelled midway"
+    assert errors == []

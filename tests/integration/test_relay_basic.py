@@ -20,6 +20,7 @@ from satellites_es.store import EventStore
 from tests.contract.support import (
     IdempotentSink,
     assert_per_key_order,
+    cancelled_midway,
     delete_topology,
     eventually,
     rabbit_config_for,
@@ -161,3 +162,39 @@ async def test_standby_takes_over_when_the_leaders_lock_session_dies(
         for relay in (first, second):
             await relay.stop()
         await asyncio.gather(*tasks)
+
+
+async def test_a_stop_cancelled_midway_still_returns_only_once_the_relay_has_stopped(
+    store: EventStore,
+    pool: asyncpg.Pool[asyncpg.Record],
+    migrated: PostgresConfig,
+    sink_bus: tuple[RabbitMQEventBus, IdempotentSink],
+    make_event: Callable[..., DataEvent],
+) -> None:
+    """A relay stopped by a task cancelled meanwhile (a shutdown with a deadline): the stop
+    still ends the relay (its lease session released, its listener closed) before it returns,
+    and nothing keeps running or is left unclosed; what was appended is published."""
+    bus, sink = sink_bus
+    events = await _append(store, make_event, 300)
+
+    async def attempt() -> None:
+        relay = _relay(store, bus, pool, migrated)
+        task = asyncio.create_task(relay.run())
+        try:
+            await asyncio.sleep(0.05)  # leading, publishing, when the stop comes
+        finally:
+            try:
+                await relay.stop()
+            finally:  # cancelled or not, a stop that returned has ended the relay
+                assert task.done()
+
+    cancelled, errors = await cancelled_midway(attempt, times=40, longest=0.1)
+    assert cancelled >= 20, f"only {cancelled} of 40 stops were cancelled midway"
+    assert errors == []
+    relay = _relay(store, bus, pool, migrated)
+    task = asyncio.create_task(relay.run())
+    await eventually(lambda: relay.cursor == events[-1].position)
+    await relay.stop()
+    await task
+    await eventually(lambda: len(sink.applied) == len(events))
+    assert {e.id for e in sink.applied.values()} == {e.id for e in events}

@@ -75,7 +75,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..events import DataEvent, EventHandler, handler_name
-from ..shielded import connect_shielded
+from ..shielded import connect_shielded, finished
 from ..tls import is_refusal
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
@@ -151,6 +151,7 @@ class RabbitMQEventBus:
         self.reconnect_interval = reconnect_interval
         self.published = 0
         self._state = BusState.NEW
+        self._stopping: asyncio.Future[None] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._groups: dict[str, _Group] = {}
@@ -195,10 +196,17 @@ class RabbitMQEventBus:
         self._state = BusState.STARTED
 
     async def stop(self) -> None:
-        """Stop consuming and close the connection (idempotent)."""
-        if self._state is BusState.STOPPED:
-            return
-        self._state = BusState.STOPPED
+        """Stop consuming and close the connection (idempotent). Runs to its end though the
+        caller be cancelled meanwhile, then lets the cancel through (see ``shielded.finished``);
+        a second ``stop()`` waits for the first."""
+        if self._stopping is None:
+            if self._state is BusState.STOPPED:
+                return
+            self._state = BusState.STOPPED
+            self._stopping = asyncio.ensure_future(self._stop())
+        await finished(self._stopping)
+
+    async def _stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

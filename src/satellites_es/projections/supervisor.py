@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ProjectionError
 from ..faults import backoff
+from ..shielded import finished
 from .checkpoints import Checkpoints
 from .model import Projection
 from .projector import FollowerStatus, Projector, follow_active
@@ -136,6 +137,11 @@ class ProjectionService:
             )
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """Stop every follower (each gets ``timeout`` to finish its batch, then is cancelled).
+        Runs to its end though the caller be cancelled meanwhile (``shielded.finished``)."""
+        await finished(self._stopped(timeout))
+
+    async def _stopped(self, timeout: float) -> None:
         self._stop.set()
         self.data.detach_projections(self)
         tasks = list(self._tasks.values())
