@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -16,6 +17,7 @@ from satellites_es.errors import LifecycleError, NamespaceNotFoundError, VectorI
 from satellites_es.vectors import VectorIndex, VectorMatch
 from satellites_es.vectors.models import match_rows
 from satellites_es.vectors.namespace import COMPACT_MIN
+from tests.contract.support import cancelled_midway
 
 DIM = 16
 
@@ -307,3 +309,35 @@ def test_match_rows_build_ordinary_frozen_matches() -> None:
         hit.metadata["k"] = 2  # type: ignore[index]
     assert hit.metadata is entries[7][1]  # shared, not wrapped per hit
     assert not hasattr(hit, "__dict__")
+
+
+async def test_a_close_cancelled_midway_still_stops_every_thread(tmp_path: Path) -> None:
+    """An index closed by a task cancelled meanwhile (a shutdown deadline), with queries in
+    flight: the close still answers them and stops its search and worker threads before it
+    returns, and nothing is left running or unretrieved."""
+    data = _data(2000)
+
+    def index_threads() -> list[str]:  # its workers ("faiss_N") and search threads
+        return [t.name for t in threading.enumerate() if t.name.startswith("faiss")]
+
+    assert index_threads() == []
+
+    async def attempt() -> None:
+        vi = VectorIndex(FaissConfig(index_path=tmp_path, dimension=DIM))
+        await vi.open()
+        try:
+            if "docs" not in await vi.namespaces():
+                await vi.create_namespace("docs", dimension=DIM, metric="l2")
+                await vi.upsert_many("docs", _items(data))
+            queries = [asyncio.ensure_future(vi.query("docs", q, 5)) for q in data[:64]]
+            await asyncio.sleep(0)
+        finally:
+            try:
+                await vi.close()
+            finally:  # cancelled or not, a close that returned has stopped every thread
+                assert index_threads() == []
+        assert [len(await q) for q in queries] == [5] * len(queries)
+
+    cancelled, errors = await cancelled_midway(attempt, times=40, longest=0.05)
+    assert cancelled >= 20, f"only {cancelled} of 40 closes were cancelled midway"
+    assert errors == []

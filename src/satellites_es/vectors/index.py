@@ -46,6 +46,7 @@ import numpy.typing as npt
 
 from ..config import FaissConfig
 from ..errors import InvalidVectorError, LifecycleError, NamespaceNotFoundError, VectorIndexError
+from ..shielded import finished
 from ..tracing import span
 from .coalesce import QueryCoalescer
 from .locks import RWLock
@@ -111,6 +112,7 @@ class VectorIndex:
         self._executor: ThreadPoolExecutor | None = None
         self._searcher: SearchThreads | None = None
         self._state = _State.NEW
+        self._closing: asyncio.Future[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -132,10 +134,17 @@ class VectorIndex:
             raise
 
     async def close(self) -> None:
-        """Answer queued queries, then stop the workers. Does not save."""
-        if self._state is not _State.OPEN:
-            self._state = _State.CLOSED
-            return
+        """Answer queued queries, then stop the workers. Does not save. Runs to its end though
+        the caller be cancelled meanwhile (``shielded.finished``); a second ``close()`` waits
+        for the first."""
+        if self._closing is None:
+            if self._state is not _State.OPEN:
+                self._state = _State.CLOSED
+                return
+            self._closing = asyncio.ensure_future(self._close())
+        await finished(self._closing)
+
+    async def _close(self) -> None:
         for slot in list(self._slots.values()):
             await slot.coalescer.close()
         self._state = _State.CLOSED
