@@ -64,6 +64,14 @@ async def _append(
     return list(result.events)
 
 
+async def _run_until(relay: Relay, position: int | None) -> None:
+    """Run ``relay`` until its cursor is at ``position``, then stop it."""
+    task = asyncio.create_task(relay.run())
+    await eventually(lambda: relay.cursor == position)
+    await relay.stop()
+    await task
+
+
 async def test_the_backlog_is_published_in_order_and_the_cursor_stored(
     store: EventStore,
     pool: asyncpg.Pool[asyncpg.Record],
@@ -74,10 +82,7 @@ async def test_the_backlog_is_published_in_order_and_the_cursor_stored(
     bus, sink = sink_bus
     events = await _append(store, make_event, 120)
     relay = _relay(store, bus, pool, migrated)
-    task = asyncio.create_task(relay.run())
-    await eventually(lambda: relay.cursor == events[-1].position)
-    await relay.stop()
-    await task
+    await _run_until(relay, events[-1].position)
     await eventually(lambda: len(sink.applied) == 120)
     assert [e.id for e in sorted(sink.applied.values(), key=lambda e: e.position or 0)] == [
         e.id for e in events
@@ -191,10 +196,6 @@ async def test_a_stop_cancelled_midway_still_returns_only_once_the_relay_has_sto
     cancelled, errors = await cancelled_midway(attempt, times=40, longest=0.1)
     assert cancelled >= 20, f"only {cancelled} of 40 stops were cancelled midway"
     assert errors == []
-    relay = _relay(store, bus, pool, migrated)
-    task = asyncio.create_task(relay.run())
-    await eventually(lambda: relay.cursor == events[-1].position)
-    await relay.stop()
-    await task
+    await _run_until(_relay(store, bus, pool, migrated), events[-1].position)
     await eventually(lambda: len(sink.applied) == len(events))
     assert {e.id for e in sink.applied.values()} == {e.id for e in events}
