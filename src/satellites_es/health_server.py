@@ -15,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .metrics import Metrics
+from .shielded import finished
 
 if TYPE_CHECKING:
     from .facade import DataLayer
@@ -42,9 +43,14 @@ class HealthServer:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.host, self.port).start()
+        except BaseException:  # the port taken, or a start cancelled: nothing left listening
+            await finished(runner.cleanup())
+            raise
+        self._runner = runner
 
     async def stop(self) -> None:
         if self._runner is not None:

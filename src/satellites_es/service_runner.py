@@ -31,6 +31,7 @@ from .facade import DataLayer
 from .projections import Projection
 from .projections.discovery import load_projections, upcasters_of
 from .projections.supervisor import ProjectionService
+from .shielded import finished
 
 if TYPE_CHECKING:
     from .health_server import HealthServer
@@ -75,15 +76,23 @@ async def run_service(
         upcasters = upcasters_of(config.projections_module)
         async with DataLayer(config, optional=optional, upcasters=upcasters) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)
-            await service.start()
-            http = await _start_http(data, service, options)
+            http: list[HealthServer] = []  # started, once it is
             try:
+                await service.start()
+                http.extend(await _start_http(data, service, options))
                 await _until_stopped(stop, data, service)
             finally:
                 logger.info("stopping: projectors, then the relay and the connections")
-                if http is not None:
-                    await http.stop()
-                await service.stop(timeout=config.stop_timeout)
+                # to its end even if this task is cancelled: the layer's clients close next
+                await finished(_stop_serving(http, service, config.stop_timeout))
+
+
+async def _stop_serving(
+    http: list[HealthServer], service: ProjectionService, timeout: float
+) -> None:
+    for server in http:
+        await server.stop()
+    await service.stop(timeout=timeout)
 
 
 async def _until_stopped(stop: asyncio.Event, data: DataLayer, service: ProjectionService) -> None:
@@ -104,14 +113,15 @@ async def _until_stopped(stop: asyncio.Event, data: DataLayer, service: Projecti
 
 async def _start_http(
     data: DataLayer, service: ProjectionService, options: ServiceOptions
-) -> HealthServer | None:
+) -> list[HealthServer]:
+    """The health/metrics endpoint, when a port is set (a list: none or one)."""
     if options.http_port is None:
-        return None
+        return []
     from .health_server import HealthServer
 
     server = HealthServer(data, service, host=options.http_host, port=options.http_port)
     await server.start()
-    return server
+    return [server]
 
 
 @contextlib.contextmanager

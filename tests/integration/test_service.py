@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
@@ -10,6 +11,8 @@ from satellites_es.config import DataLayerConfig
 from satellites_es.errors import BackgroundTaskError, ConfigurationError
 from satellites_es.relay import Relay
 from satellites_es.service_runner import ServiceOptions, run_service
+from satellites_es.testing.services import free_port
+from tests.contract.support import cancelled_midway
 
 
 async def test_a_failing_relay_is_restarted_and_reported_not_fatal(
@@ -60,3 +63,44 @@ async def test_the_service_stops_when_asked(config: DataLayerConfig) -> None:
     assert not task.done()
     stop.set()
     await asyncio.wait_for(task, timeout=20)
+
+
+async def test_a_service_cancelled_at_any_point_leaves_nothing_running_or_open(
+    config: DataLayerConfig,
+) -> None:
+    """``run_service`` awaited by a task that is cancelled (an embedding application's own
+    shutdown), anywhere from the first connect to serving with a projection and the HTTP
+    endpoint: it stops its parts before the layer's clients close, and leaves no task running,
+    no connection open and nothing logged as an unretrieved error."""
+    options = ServiceOptions(
+        relay=True, projections=("entities",), http_port=free_port(), poll_interval=0.1
+    )
+
+    async def attempt() -> None:
+        await run_service(config, options, asyncio.Event())
+
+    cancelled, errors = await cancelled_midway(attempt, times=30, longest=1.0)
+    assert cancelled == 30  # it serves until stopped: every attempt ends by its cancel
+    assert errors == []
+
+
+async def test_a_taken_http_port_fails_the_service_and_leaves_nothing_running(
+    config: DataLayerConfig,
+) -> None:
+    """The health endpoint cannot listen (its port is taken) once the projectors have started:
+    the service fails with the OS's error, and stops its projectors before the layer closes."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    options = ServiceOptions(
+        relay=True, projections=("entities",), http_port=taken.getsockname()[1],
+        poll_interval=0.1,
+    )  # fmt: skip
+    before = asyncio.all_tasks()
+    try:
+        with pytest.raises(OSError):
+            await run_service(config, options, asyncio.Event())
+    finally:
+        taken.close()
+    await asyncio.sleep(0.5)
+    assert [t.get_name() for t in asyncio.all_tasks() - before - {asyncio.current_task()}] == []
