@@ -45,7 +45,7 @@ from .errors import (
 )
 from .events import EventBus, InProcessEventBus, RelayBus
 from .health import BackendHealth, Health, probe
-from .shielded import finished
+from .shielded import finished, stop_task
 from .tls import rabbitmq_tls
 from .tracing import span
 
@@ -219,7 +219,8 @@ class DataLayer:
                 await self._connect_all()
                 await self._open_log()
         except BaseException:
-            await finished(self._close_all())  # a cancelled start: cleaned up all the same
+            # a cancelled start is cleaned up all the same
+            await finished(self._close_all(), limit=2 * self.config.stop_timeout)
             self._state = LayerState.STOPPED
             raise
         self._state = LayerState.RUNNING
@@ -325,7 +326,7 @@ class DataLayer:
         if self._relay is not None:
             await self._relay.stop(timeout=self.config.stop_timeout)
         if self._relay_task is not None and not self._relay_task.done():
-            self._relay_task.cancel()
+            stop_task(self._relay_task)
             await asyncio.gather(self._relay_task, return_exceptions=True)
 
     async def _migrate(self) -> None:
@@ -342,9 +343,10 @@ class DataLayer:
         """Graceful and idempotent: close every backend, each within ``stop_timeout``.
 
         A stop runs to its end even if the caller is cancelled meanwhile (a timeout around it,
-        Ctrl-C in an ``async with``): the caller waits for it, at most the stop timeouts, and is
-        then cancelled (:func:`satellites_es.shielded.finished`). A second ``stop()`` while one
-        runs waits for the same one."""
+        Ctrl-C in an ``async with``): the caller waits for it, at most twice ``stop_timeout``
+        more, and is then cancelled (:func:`satellites_es.shielded.finished`). A second
+        ``stop()`` while one runs waits for the same one. Called from a handler the layer runs,
+        it ends that handler's task as any other (after its grace) and never waits for itself."""
         if self._state is LayerState.NEW:
             self._state = LayerState.STOPPED
             return
@@ -353,7 +355,7 @@ class DataLayer:
                 return  # a start that failed has closed everything already
             self._state = LayerState.STOPPING
             self._stopping = asyncio.ensure_future(self._stop())
-        await finished(self._stopping)
+        await finished(self._stopping, limit=2 * self.config.stop_timeout)
 
     async def _stop(self) -> None:
         with span("datalayer.stop"):

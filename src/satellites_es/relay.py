@@ -76,7 +76,7 @@ from .events import DataEvent, Publisher, RelayBus
 from .faults import MAX_BACKOFF, backoff, is_transient
 from .parking import Poison
 from .protocols import EventLog, LeadershipLost, Parking, RelayLease, Wakeups
-from .shielded import finished
+from .shielded import finished, stop_task
 from .tracing import linked, span
 
 __all__ = ["LeadershipLost", "Relay", "RelayState"]
@@ -225,17 +225,17 @@ class Relay:
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in flight (bounded by ``timeout``) and stop. Returns once the relay
         has stopped, though the caller be cancelled meanwhile (``shielded.finished``)."""
-        await finished(self._stopped(timeout))
-
-    async def _stopped(self, timeout: float) -> None:
         self._stopping.set()
         task = self._running
         if task is None or task.done() or task is asyncio.current_task():
-            self._state = RelayState.STOPPED
+            self._state = RelayState.STOPPED  # not running, or stopping itself (a handler)
             return
+        await finished(self._stopped(task, timeout), limit=timeout)
+
+    async def _stopped(self, task: asyncio.Task[None], timeout: float) -> None:
         done, _ = await asyncio.wait({task}, timeout=timeout)
         if not done:
-            task.cancel()
+            stop_task(task)
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 

@@ -84,7 +84,10 @@ async def run_service(
             finally:
                 logger.info("stopping: projectors, then the relay and the connections")
                 # to its end even if this task is cancelled: the layer's clients close next
-                await finished(_stop_serving(http, service, config.stop_timeout))
+                await finished(
+                    _stop_serving(http, service, config.stop_timeout),
+                    limit=2 * config.stop_timeout,
+                )
 
 
 async def _stop_serving(

@@ -18,6 +18,12 @@ cancelled (a timeout around it, Ctrl-C during an ``async with``'s exit, a task c
 shutdown) stayed "stopping" with its relay running and every connection open, and the next
 ``stop()`` returned at once. :func:`finished` runs a stop to its end even when the caller is
 cancelled meanwhile (each stop is bounded by its own timeouts), then lets the cancel through.
+
+One cancel it must not hold back: the stop's own. A handler may stop the layer from inside
+one of the layer's tasks (a subscriber's worker, the relay publishing to the in-process bus, a
+catch-up); that stop waits for the task and then cancels it, and a task that held that cancel
+back to wait for the stop would wait for itself. So the stops cancel their parts' tasks with
+:func:`stop_task`, whose cancel :func:`finished` lets through at once.
 """
 
 from __future__ import annotations
@@ -26,11 +32,14 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["connect_shielded", "finished"]
+__all__ = ["STOPPING", "connect_shielded", "finished", "stop_task"]
 
 T = TypeVar("T")
+
+#: The message of a cancel sent by a stop to the tasks of its own parts (see :func:`stop_task`).
+STOPPING = "satellites-es: stopped by its owner's stop()"
 
 #: Closes of connections made for callers that were cancelled meanwhile, kept until they end.
 _closing: set[asyncio.Future[object]] = set()
@@ -65,19 +74,46 @@ def _closed(task: asyncio.Future[object]) -> None:
         task.exception()  # a close that failed has nothing left to close
 
 
-async def finished(cleanup: Awaitable[T]) -> T:
+def stop_task(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task``, one of a part's own, as its stop does: a :func:`finished` it is waiting
+    in lets this cancel through at once (the stop may be the very cleanup it waits for)."""
+    task.cancel(STOPPING)
+
+
+async def finished(cleanup: Awaitable[T], *, limit: float | None = None) -> T:
     """``await cleanup`` to its end, though the caller be cancelled meanwhile (once or more);
-    then the first cancel is raised. ``cleanup`` may be a task other callers await too."""
+    then the first cancel is raised. ``cleanup`` may be a task other callers await too.
+
+    A cancel from :func:`stop_task` goes through at once. ``limit``: once a cancel came, wait
+    at most this many seconds more, then let it through: the one guard against a cleanup that
+    waits for this caller by a way no :func:`stop_task` marks (a task the stopped part made, cut
+    by its own code). Either way the cleanup goes on behind the caller and its error is read."""
     task = asyncio.ensure_future(cleanup)
+    loop = asyncio.get_running_loop()
     cancel: asyncio.CancelledError | None = None
+    deadline: float | None = None
     while True:
         try:
-            result = await asyncio.shield(task)
+            if cancel is None:
+                return await asyncio.shield(task)
+            if deadline is None:
+                await asyncio.shield(task)
+            else:
+                await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
             break
         except asyncio.CancelledError as exc:
-            if task.done():  # the cleanup itself was cancelled (its owner, the loop's end)
-                raise
-            cancel = cancel or exc
-    if cancel is not None:
-        raise cancel
-    return result
+            if task.done():
+                raise  # the cleanup was cancelled itself (its owner, the loop's end)
+            if exc.args[:1] == (STOPPING,):
+                task.add_done_callback(_read)
+                raise  # the cleanup is stopping this very task: waiting would never end
+            if cancel is None:
+                cancel = exc
+                deadline = None if limit is None else loop.time() + limit
+    task.add_done_callback(_read)  # past the limit it goes on; a failure of it is read
+    raise cancel
+
+
+def _read(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -183,3 +183,29 @@ async def test_a_second_stop_waits_for_the_first(config: DataLayerConfig) -> Non
     await data.stop()  # returns only once the layer is stopped, not at once
     assert data.state is LayerState.STOPPED
     await first
+
+
+@pytest.mark.parametrize("bus", ["rabbitmq", "in-process"])
+async def test_a_handler_that_stops_the_layer_stops_it(config: DataLayerConfig, bus: str) -> None:
+    """A subscriber that calls ``stop()`` from inside the layer's own task (a RabbitMQ
+    consumer's worker; the relay, which calls in-process handlers itself): the stop waits for
+    that task as for any other (its grace), cancels it, and ends; it never waits for itself."""
+    cfg = _without(config, "faiss") if bus == "rabbitmq" else _without(config, "faiss", "rabbitmq")
+    data = DataLayer(cfg.replace(stop_timeout=2.0))
+    await data.start()
+    ended = asyncio.Event()
+
+    async def handler(event: DataEvent) -> None:
+        try:
+            await data.stop()
+        finally:
+            ended.set()
+
+    handler.subscriber_name = "stops-the-layer"  # type: ignore[attr-defined]
+    data.events.subscribe("layer.stop_requested", handler)
+    await data.subscriptions_ready()
+    await data.events.publish(DataEvent("layer.stop_requested", "layer", "k", {}, "test"))
+    async with asyncio.timeout(30):
+        await ended.wait()
+        while data.state is not LayerState.STOPPED:
+            await asyncio.sleep(0.05)

@@ -57,6 +57,7 @@ from ..envelope import handling
 from ..errors import ConfigurationError, InvalidEventError
 from ..events import DataEvent, EventHandler, handler_name
 from ..faults import MAX_BACKOFF, backoff
+from ..shielded import stop_task
 from ..tracing import continued, enabled
 from .partition import binding_key, dlq_name, queue_name
 
@@ -351,7 +352,7 @@ class _PartitionWorker:
         # Messages still buffered behind the sentinel are never acked: redelivered later.
         done, _ = await asyncio.wait({self._task}, timeout=grace)
         if not done:
-            self._task.cancel()
+            stop_task(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import asyncpg
 
 from ..events import DataEvent, EventBus, EventHandler
+from ..shielded import stop_task
 from ..store import AppendResult, EventStore
 from ..tracing import span
 from .catchup import CatchUp, Start, start_position
@@ -89,7 +90,7 @@ class DurableEventBus:
     async def close(self) -> None:
         """Cancel the catch-ups still running (a later subscribe starts them again)."""
         for task in list(self._tasks):
-            task.cancel()
+            stop_task(task)
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def publish(self, event: DataEvent) -> None:

@@ -75,7 +75,7 @@ from ..errors import (
     UnroutableError,
 )
 from ..events import DataEvent, EventHandler, handler_name
-from ..shielded import connect_shielded, finished
+from ..shielded import connect_shielded, finished, stop_task
 from ..tls import is_refusal
 from .consumer import RETRYABLE_ERRORS, GroupConsumer
 from .dlq import DeadLetter, list_dead_letters, replay_dead_letters
@@ -204,11 +204,11 @@ class RabbitMQEventBus:
                 return
             self._state = BusState.STOPPED
             self._stopping = asyncio.ensure_future(self._stop())
-        await finished(self._stopping)
+        await finished(self._stopping, limit=2 * self.stop_timeout)
 
     async def _stop(self) -> None:
         for task in list(self._tasks):
-            task.cancel()
+            stop_task(task)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for group in self._groups.values():
             if group.consumer is not None:

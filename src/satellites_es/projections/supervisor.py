@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, ProjectionError
 from ..faults import backoff
-from ..shielded import finished
+from ..shielded import finished, stop_task
 from .checkpoints import Checkpoints
 from .model import Projection
 from .projector import FollowerStatus, Projector, follow_active
@@ -139,7 +139,7 @@ class ProjectionService:
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop every follower (each gets ``timeout`` to finish its batch, then is cancelled).
         Runs to its end though the caller be cancelled meanwhile (``shielded.finished``)."""
-        await finished(self._stopped(timeout))
+        await finished(self._stopped(timeout), limit=timeout)
 
     async def _stopped(self, timeout: float) -> None:
         self._stop.set()
@@ -149,7 +149,7 @@ class ProjectionService:
             return
         _, pending = await asyncio.wait(tasks, timeout=timeout)
         for task in pending:
-            task.cancel()
+            stop_task(task)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def wait_for(self, position: int, timeout: float = 30.0) -> None:
