@@ -23,7 +23,9 @@ One cancel it must not hold back: the stop's own. A handler may stop the layer f
 one of the layer's tasks (a subscriber's worker, the relay publishing to the in-process bus, a
 catch-up); that stop waits for the task and then cancels it, and a task that held that cancel
 back to wait for the stop would wait for itself. So the stops cancel their parts' tasks with
-:func:`stop_task`, whose cancel :func:`finished` lets through at once.
+:func:`stop_task`, whose cancel :func:`finished` lets through at once. A cancel that reaches
+such a task unmarked (a part that cuts the tasks it made with a plain cancel of its own, as the
+relay does its in-process deliveries) is held back for ``limit`` seconds at most.
 """
 
 from __future__ import annotations
@@ -70,8 +72,7 @@ def _discard(discard: Callable[[T], Awaitable[object] | object], done: asyncio.F
 
 def _closed(task: asyncio.Future[object]) -> None:
     _closing.discard(task)
-    if not task.cancelled():
-        task.exception()  # a close that failed has nothing left to close
+    _read(task)  # a close that failed has nothing left to close
 
 
 def stop_task(task: asyncio.Future[Any]) -> None:
@@ -115,5 +116,6 @@ async def finished(cleanup: Awaitable[T], *, limit: float | None = None) -> T:
 
 
 def _read(task: asyncio.Future[Any]) -> None:
+    """Read a finished task's error, so that asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()
