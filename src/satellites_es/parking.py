@@ -31,7 +31,7 @@ from typing import Any, Literal
 import asyncpg
 
 from .errors import PersistenceError
-from .pgpool import statement_only
+from .pgpool import Statements
 from .sql import queries
 from .store import DB_ERRORS
 
@@ -85,7 +85,7 @@ class ParkedEvents:
     """The ``parked_events`` table of one schema."""
 
     def __init__(self, pool: asyncpg.Pool, schema: str) -> None:
-        self._pool = pool
+        self._db = Statements(pool)  # one statement a call: no session state to reset
         self._sql = queries(schema)
 
     async def park(
@@ -141,8 +141,7 @@ class ParkedEvents:
 
     async def _call(self, method: str, query: str, *args: object) -> Any:
         try:
-            with statement_only():  # one DML statement: no session state to reset (pgpool)
-                return await getattr(self._pool, method)(self._sql[query], *args)
+            return await getattr(self._db, method)(self._sql[query], *args)
         except DB_ERRORS as exc:
             raise PersistenceError(f"parked events: {type(exc).__name__}: {exc}") from exc
 

@@ -80,8 +80,9 @@ async def create_pool(dsn: str, **kwargs: Any) -> asyncpg.Pool[asyncpg.Record]:
 
 
 class Statements:
-    """A pool's ``fetch``, ``fetchval`` and ``execute`` for the layer's own statements, each
-    under :func:`statement_only`. Only for statements that leave no session state behind."""
+    """A pool's ``fetch``, ``fetchrow``, ``fetchval`` and ``execute`` for the layer's own
+    statements, each under :func:`statement_only`: how the log, the checkpoints and the parked
+    events call the pool. Only for statements that leave no session state behind."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         self.pool = pool
@@ -89,6 +90,10 @@ class Statements:
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         with statement_only():
             return await self.pool.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        with statement_only():
+            return await self.pool.fetchrow(query, *args)
 
     async def fetchval(self, query: str, *args: object) -> Any:
         with statement_only():

@@ -76,10 +76,10 @@ async def run_service(
         upcasters = upcasters_of(config.projections_module)
         async with DataLayer(config, optional=optional, upcasters=upcasters) as data:
             service = ProjectionService(data, projections, poll_interval=options.poll_interval)
-            http: list[HealthServer] = []  # started, once it is
+            http: HealthServer | None = None
             try:
                 await service.start()
-                http.extend(await _start_http(data, service, options))
+                http = await _start_http(data, service, options)
                 await _until_stopped(stop, data, service)
             finally:
                 logger.info("stopping: projectors, then the relay and the connections")
@@ -91,10 +91,10 @@ async def run_service(
 
 
 async def _stop_serving(
-    http: list[HealthServer], service: ProjectionService, timeout: float
+    http: HealthServer | None, service: ProjectionService, timeout: float
 ) -> None:
-    for server in http:
-        await server.stop()
+    if http is not None:
+        await http.stop()
     await service.stop(timeout=timeout)
 
 
@@ -116,15 +116,14 @@ async def _until_stopped(stop: asyncio.Event, data: DataLayer, service: Projecti
 
 async def _start_http(
     data: DataLayer, service: ProjectionService, options: ServiceOptions
-) -> list[HealthServer]:
-    """The health/metrics endpoint, when a port is set (a list: none or one)."""
+) -> HealthServer | None:
     if options.http_port is None:
-        return []
+        return None
     from .health_server import HealthServer
 
     server = HealthServer(data, service, host=options.http_host, port=options.http_port)
     await server.start()
-    return [server]
+    return server
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import asyncpg
 
 from ..errors import ConfigurationError, PersistenceError, ProjectionError
 from ..parking import ParkedEvents
-from ..pgpool import statement_only
+from ..pgpool import Statements
 from ..sql import queries
 from ..store import DB_ERRORS
 
@@ -40,6 +40,7 @@ class Checkpoints:
         except ValueError as exc:
             raise ConfigurationError("postgres.schema", str(exc)) from exc
         self.pool = pool
+        self._db = Statements(pool)  # one statement a call: no session state to reset
         self.schema_name = schema
         self._parked = ParkedEvents(pool, schema)
 
@@ -100,7 +101,6 @@ class Checkpoints:
     async def _query(self, method: str, name: str, *args: object) -> Any:
         """The named statement by one pool call, with every driver error translated here."""
         try:
-            with statement_only():  # one DML statement: no session state to reset (pgpool)
-                return await getattr(self.pool, method)(self._sql[name], *args)
+            return await getattr(self._db, method)(self._sql[name], *args)
         except DB_ERRORS as exc:
             raise PersistenceError(f"checkpoints: {exc}") from exc
